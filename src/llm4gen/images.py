@@ -1,0 +1,48 @@
+"""Image helpers: captioned grids for looking at results side by side."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["make_grid"]
+
+
+def make_grid(
+    images: Sequence[Image.Image],
+    captions: Sequence[str] | None = None,
+    cols: int | None = None,
+    cell: int = 256,
+    caption_lines: int = 6,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Lay ``images`` out in a grid of ``cell``-pixel squares, each with its wrapped caption underneath.
+
+    ``cols`` defaults to all images in one row (up to 4). Captions longer than ``caption_lines`` lines end in "...".
+    """
+    if not images:
+        raise ValueError("make_grid needs at least one image.")
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"Got {len(images)} images but {len(captions)} captions.")
+    cols = cols or min(len(images), 4)
+    rows = (len(images) + cols - 1) // cols
+    font = ImageFont.load_default()
+    line_h = 12
+    chars = max(10, cell // 6)
+    text_h = (caption_lines * line_h + 8) if captions is not None else 0
+    grid = Image.new("RGB", (cols * cell, rows * (cell + text_h)), background)
+    draw = ImageDraw.Draw(grid)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        x, y = c * cell, r * (cell + text_h)
+        grid.paste(image.convert("RGB").resize((cell, cell), Image.NEAREST), (x, y))
+        if captions is not None:
+            lines = textwrap.wrap(captions[i], chars) or [""]
+            if len(lines) > caption_lines:
+                lines = lines[:caption_lines]
+                lines[-1] = lines[-1][: chars - 3] + "..."
+            for j, line in enumerate(lines):
+                draw.text((x + 4, y + cell + 4 + j * line_h), line, fill=(0, 0, 0), font=font)
+    return grid

@@ -1,0 +1,580 @@
+"""LLM4GEN pipelines: Stable Diffusion 1.x (`LLM4GenPipeline`) and SDXL (`LLM4GenXLPipeline`).
+
+Both are diffusers pipelines with two more components, ``llm_encoder`` (an :class:`~llm4gen.LLMEncoder`) and
+``adapter`` (a :class:`~llm4gen.CrossAdapter`). They only replace ``encode_prompt``:
+
+    prompt -> CLIP text encoder(s) (diffusers' own encode_prompt: LoRA scale, clip_skip, textual inversion)
+           -> LLM encoder (per-token features + mask)
+           -> CAM: concat(clip, λ · cam(llm, clip))  =  [B, 77 + T_llm, D]
+           -> the base pipeline's denoising loop, unchanged
+
+so schedulers, ``enable_model_cpu_offload``, LoRA loading, callbacks and ``output_type`` work as in diffusers.
+Positive and negative prompts are encoded by the LLM in one batch, so their embeddings always have equal length.
+
+With ``use_llm_attention_mask=True`` (a pipeline config value, for UNets trained with it) the LLM padding mask is
+passed to the UNet as ``encoder_attention_mask``, so padded LLM tokens have no effect; the authors' SD1.5 weights were
+trained without it (fixed 256 LLM tokens), which is the default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+
+from .adapter import CrossAdapter
+from .encoders import LLMEncoder
+from .utils import describe_load_error, validate_prompts
+
+__all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
+
+_LLM4GEN_COMPONENTS = ("llm_encoder", "adapter")
+
+
+@dataclass
+class FusedPrompt:
+    """Fused prompt embeddings as the UNet sees them (one row per prompt, no repetition per image)."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None
+    prompt_attention_mask: torch.Tensor
+    negative_prompt_attention_mask: torch.Tensor | None
+    pooled_prompt_embeds: torch.Tensor | None = None  # SDXL only
+    negative_pooled_prompt_embeds: torch.Tensor | None = None  # SDXL only
+
+
+def _repeat(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """Repeat each row n times, in diffusers' order (row 0 n times, then row 1, ...)."""
+    return x if x is None or n == 1 else x.repeat_interleave(n, dim=0)
+
+
+class _LLM4GenMixin:
+    """What both pipelines share: checks, the LLM + CAM step, the UNet mask hook, loading and saving."""
+
+    _llm4gen_masks: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    # ------------------------------------------------------------------ construction checks
+    def _check_llm4gen_components(self, clip_width: int | None) -> None:
+        llm_encoder, adapter, unet = self.llm_encoder, self.adapter, self.unet
+        if not isinstance(llm_encoder, LLMEncoder):
+            raise ValueError(
+                f"{type(self).__name__} needs `llm_encoder` (an llm4gen.LLMEncoder), got {type(llm_encoder).__name__}. "
+                "Pass llm_encoder=LLMEncoder.from_pretrained('<LLM id or path>')."
+            )
+        if not isinstance(adapter, CrossAdapter):
+            raise ValueError(
+                f"{type(self).__name__} needs `adapter` (an llm4gen.CrossAdapter), got {type(adapter).__name__}. "
+                "Pass adapter=CrossAdapter.from_pretrained('<adapter folder>') or CrossAdapter.from_official(path)."
+            )
+        cfg = adapter.config
+        if llm_encoder.hidden_size != cfg.llm_dim:
+            raise ValueError(
+                f"The LLM encoder outputs {llm_encoder.hidden_size}-d features but the adapter expects llm_dim="
+                f"{cfg.llm_dim}: this adapter was trained for another LLM. Use the matching LLM or adapter."
+            )
+        if clip_width is not None and clip_width != cfg.clip_dim:
+            raise ValueError(
+                f"The CLIP text encoder(s) give {clip_width}-d embeddings but the adapter expects clip_dim="
+                f"{cfg.clip_dim}: this adapter was trained for another base model."
+            )
+        if unet is not None and unet.config.cross_attention_dim != cfg.clip_dim:
+            raise ValueError(
+                f"The UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the adapter outputs "
+                f"{cfg.clip_dim}-d tokens: the UNet and the adapter belong to different base models."
+            )
+
+    # ------------------------------------------------------------------ the LLM + CAM step
+    def _prompt_lists(self, prompt: Any, negative_prompt: Any) -> tuple[list[str], list[str]]:
+        prompts = validate_prompts(prompt, "prompt")
+        if negative_prompt is None:
+            negatives = [""] * len(prompts)
+        elif isinstance(negative_prompt, str):
+            negatives = [negative_prompt] * len(prompts)
+        else:
+            negatives = validate_prompts(negative_prompt, "negative_prompt", allow_empty=True)
+            if len(negatives) != len(prompts):
+                raise ValueError(
+                    f"Got {len(prompts)} prompt(s) but {len(negatives)} negative prompt(s): pass one negative prompt "
+                    "per prompt, or a single string for all."
+                )
+        return prompts, negatives
+
+    def _fuse(
+        self, clip_pos: torch.Tensor, clip_neg: torch.Tensor | None, prompts: list[str], negatives: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """Run the LLM on positive (and negative) prompts in one batch and fuse each with its CLIP embeddings."""
+        texts = prompts + (negatives if clip_neg is not None else [])
+        with torch.no_grad():
+            llm = self.llm_encoder(texts)
+        adapter_dtype = self.adapter.dtype
+        device = clip_pos.device
+        feats = llm.embeds.to(device=device, dtype=adapter_dtype)
+        mask = llm.attention_mask.to(device=device)
+        b = len(prompts)
+        out_dtype = clip_pos.dtype
+        with torch.no_grad():
+            pos, pos_mask = self.adapter(clip_pos.to(adapter_dtype), feats[:b], mask[:b])
+            neg = neg_mask = None
+            if clip_neg is not None:
+                neg, neg_mask = self.adapter(clip_neg.to(adapter_dtype), feats[b:], mask[b:])
+        return pos.to(out_dtype), None if neg is None else neg.to(out_dtype), pos_mask, neg_mask
+
+    def encode_llm_prompt(self, prompt: str | list[str]):
+        """The LLM encoder's raw output (features + mask) for ``prompt``; no CLIP, no adapter."""
+        return self.llm_encoder.encode(prompt)
+
+    # ------------------------------------------------------------------ the UNet's attention mask
+    @contextmanager
+    def _unet_mask_hook(self, prompt_mask: Any, negative_mask: Any) -> Iterator[None]:
+        self._llm4gen_masks = None
+        self._given_masks = (prompt_mask, negative_mask)
+        handle = None
+        if self.config.use_llm_attention_mask and self.unet is not None:
+            handle = self.unet.register_forward_pre_hook(self._inject_mask, with_kwargs=True)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+            self._llm4gen_masks = None
+            self._given_masks = (None, None)
+
+    def _inject_mask(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("encoder_attention_mask") is not None or self._llm4gen_masks is None:
+            return None
+        ehs = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        if ehs is None:
+            return None
+        pos, neg = self._llm4gen_masks
+        candidates = [pos] if neg is None else [torch.cat([neg, pos]), pos]
+        for m in candidates:
+            if tuple(m.shape) == tuple(ehs.shape[:2]):
+                kwargs["encoder_attention_mask"] = m.to(ehs.device)
+                return args, kwargs
+        raise RuntimeError(
+            f"LLM4GEN could not match its attention mask(s) {[tuple(m.shape) for m in candidates]} to the UNet's "
+            f"encoder_hidden_states {tuple(ehs.shape)}."
+        )
+
+    def _store_masks(self, pos_mask: Any, neg_mask: Any, n: int) -> None:
+        given_pos, given_neg = getattr(self, "_given_masks", (None, None))
+        pos_mask = given_pos if pos_mask is None else pos_mask
+        neg_mask = given_neg if neg_mask is None else neg_mask
+        if pos_mask is None:
+            self._llm4gen_masks = None
+            return
+        self._llm4gen_masks = (_repeat(pos_mask, n), _repeat(neg_mask, n))
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """Load a saved LLM4GEN pipeline folder or hub id, or a base SD/SDXL one with ``llm_encoder=`` and
+        ``adapter=`` passed in. Every keyword of ``DiffusionPipeline.from_pretrained`` works."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path):
+            index_file = os.path.join(path, "model_index.json")
+            if not os.path.isfile(index_file):
+                raise FileNotFoundError(
+                    f"{path!r} is not a diffusers pipeline folder: it has no model_index.json. Point at the folder "
+                    "written by save_pretrained (or a Stable Diffusion checkpoint folder)."
+                )
+            try:
+                with open(index_file, encoding="utf-8") as f:
+                    index = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{index_file!r} is not valid JSON ({err}).") from err
+            missing = [
+                name
+                for name, value in index.items()
+                if not name.startswith("_")
+                and isinstance(value, list)
+                and value[0] is not None
+                and name not in kwargs
+                and not os.path.isdir(os.path.join(path, name))
+            ]
+            if missing:
+                raise FileNotFoundError(
+                    f"The pipeline folder {path!r} lists components {missing} in model_index.json, but their "
+                    "sub-folders are missing. Re-save the pipeline or pass those components as arguments."
+                )
+            absent = [c for c in _LLM4GEN_COMPONENTS if c not in index and c not in kwargs]
+            if absent:
+                raise ValueError(
+                    f"{path!r} is a base pipeline without {absent}. Pass them: "
+                    f"{cls.__name__}.from_pretrained(path, llm_encoder=LLMEncoder.from_pretrained(...), "
+                    "adapter=CrossAdapter.from_pretrained(...))."
+                )
+        try:
+            return super().from_pretrained(path, **kwargs)
+        except OSError as err:
+            raise describe_load_error(err, "pipeline", path) from err
+
+    def save_pretrained(self, save_directory: str | os.PathLike, save_llm_weights: bool = False, **kwargs: Any) -> None:
+        """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
+        ``save_llm_weights=True`` copies its weights into ``llm_encoder/``."""
+        super().save_pretrained(save_directory, **kwargs)
+        if save_llm_weights:
+            self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
+
+    @classmethod
+    def _load_official_parts(
+        cls,
+        unet: Any,
+        unet_subfolder: str | None,
+        projector: Any,
+        projector_filename: str,
+        llm: Any,
+        llm_tokenizer: str | None,
+        trust_remote_code: bool,
+        torch_dtype: torch.dtype | None,
+        llm_torch_dtype: torch.dtype | None,
+        hub: dict[str, Any],
+    ) -> tuple[Any, CrossAdapter, LLMEncoder]:
+        if isinstance(unet, (str, os.PathLike)):
+            ref = os.fspath(unet)
+            sub = unet_subfolder
+            if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "config.json")):
+                sub = None  # the folder is the UNet itself
+            try:
+                unet = UNet2DConditionModel.from_pretrained(ref, subfolder=sub, torch_dtype=torch_dtype, **hub)
+            except OSError as err:
+                raise describe_load_error(err, "fine-tuned UNet", ref) from err
+        if not isinstance(projector, CrossAdapter):
+            ref = os.fspath(projector)
+            if not os.path.isfile(ref):
+                if os.path.isdir(ref):
+                    ref = os.path.join(ref, projector_filename)
+                else:
+                    from huggingface_hub import hf_hub_download
+
+                    try:
+                        ref = hf_hub_download(ref, projector_filename, **hub)
+                    except Exception as err:
+                        where = f"{ref}/{projector_filename}"
+                        raise describe_load_error(err, "projector (CAM) weights", where) from err
+            projector = CrossAdapter.from_official(ref)
+            if torch_dtype is not None:
+                projector = projector.to(torch_dtype)
+        if not isinstance(llm, LLMEncoder):
+            llm = LLMEncoder.from_pretrained(
+                llm,
+                tokenizer=llm_tokenizer,
+                prefix="pre ",
+                max_length=256,
+                padding="max_length",
+                trust_remote_code=trust_remote_code,
+                dtype=llm_torch_dtype,
+                **hub,
+            )
+        return unet, projector, llm
+
+
+class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
+    """Stable Diffusion 1.x with LLM4GEN prompt encoding.
+
+    Example::
+
+        pipe = LLM4GenPipeline.from_pretrained("path/to/llm4gen-pipeline")
+        image = pipe("a red cube to the left of a blue ball ...", generator=torch.Generator().manual_seed(0)).images[0]
+    """
+
+    model_cpu_offload_seq = "text_encoder->llm_encoder->adapter->image_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        llm_encoder: LLMEncoder,
+        adapter: CrossAdapter,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker: bool = True,
+        use_llm_attention_mask: bool = False,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+            requires_safety_checker=requires_safety_checker,
+        )
+        self.register_modules(llm_encoder=llm_encoder, adapter=adapter)
+        self.register_to_config(use_llm_attention_mask=bool(use_llm_attention_mask))
+        width = text_encoder.config.hidden_size if text_encoder is not None else None
+        self._check_llm4gen_components(width)
+
+    def encode_prompt(
+        self,
+        prompt,
+        device,
+        num_images_per_prompt,
+        do_classifier_free_guidance,
+        negative_prompt=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        """CLIP + LLM -> CAM. Returns fused ``(prompt_embeds, negative_prompt_embeds)`` of equal length.
+
+        Given ``prompt_embeds`` are taken as already fused (e.g. from :meth:`encode_fused_prompt`); with guidance,
+        ``negative_prompt_embeds`` must then be given too.
+        """
+        n = num_images_per_prompt
+        if prompt_embeds is not None:
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                raise ValueError(
+                    "With prompt_embeds and guidance, also pass negative_prompt_embeds of the same length; "
+                    "pipe.encode_fused_prompt(prompt, negative_prompt) returns both."
+                )
+            self._store_masks(None, None, n)
+            neg = negative_prompt_embeds if do_classifier_free_guidance else None
+            return _repeat(prompt_embeds, n), _repeat(neg, n)
+        prompts, negatives = self._prompt_lists(prompt, negative_prompt)
+        clip_pos, clip_neg = StableDiffusionPipeline.encode_prompt(
+            self,
+            prompts,
+            device,
+            1,
+            do_classifier_free_guidance,
+            negatives if do_classifier_free_guidance else None,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
+        if not do_classifier_free_guidance:
+            clip_neg = None
+        pos, neg, pos_mask, neg_mask = self._fuse(clip_pos, clip_neg, prompts, negatives)
+        self._store_masks(pos_mask, neg_mask, n)
+        return _repeat(pos, n), _repeat(neg, n)
+
+    def encode_fused_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        device: torch.device | str | None = None,
+        do_classifier_free_guidance: bool = True,
+        clip_skip: int | None = None,
+    ) -> FusedPrompt:
+        """Fused embeddings and masks for ``prompt`` (and its negative), to reuse across calls or pass elsewhere."""
+        device = torch.device(device) if device is not None else self._execution_device
+        pos, neg = self.encode_prompt(
+            prompt, device, 1, do_classifier_free_guidance, negative_prompt, clip_skip=clip_skip
+        )
+        pos_mask, neg_mask = self._llm4gen_masks
+        self._llm4gen_masks = None
+        return FusedPrompt(pos, neg, pos_mask, neg_mask)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *args: Any,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """Generate like ``StableDiffusionPipeline.__call__``. ``prompt_attention_mask`` /
+        ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds`` (see
+        :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on."""
+        if prompt is None and kwargs.get("prompt_embeds") is None:
+            raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
+        if prompt is not None:
+            validate_prompts(prompt, "prompt")
+        with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
+            return super().__call__(prompt, *args, **kwargs)
+
+    @classmethod
+    def from_official(
+        cls,
+        base_model: str | os.PathLike = "sd-legacy/stable-diffusion-v1-5",
+        unet: Any = "Shui-VL/LLM4GEN-models",
+        projector: Any = "Shui-VL/LLM4GEN-models",
+        llm: Any = "kalpeshk2011/rankgen-t5-xl-all",
+        llm_tokenizer: str | None = "google/t5-v1_1-xl",
+        *,
+        unet_subfolder: str | None = "unet",
+        projector_filename: str = "projector.pth",
+        trust_remote_code: bool = False,
+        torch_dtype: torch.dtype | None = None,
+        llm_torch_dtype: torch.dtype | None = None,
+        local_files_only: bool | None = None,
+        token: str | None = None,
+        **pipeline_kwargs: Any,
+    ) -> LLM4GenPipeline:
+        """Load the authors' SD1.5 release unchanged: base SD1.5, their fine-tuned ``unet/``, ``projector.pth`` and
+        RankGen-T5-XL (prompts prefixed with ``"pre "``, padded to 256 tokens, no UNet mask), as in their script.
+
+        Every part may be a hub id, a local path, or an already-built object (UNet / CrossAdapter / LLMEncoder).
+        RankGen-T5-XL ships its own model code: loading it needs ``trust_remote_code=True``.
+        """
+        hub = {k: v for k, v in {"local_files_only": local_files_only, "token": token}.items() if v is not None}
+        unet, adapter, llm_encoder = cls._load_official_parts(
+            unet, unet_subfolder, projector, projector_filename, llm, llm_tokenizer, trust_remote_code,
+            torch_dtype, llm_torch_dtype, hub,
+        )
+        pipeline_kwargs.setdefault("use_llm_attention_mask", False)
+        if torch_dtype is not None:
+            pipeline_kwargs["torch_dtype"] = torch_dtype
+        return cls.from_pretrained(
+            base_model, unet=unet, adapter=adapter, llm_encoder=llm_encoder, **hub, **pipeline_kwargs
+        )
+
+
+class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
+    """SDXL with LLM4GEN prompt encoding. The CAM's ``clip_dim`` is SDXL's 2048 (768 + 1280, both encoders'
+    penultimate states); the pooled embedding still comes from the second CLIP encoder alone.
+
+    With ``force_zeros_for_empty_prompt`` (SDXL's default) and no negative prompt, the whole fused negative embedding
+    is zero, extending SDXL's own convention to the LLM tokens.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->llm_encoder->adapter->image_encoder->unet->vae"
+    _optional_components = [
+        "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "image_encoder", "feature_extractor"
+    ]
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet,
+        scheduler,
+        llm_encoder: LLMEncoder,
+        adapter: CrossAdapter,
+        image_encoder=None,
+        feature_extractor=None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+        use_llm_attention_mask: bool = False,
+    ):
+        super().__init__(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=add_watermarker,
+        )
+        self.register_modules(llm_encoder=llm_encoder, adapter=adapter)
+        self.register_to_config(use_llm_attention_mask=bool(use_llm_attention_mask))
+        widths = [te.config.hidden_size for te in (text_encoder, text_encoder_2) if te is not None]
+        self._check_llm4gen_components(sum(widths) if len(widths) == 2 else None)
+
+    def encode_prompt(
+        self,
+        prompt,
+        prompt_2=None,
+        device=None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt=None,
+        negative_prompt_2=None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        lora_scale: float | None = None,
+        clip_skip: int | None = None,
+    ):
+        """Both CLIP encoders + LLM -> CAM. Returns fused embeddings and SDXL's pooled embeddings (4 tensors)."""
+        n = num_images_per_prompt
+        if prompt_embeds is not None:
+            if pooled_prompt_embeds is None:
+                raise ValueError(
+                    "With prompt_embeds, also pass pooled_prompt_embeds (pipe.encode_fused_prompt gives both)."
+                )
+            missing_negative = negative_prompt_embeds is None or negative_pooled_prompt_embeds is None
+            if do_classifier_free_guidance and missing_negative:
+                raise ValueError(
+                    "With prompt_embeds and guidance, also pass negative_prompt_embeds and "
+                    "negative_pooled_prompt_embeds; pipe.encode_fused_prompt(prompt, negative_prompt) returns them."
+                )
+            self._store_masks(None, None, n)
+            tensors = (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+            if not do_classifier_free_guidance:
+                tensors = (prompt_embeds, None, pooled_prompt_embeds, None)
+            return tuple(_repeat(t, n) for t in tensors)
+        prompts, negatives = self._prompt_lists(prompt, negative_prompt)
+        zero_negative = negative_prompt is None and self.config.force_zeros_for_empty_prompt
+        clip_pos, clip_neg, pooled, neg_pooled = StableDiffusionXLPipeline.encode_prompt(
+            self,
+            prompts,
+            prompt_2,
+            device,
+            1,
+            do_classifier_free_guidance,
+            None if zero_negative else negatives,
+            negative_prompt_2,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
+        if not do_classifier_free_guidance:
+            clip_neg = neg_pooled = None
+        pos, neg, pos_mask, neg_mask = self._fuse(clip_pos, clip_neg, prompts, negatives)
+        if neg is not None and zero_negative:
+            neg = torch.zeros_like(neg)
+        self._store_masks(pos_mask, neg_mask, n)
+        return tuple(_repeat(t, n) for t in (pos, neg, pooled, neg_pooled))
+
+    def encode_fused_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        device: torch.device | str | None = None,
+        do_classifier_free_guidance: bool = True,
+        clip_skip: int | None = None,
+    ) -> FusedPrompt:
+        """Fused embeddings, masks and pooled embeddings for ``prompt`` (and its negative)."""
+        device = torch.device(device) if device is not None else self._execution_device
+        pos, neg, pooled, neg_pooled = self.encode_prompt(
+            prompt,
+            None,
+            device,
+            1,
+            do_classifier_free_guidance,
+            negative_prompt,
+            clip_skip=clip_skip,
+        )
+        pos_mask, neg_mask = self._llm4gen_masks
+        self._llm4gen_masks = None
+        return FusedPrompt(pos, neg, pos_mask, neg_mask, pooled, neg_pooled)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *args: Any,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """Generate like ``StableDiffusionXLPipeline.__call__``; see :meth:`LLM4GenPipeline.__call__` for masks."""
+        if prompt is None and kwargs.get("prompt_embeds") is None:
+            raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
+        if prompt is not None:
+            validate_prompts(prompt, "prompt")
+        with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
+            return super().__call__(prompt, *args, **kwargs)

@@ -1,0 +1,48 @@
+"""Small helpers shared by the library: input validation and readable loading errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def validate_prompts(prompts: Any, name: str = "prompt", allow_empty: bool = False) -> list[str]:
+    """Return ``prompts`` as a list of strings, or raise a ``TypeError``/``ValueError`` that says what is wrong."""
+    if isinstance(prompts, str):
+        items = [prompts]
+    elif isinstance(prompts, Sequence) and not isinstance(prompts, (bytes, bytearray)):
+        items = list(prompts)
+        if not items:
+            raise ValueError(f"`{name}` is an empty list; pass at least one string.")
+    else:
+        raise TypeError(f"`{name}` must be a string or a list of strings, got {type(prompts).__name__}.")
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise TypeError(f"`{name}[{i}]` must be a string, got {type(p).__name__} ({p!r:.60}).")
+        if not allow_empty and not p.strip():
+            raise ValueError(f"`{name}[{i}]` is empty; describe the image to generate.")
+    return items
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def describe_load_error(err: Exception, what: str, ref: str, path: str | None = None) -> Exception:
+    """Wrap an error from a ``from_pretrained`` call in one that names what was looked for and where."""
+    path = path or ref
+    if os.path.isdir(path):
+        return OSError(f"Could not load the {what} from the folder {path!r}: {type(err).__name__}: {err}")
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+    if looks_local and not os.path.exists(path):
+        return OSError(f"Could not load the {what}: the path {path!r} does not exist.")
+    if hub_offline():
+        return OSError(
+            f"Could not load the {what} {ref!r}: it is not a local folder, and the Hugging Face Hub is offline "
+            f"(HF_HUB_OFFLINE=1) with no cached copy. Download it on a connected machine or pass a local path."
+        )
+    return OSError(
+        f"Could not load the {what} {ref!r} (not a local folder; hub lookup failed: {type(err).__name__}: {err}). "
+        "Check the id, your network, or pass a local path."
+    )
