@@ -276,3 +276,62 @@ def test_xl_component_check(xl):
     parts = dict(xl.components)
     with pytest.raises(ValueError, match="clip_dim=24"):
         LLM4GenXLPipeline(**{**parts, "adapter": CrossAdapter(clip_dim=24, llm_dim=32, num_heads=2)})
+
+
+def test_model_cpu_offload_sequence_runs(tiny_sd_dir):
+    """enable_model_cpu_offload hooks every component named in model_cpu_offload_seq (here onto the CPU)."""
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    want = _gen(pipe)
+    pipe.enable_model_cpu_offload(device="cpu")
+    assert hasattr(pipe.llm_encoder, "_hf_hook") and hasattr(pipe.adapter, "_hf_hook")
+    np.testing.assert_allclose(_gen(pipe), want, atol=1e-6)
+
+
+def test_lora_loading_keeps_working(tiny_sd_dir, tmp_path):
+    peft = pytest.importorskip("peft")
+    from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    base = _gen(pipe)
+    pipe.unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    fresh = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    fresh.load_lora_weights(tmp_path)
+    with_lora = _gen(fresh)
+    assert np.abs(with_lora - base).max() > 1e-3
+    fresh.unload_lora_weights()
+    np.testing.assert_allclose(_gen(fresh), base, atol=1e-5)
+
+
+def test_precomputed_embeddings_with_masks(tiny_llm_dirs, tmp_path):
+    from llm4gen.tiny import build_tiny_pipeline
+
+    llm = LLMEncoder.from_pretrained(tiny_llm_dirs["bert"], max_length=64, padding="max_length")
+    pipe = build_tiny_pipeline(llm=llm, work_dir=tmp_path, use_llm_attention_mask=True)
+    fused = pipe.encode_fused_prompt([PROMPT, LONG_A], device="cpu")
+    kwargs = dict(num_inference_steps=3, output_type="np", num_images_per_prompt=2)
+    direct = pipe([PROMPT, LONG_A], generator=torch.Generator().manual_seed(0), **kwargs).images
+    pre = pipe(
+        prompt_embeds=fused.prompt_embeds, negative_prompt_embeds=fused.negative_prompt_embeds,
+        prompt_attention_mask=fused.prompt_attention_mask,
+        negative_prompt_attention_mask=fused.negative_prompt_attention_mask,
+        generator=torch.Generator().manual_seed(0), **kwargs,
+    ).images
+    np.testing.assert_allclose(pre, direct, atol=1e-6)
+    unmasked = pipe(
+        prompt_embeds=fused.prompt_embeds, negative_prompt_embeds=fused.negative_prompt_embeds,
+        generator=torch.Generator().manual_seed(0), **kwargs,
+    ).images
+    assert np.abs(unmasked - direct).max() > 1e-5  # the given masks were really used
+
+
+def test_offline_hub_id_is_named(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="offline") as err:
+        LLM4GenPipeline.from_pretrained("someone/not-cached-llm4gen")
+    assert "someone/not-cached-llm4gen" in str(err.value)

@@ -129,6 +129,48 @@ class _LLM4GenMixin:
         """The LLM encoder's raw output (features + mask) for ``prompt``; no CLIP, no adapter."""
         return self.llm_encoder.encode(prompt)
 
+    def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
+        raise NotImplementedError
+
+    def encode_fused_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        device: torch.device | str | None = None,
+        do_classifier_free_guidance: bool = True,
+        clip_skip: int | None = None,
+    ) -> FusedPrompt:
+        """Fused embeddings and masks (SDXL: and pooled embeddings) for ``prompt`` and its negative, one row per
+        prompt; pass them back as ``prompt_embeds=`` etc. to reuse them across calls or seeds."""
+        device = torch.device(device) if device is not None else self._execution_device
+        pos, neg, pooled, neg_pooled = self._encode_fused(
+            prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip
+        )
+        pos_mask, neg_mask = self._llm4gen_masks
+        self._llm4gen_masks = None
+        return FusedPrompt(pos, neg, pos_mask, neg_mask, pooled, neg_pooled)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *args: Any,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """Generate exactly like the base diffusers pipeline's ``__call__`` (same arguments).
+
+        ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds``
+        (see :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on.
+        """
+        if prompt is None and kwargs.get("prompt_embeds") is None:
+            raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
+        if prompt is not None:
+            validate_prompts(prompt, "prompt")
+        with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
+            return super().__call__(prompt, *args, **kwargs)
+
     # ------------------------------------------------------------------ the UNet's attention mask
     @contextmanager
     def _unet_mask_hook(self, prompt_mask: Any, negative_mask: Any) -> Iterator[None]:
@@ -362,41 +404,11 @@ class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
         self._store_masks(pos_mask, neg_mask, n)
         return _repeat(pos, n), _repeat(neg, n)
 
-    def encode_fused_prompt(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        device: torch.device | str | None = None,
-        do_classifier_free_guidance: bool = True,
-        clip_skip: int | None = None,
-    ) -> FusedPrompt:
-        """Fused embeddings and masks for ``prompt`` (and its negative), to reuse across calls or pass elsewhere."""
-        device = torch.device(device) if device is not None else self._execution_device
+    def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
         pos, neg = self.encode_prompt(
             prompt, device, 1, do_classifier_free_guidance, negative_prompt, clip_skip=clip_skip
         )
-        pos_mask, neg_mask = self._llm4gen_masks
-        self._llm4gen_masks = None
-        return FusedPrompt(pos, neg, pos_mask, neg_mask)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        *args: Any,
-        prompt_attention_mask: torch.Tensor | None = None,
-        negative_prompt_attention_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ):
-        """Generate like ``StableDiffusionPipeline.__call__``. ``prompt_attention_mask`` /
-        ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds`` (see
-        :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on."""
-        if prompt is None and kwargs.get("prompt_embeds") is None:
-            raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
-        if prompt is not None:
-            validate_prompts(prompt, "prompt")
-        with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
-            return super().__call__(prompt, *args, **kwargs)
+        return pos, neg, None, None
 
     @classmethod
     def from_official(
@@ -539,42 +551,7 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         self._store_masks(pos_mask, neg_mask, n)
         return tuple(_repeat(t, n) for t in (pos, neg, pooled, neg_pooled))
 
-    def encode_fused_prompt(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None = None,
-        device: torch.device | str | None = None,
-        do_classifier_free_guidance: bool = True,
-        clip_skip: int | None = None,
-    ) -> FusedPrompt:
-        """Fused embeddings, masks and pooled embeddings for ``prompt`` (and its negative)."""
-        device = torch.device(device) if device is not None else self._execution_device
-        pos, neg, pooled, neg_pooled = self.encode_prompt(
-            prompt,
-            None,
-            device,
-            1,
-            do_classifier_free_guidance,
-            negative_prompt,
-            clip_skip=clip_skip,
+    def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
+        return self.encode_prompt(
+            prompt, None, device, 1, do_classifier_free_guidance, negative_prompt, clip_skip=clip_skip
         )
-        pos_mask, neg_mask = self._llm4gen_masks
-        self._llm4gen_masks = None
-        return FusedPrompt(pos, neg, pos_mask, neg_mask, pooled, neg_pooled)
-
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str | list[str] | None = None,
-        *args: Any,
-        prompt_attention_mask: torch.Tensor | None = None,
-        negative_prompt_attention_mask: torch.Tensor | None = None,
-        **kwargs: Any,
-    ):
-        """Generate like ``StableDiffusionXLPipeline.__call__``; see :meth:`LLM4GenPipeline.__call__` for masks."""
-        if prompt is None and kwargs.get("prompt_embeds") is None:
-            raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
-        if prompt is not None:
-            validate_prompts(prompt, "prompt")
-        with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
-            return super().__call__(prompt, *args, **kwargs)
