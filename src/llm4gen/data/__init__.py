@@ -1,0 +1,1 @@
+"""Data: ShapesWorld (a synthetic compositional world) and the offline CLIP tokenizer."""

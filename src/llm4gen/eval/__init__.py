@@ -1,0 +1,1 @@
+"""Evaluation: scorers and benchmark runners."""

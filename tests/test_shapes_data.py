@@ -1,0 +1,163 @@
+"""ShapesWorld generator: determinism, caption/graph agreement, the held-out split, the image folder round trip."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm4gen.data.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    SHAPES,
+    Scene,
+    SceneObject,
+    ShapesWorld,
+    ShapesWorldConfig,
+    corrupt_scene,
+    read_dataset,
+    relations_from_positions,
+    render_scene,
+    write_dataset,
+)
+from llm4gen.eval.shapes import clip_token_count
+
+
+@pytest.fixture(scope="module")
+def train_items():
+    return [ShapesWorld("train", seed=5)[k] for k in range(300)]
+
+
+def test_deterministic_by_seed_and_index():
+    a, b = ShapesWorld("train", seed=1), ShapesWorld("train", seed=1)
+    for k in (0, 7, 123):
+        x, y = a[k], b[k]
+        assert x.caption == y.caption and x.scene.to_dict() == y.scene.to_dict()
+        assert np.array_equal(np.asarray(x.image), np.asarray(y.image))
+    assert a[3].scene.to_dict() != ShapesWorld("train", seed=2)[3].scene.to_dict()
+    streamed = [it.scene.to_dict() for it, _ in zip(ShapesWorld("train", seed=1), range(5))]
+    assert streamed == [a[k].scene.to_dict() for k in range(5)]
+
+
+def test_scene_properties(train_items):
+    counts = set()
+    for it in train_items:
+        objs = it.scene.objects
+        counts.add(len(objs))
+        assert 1 <= len(objs) <= 4
+        assert len({(o.colour, o.shape) for o in objs}) == len(objs)  # each object is named uniquely
+        for i, o in enumerate(objs):  # bounding circles inside the image and apart from each other
+            assert o.radius <= o.x <= 1 - o.radius and o.radius <= o.y <= 1 - o.radius
+            for p in objs[i + 1 :]:
+                assert np.hypot(o.x - p.x, o.y - p.y) >= o.radius + p.radius
+        assert it.image.size == (64, 64)
+    assert counts == {1, 2, 3, 4}
+    colours = {o.colour for it in train_items for o in it.scene.objects}
+    shapes = {o.shape for it in train_items for o in it.scene.objects}
+    assert colours == set(COLOURS) and shapes == set(SHAPES)
+    assert {it.scene.background for it in train_items} == set(BACKGROUNDS)
+
+
+def test_relations_follow_positions():
+    a, b = SceneObject("red", "circle", "small", 0.2, 0.5), SceneObject("blue", "square", "small", 0.8, 0.52)
+    assert relations_from_positions([a, b]) == [(0, "left of", 1)]
+    c = SceneObject("green", "star", "small", 0.5, 0.9)
+    assert (0, "above", 1) in relations_from_positions([SceneObject("red", "ring", "small", 0.5, 0.2), c])
+    d = SceneObject("green", "star", "small", 0.3, 0.3)  # diagonal: no clear relation
+    assert relations_from_positions([SceneObject("red", "ring", "small", 0.5, 0.5), d]) == []
+
+
+def test_held_out_split(train_items):
+    assert all((o.colour, o.shape) not in HELD_OUT_PAIRS for it in train_items for o in it.scene.objects)
+    test_items = [ShapesWorld("test", seed=5)[k] for k in range(200)]
+    assert all(any((o.colour, o.shape) in HELD_OUT_PAIRS for o in it.scene.objects) for it in test_items)
+    # every colour and every shape still occurs in training; only their held-out combinations do not
+    assert {c for c, _ in HELD_OUT_PAIRS} == set(COLOURS) and {s for _, s in HELD_OUT_PAIRS} <= set(SHAPES)
+
+
+def test_captions_agree_with_the_graph(train_items):
+    dense_lengths = []
+    for it in train_items:
+        short, rel, dense = it.captions["short"], it.captions["relational"], it.captions["dense"]
+        for o in it.scene.objects:
+            assert f"{o.size} {o.colour} {o.shape}" in short
+            assert o.colour in dense
+        for c in COLOURS:  # no colour is mentioned that the scene does not have (background names are not colours)
+            if c not in {o.colour for o in it.scene.objects}:
+                assert not re.search(rf"\b{c}\b", short + " " + rel + " " + dense)
+        for a, r, b in it.scene.relations[:3]:
+            name_a, name_b = it.scene.objects[a].name(), it.scene.objects[b].name()
+            word = {"left of": "to the left of", "right of": "to the right of"}.get(r, r)
+            assert f"the {name_a} {word} the {name_b}" in rel
+        n = len(dense.split())
+        dense_lengths.append(n)
+        assert 40 <= n <= 140, dense
+        assert it.caption == it.captions[it.style]
+    tokens = clip_token_count([it.captions["dense"] for it in train_items])
+    assert 0.3 < np.mean([t > 77 for t in tokens]) < 0.9  # many, not all, dense prompts overflow CLIP's window
+    traps = 0
+    for it in train_items:  # binding traps: colours and shapes recur crossed between objects
+        objs = it.scene.objects
+        traps += any(p.colour == q.colour and p.shape != q.shape for p in objs for q in objs) and any(
+            p.shape == q.shape and p.colour != q.colour for p in objs for q in objs
+        )
+    assert traps / len(train_items) > 0.2
+
+
+def test_render_colours_and_positions():
+    objs = [SceneObject("red", "square", "large", 0.25, 0.25), SceneObject("blue", "circle", "small", 0.75, 0.75)]
+    scene = Scene(objs, "white")
+    a = np.asarray(render_scene(scene, 64)).astype(int)
+    assert tuple(a[16, 16]) == COLOURS["red"] and tuple(a[48, 48]) == COLOURS["blue"]
+    assert tuple(a[2, 60]) == BACKGROUNDS["white"]
+    ring = np.asarray(render_scene(Scene([SceneObject("green", "ring", "large", 0.5, 0.5)], "black"), 64)).astype(int)
+    assert tuple(ring[32, 32]) == BACKGROUNDS["black"] and tuple(ring[32, 32 + 9]) == COLOURS["green"]
+
+
+def test_corruptions():
+    scene = Scene([SceneObject("red", "square", "large", 0.25, 0.3), SceneObject("blue", "circle", "small", 0.75, 0.3)],
+                  "grey", relations_from_positions([SceneObject("red", "square", "large", 0.25, 0.3),
+                                                    SceneObject("blue", "circle", "small", 0.75, 0.3)]))
+    swapped, ok = corrupt_scene(scene, "swap-colours")
+    assert ok and [o.colour for o in swapped.objects] == ["blue", "red"]
+    dropped, ok = corrupt_scene(scene, "drop-object")
+    assert ok and len(dropped.objects) == 1
+    mirrored, ok = corrupt_scene(scene, "mirror")
+    assert ok and mirrored.relations == [(0, "right of", 1)]
+    with pytest.raises(ValueError, match="Unknown corruption"):
+        corrupt_scene(scene, "blur")
+
+
+def test_write_and_read_back(tmp_path):
+    path = write_dataset(tmp_path / "d", 12, split="test", seed=3, progress=False)
+    records = read_dataset(path)
+    world = ShapesWorld("test", seed=3)
+    assert len(records) == 12
+    for k, rec in enumerate(records):
+        assert rec["file_name"] == f"{k:06d}.png" and rec["text"] == world[k].caption
+        assert rec["scene"].to_dict() == world[k].scene.to_dict()
+        assert np.array_equal(np.asarray(Image.open(rec["path"])), np.asarray(world[k].image))
+    line = json.loads((path / "metadata.jsonl").read_text().splitlines()[0])
+    assert {"file_name", "text", "scene", "captions", "style"} <= set(line)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        ShapesWorld("validation")
+    with pytest.raises(ValueError, match="max_objects"):
+        ShapesWorldConfig(max_objects=5)
+    with pytest.raises(ValueError, match="caption_style"):
+        ShapesWorldConfig(caption_style="poem")
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
+        read_dataset(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png"}\n')
+    with pytest.raises(ValueError, match="scene"):
+        read_dataset(tmp_path)
+    with pytest.raises(ValueError, match="Unknown attribute"):
+        Scene.from_dict({"objects": [{"colour": "mauve", "shape": "circle", "size": "small", "x": 0.5, "y": 0.5}]})
+    with pytest.raises(IndexError):
+        ShapesWorld("train", num_items=3)[3]

@@ -1,0 +1,113 @@
+"""The ShapesWorld scorer on the generator's own renders, on corrupted renders and on noisy renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from typer.testing import CliRunner
+
+from llm4gen.cli import app
+from llm4gen.data.shapes import Scene, SceneObject, ShapesWorld, corrupt_scene, relations_from_positions, render_scene
+from llm4gen.eval.shapes import METRICS, ShapesScorer, detect_objects, score_folder, score_image, summarize
+
+N = 120
+
+
+def _scores(kind: str, seed: int = 11) -> dict:
+    world, scorer, rng = ShapesWorld("test", seed=seed), ShapesScorer(), np.random.default_rng(0)
+    for k in range(N):
+        item = world[k]
+        if kind == "clean":
+            image = item.image
+        elif kind == "noisy":
+            blurred = item.image.filter(ImageFilter.GaussianBlur(0.8))
+            arr = np.asarray(blurred, dtype=np.float32) + rng.normal(0, 10, (64, 64, 3))
+            image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        else:
+            bad, ok = corrupt_scene(item.scene, kind, np.random.default_rng(k))
+            if not ok:
+                continue
+            image = render_scene(item.scene if kind == "mirror" else bad)
+            if kind == "mirror":
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        scorer.add(image, item.scene)
+    return {m: v["mean"] for m, v in scorer.summary().items()}
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return _scores("clean")
+
+
+def test_own_renders_score_perfectly(clean):
+    assert all(clean[m] == 1.0 for m in METRICS), clean
+
+
+def test_swapped_colours_break_only_binding(clean):
+    s = _scores("swap-colours")
+    assert s["binding"] < 0.5 and s["all_correct"] == 0
+    for m in ("count", "colour", "shape", "size", "spatial", "background"):
+        assert s[m] == pytest.approx(clean[m]), m
+
+
+def test_missing_object_breaks_count():
+    s = _scores("drop-object")
+    assert s["count"] == 0 and s["all_correct"] == 0
+    assert s["binding"] < 1 and s["spatial"] == 1.0 and s["background"] == 1.0
+
+
+def test_mirrored_layout_breaks_only_spatial():
+    s = _scores("mirror")
+    assert s["spatial"] < 0.7 and s["all_correct"] == 0
+    for m in ("count", "colour", "shape", "binding", "size", "background"):
+        assert s[m] == 1.0, m
+
+
+def test_robust_to_blur_and_noise():
+    s = _scores("noisy")
+    assert s["count"] == 1.0 and s["colour"] == 1.0
+    assert s["binding"] > 0.95 and s["all_correct"] > 0.9
+
+
+def test_hand_built_scene():
+    objs = [SceneObject("red", "star", "large", 0.28, 0.3), SceneObject("cyan", "ring", "small", 0.75, 0.7),
+            SceneObject("yellow", "triangle", "small", 0.75, 0.25)]
+    scene = Scene(objs, "black", relations_from_positions(objs))
+    dets = detect_objects(render_scene(scene, 64))
+    found = sorted((d.colour, d.shape, d.size) for d in dets)
+    assert found == [("cyan", "ring", "small"), ("red", "star", "large"), ("yellow", "triangle", "small")]
+    red = next(d for d in dets if d.colour == "red")
+    assert abs(red.x - 0.28) < 0.03 and abs(red.y - 0.3) < 0.03
+    empty = score_image(Image.new("RGB", (64, 64), (128, 128, 128)), scene)
+    assert empty["num_found"] == 0 and empty["count"] == 0 and empty["binding"] == 0 and empty["spatial"] is None
+    assert empty["background"] == 0.0  # grey, not black
+
+
+def test_other_resolution():
+    item = ShapesWorld("train", seed=2, config=None)[4]
+    big = render_scene(item.scene, 128)
+    assert score_image(big, item.scene)["all_correct"] == 1.0
+
+
+def test_summarize_skips_missing_values():
+    s = summarize([{m: 1.0 for m in METRICS} | {"spatial": None}, {m: 0.0 for m in METRICS}])
+    assert s["count"] == {"mean": 0.5, "n": 2} and s["spatial"] == {"mean": 0.0, "n": 1}
+
+
+def test_score_folder_and_cli(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["shapes", "make-data", str(tmp_path / "good"), "--num", "30", "--split", "test"])
+    assert res.exit_code == 0, res.output
+    report = score_folder(str(tmp_path / "good"), progress=False)
+    assert report["summary"]["all"]["all_correct"]["mean"] == 1.0
+    assert report["summary"]["<=77 tokens"]["count"]["n"] + report["summary"][">77 tokens"]["count"]["n"] == 30
+    res = runner.invoke(app, ["shapes", "score", str(tmp_path / "good")])
+    assert res.exit_code == 0 and "100.0%" in res.output and (tmp_path / "good" / "shapes_scores.json").is_file()
+    runner.invoke(app, ["shapes", "make-data", str(tmp_path / "bad"), "--num", "30", "--split", "test",
+                        "--corrupt", "swap-colours"])
+    bad = score_folder(str(tmp_path / "bad"), progress=False)["summary"]["all"]
+    assert bad["binding"]["mean"] < 0.6 and bad["colour"]["mean"] == 1.0
+    (tmp_path / "good" / "000003.png").unlink()
+    res = runner.invoke(app, ["shapes", "score", str(tmp_path / "good")])
+    assert res.exit_code == 1 and "000003.png" in res.output
