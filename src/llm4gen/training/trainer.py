@@ -1,0 +1,617 @@
+"""The LLM4GEN trainer: CAM (+ UNet, fully or with LoRA, or frozen) on frozen CLIP, LLM and VAE.
+
+Read top to bottom: ``train(config)`` loads the models, builds the data order, and runs the loop. One optimisation
+step is ``gradient_accumulation_steps`` micro-batches; each micro-batch
+
+    examples -> captions (dropped to "" with caption_dropout) -> frozen CLIP / LLM features (cached or computed)
+             -> images -> frozen VAE latent distribution (cached or computed) -> latents
+             -> noise, timesteps -> noisy latents -> CAM(clip, llm) -> UNet -> denoising loss (+ entity loss)
+
+Everything random in a micro-batch (which examples, dropout, noise, timesteps, latent samples) is drawn from
+generators seeded by (seed, batch number, process), so resuming a run reproduces the uninterrupted run exactly and
+several processes see the same samples as one process with their summed batch. Checkpoints hold the trained weights,
+EMA, optimizer and LR scheduler and are written to a temporary folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..adapter import CrossAdapter
+from ..encoders import LLMEncoder, PromptTruncationWarning
+from ..utils import describe_load_error
+from .cache import FeatureCache, model_fingerprint
+from .config import TrainConfig
+from .data import batch_indices, make_source, preprocess_image, step_generator, token_pairs
+from .losses import AttentionStore, diffusion_loss, entity_loss, install_attention_store
+
+__all__ = ["TrainResult", "TrainingDivergedError", "train"]
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_step: int
+    losses: list[float]  # per optimisation step, averaged over micro-batches and processes
+    samples_per_second: float
+    cache_hits: int = 0
+    cache_misses: int = 0
+    is_main_process: bool = True
+
+
+class Denoiser(nn.Module):
+    """The trained part in one module (one DDP wrapper): CAM (when there is an LLM) then the UNet."""
+
+    def __init__(self, unet: nn.Module, adapter: CrossAdapter | None, use_mask: bool) -> None:
+        super().__init__()
+        self.unet, self.adapter, self.use_mask = unet, adapter, use_mask
+
+    def forward(self, noisy, timesteps, clip, llm=None, llm_mask=None):
+        if self.adapter is not None:
+            cond, mask = self.adapter(clip, llm, llm_mask)
+        else:
+            cond, mask = clip, None
+        mask = mask if self.use_mask else None
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+
+
+# ---------------------------------------------------------------------- loading
+def _load_frozen(cfg: TrainConfig):
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = cfg.base_model
+    if os.path.isdir(base) and os.path.isdir(os.path.join(base, "text_encoder_2")):
+        raise NotImplementedError(
+            f"{base!r} is an SDXL model; this trainer handles SD1.x-style models so far (SDXL training is planned)."
+        )
+    parts = {}
+    for name, cls in (("tokenizer", CLIPTokenizer), ("text_encoder", CLIPTextModel), ("vae", AutoencoderKL),
+                      ("scheduler", DDPMScheduler)):
+        try:
+            parts[name] = cls.from_pretrained(base, subfolder=name)
+        except Exception as err:
+            raise describe_load_error(err, f"base model's {name}", f"{base}/{name}") from err
+    if cfg.prediction_type is not None:
+        parts["scheduler"].register_to_config(prediction_type=cfg.prediction_type)
+    for m in (parts["text_encoder"], parts["vae"]):
+        m.requires_grad_(False)
+        m.eval()
+    return parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["scheduler"]
+
+
+def _load_unet(cfg: TrainConfig, clip_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(cfg.unet, dict):
+        unet = UNet2DConditionModel(**cfg.unet)
+    else:
+        ref, sub = (cfg.unet, None) if cfg.unet else (cfg.base_model, "unet")
+        try:
+            unet = UNet2DConditionModel.from_pretrained(ref, subfolder=sub)
+        except Exception as err:
+            raise describe_load_error(err, "UNet", ref if sub is None else f"{ref}/{sub}") from err
+    if unet.config.cross_attention_dim != clip_dim:
+        raise ValueError(
+            f"The UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder gives "
+            f"{clip_dim}-d "
+            "tokens; set unet.cross_attention_dim to match."
+        )
+    return unet
+
+
+def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter:
+    if cfg.adapter_init:
+        path = cfg.adapter_init
+        adapter = CrossAdapter.from_pretrained(path) if os.path.isdir(path) else CrossAdapter.from_official(path)
+    else:
+        kwargs = {"num_heads": max(h for h in (1, 2, 4, 8) if clip_dim % h == 0), **cfg.adapter}
+        adapter = CrossAdapter(clip_dim=clip_dim, llm_dim=llm_dim, **kwargs)
+    if (adapter.config.clip_dim, adapter.config.llm_dim) != (clip_dim, llm_dim):
+        raise ValueError(
+            f"adapter_init has clip_dim={adapter.config.clip_dim}, llm_dim={adapter.config.llm_dim}; this run needs "
+            f"{clip_dim} and {llm_dim}."
+        )
+    return adapter
+
+
+# ---------------------------------------------------------------------- features
+class Features:
+    """Frozen-model features for a batch, from the cache when present (see ``cache.py``)."""
+
+    def __init__(self, cfg, tokenizer, text_encoder, vae, llm, cache: FeatureCache | None, device) -> None:
+        self.cfg, self.tokenizer, self.text_encoder, self.vae, self.llm = cfg, tokenizer, text_encoder, vae, llm
+        self.cache, self.device = cache, device
+        self.encoded = self.truncated = 0  # captions run through the LLM, and how many of them it had to cut
+        self.ns_clip = self.ns_llm = self.ns_vae = ""
+        if cache is not None:
+            self.ns_clip = "clip-" + model_fingerprint(text_encoder, cfg.base_model, max_length=77)
+            self.ns_vae = "vae-" + model_fingerprint(vae, cfg.base_model, resolution=cfg.resolution,
+                                                     crop=cfg.data.center_crop)
+            if llm is not None:
+                c = llm.config
+                self.ns_llm = "llm-" + model_fingerprint(
+                    llm.model, c.model_name_or_path, max_length=c.max_length, padding=c.padding, prefix=c.prefix,
+                    layer=c.hidden_layer,
+                )
+
+    def _cached(self, ns: str, keys: list[str], compute) -> list[dict[str, torch.Tensor]]:
+        """Look ``keys`` up; ``compute(indices)`` returns the values of the missing ones, which are then stored."""
+        out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
+        if self.cache is not None:
+            out = [self.cache.get(ns, k) for k in keys]
+        todo = [i for i, v in enumerate(out) if v is None]
+        if todo:
+            for i, value in zip(todo, compute(todo)):
+                out[i] = value
+                if self.cache is not None:
+                    self.cache.put(ns, keys[i], value)
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def clip(self, captions: list[str]) -> torch.Tensor:
+        def compute(todo):
+            texts = [captions[i] for i in todo]
+            ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            hidden = self.text_encoder(ids)[0].float().cpu()
+            return [{"clip": h} for h in hidden]
+
+        rows = self._cached(self.ns_clip, captions, compute)
+        return torch.stack([r["clip"] for r in rows]).to(self.device)
+
+    @torch.no_grad()
+    def llm_features(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        trim = self.llm.config.padding == "longest"
+
+        def compute(todo):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PromptTruncationWarning)
+                out = self.llm.encode([captions[i] for i in todo])
+            self.encoded += len(todo)
+            self.truncated += sum(n > self.llm.max_length for n in out.num_tokens)
+            rows = []
+            for feats, mask in zip(out.embeds.float().cpu(), out.attention_mask.cpu()):
+                n = int(mask.sum())
+                rows.append({"llm": feats[:n], "mask": mask[:n]} if trim else {"llm": feats, "mask": mask})
+            return rows
+
+        rows = self._cached(self.ns_llm, captions, compute)
+        length = max(r["llm"].shape[0] for r in rows)
+        dim = rows[0]["llm"].shape[1]
+        feats = torch.zeros(len(rows), length, dim)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = r["llm"].shape[0]
+            feats[i, :n] = r["llm"]
+            mask[i, :n] = r["mask"].long()
+        return feats.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def latents(self, images: list, keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
+        """Sample latents ``(mean + std * eps) * scaling_factor`` from the VAE's (cached) latent distribution."""
+        cfg = self.cfg
+
+        def compute(todo):
+            pixels = torch.stack([preprocess_image(images[i], cfg.resolution, cfg.data.center_crop, flips[i])
+                                  for i in todo]).to(self.device)
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            return [{"mean": m, "std": s} for m, s in zip(dist.mean.float().cpu(), dist.std.float().cpu())]
+
+        rows = self._cached(self.ns_vae, [f"{k}|flip={f}" for k, f in zip(keys, flips)], compute)
+        mean = torch.stack([r["mean"] for r in rows])
+        std = torch.stack([r["std"] for r in rows])
+        return ((mean + std * eps) * self.vae.config.scaling_factor).to(self.device)
+
+
+# ---------------------------------------------------------------------- EMA, checkpoints
+class EMA:
+    """Exponential moving average of the trained parameters, with the usual warm-up of the decay."""
+
+    def __init__(self, params: dict[str, torch.Tensor], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.Tensor], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in params.items():
+            self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+
+
+def _trainable(model: Denoiser) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
+                     cfg: TrainConfig, losses: list[float]) -> Path:
+    from safetensors.torch import save_file
+
+    ckpt_root = out / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = ckpt_root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in _trainable(model).items()}, tmp / "trained.safetensors")
+    if ema is not None:
+        save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    state = {"step": step, "losses": losses, "config": cfg.to_dict()}
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
+    if cfg.checkpoints_total_limit is not None:
+        done = sorted(p for p in ckpt_root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
+        for old in done[: max(0, len(done) - cfg.checkpoints_total_limit)]:
+            shutil.rmtree(old)
+    return final
+
+
+def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
+    """``resume`` is ``"latest"`` or a checkpoint folder."""
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint folder (no trainer_state.json).")
+        return path
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)) if root.is_dir() else []
+    if not done:
+        raise FileNotFoundError(f"--resume latest: no checkpoint in {root}.")
+    return done[-1]
+
+
+def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None) -> tuple[int, list]:
+    from safetensors.torch import load_file
+
+    try:
+        trained = load_file(path / "trained.safetensors")
+        own = _trainable(model)
+        missing = sorted(set(own) - set(trained))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trained tensors, e.g. {missing[:3]}")
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(trained[k])
+        if ema is not None and (path / "ema.safetensors").is_file():
+            ema.shadow = {k: v.float() for k, v in load_file(path / "ema.safetensors").items()}
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+        lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(
+            f"Cannot resume from {path}: {err}. The checkpoint is incomplete or from another config."
+        ) from err
+    return int(state["step"]), list(state.get("losses", []))
+
+
+# ---------------------------------------------------------------------- outputs
+def _build_pipeline(cfg, unet, adapter, vae, text_encoder, tokenizer, llm, noise_scheduler):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from ..pipeline import LLM4GenPipeline
+
+    scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+    common = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if llm is None:
+        return StableDiffusionPipeline(**common)
+    return LLM4GenPipeline(**common, llm_encoder=llm, adapter=adapter,
+                           use_llm_attention_mask=cfg.use_llm_attention_mask)
+
+
+@contextlib.contextmanager
+def _swapped(model: Denoiser, params: dict[str, torch.Tensor] | None):
+    """Temporarily load ``params`` (e.g. EMA weights) into the model."""
+    if params is None:
+        yield
+        return
+    own = _trainable(model)
+    backup = {k: v.detach().clone() for k, v in own.items()}
+    with torch.no_grad():
+        for k, p in own.items():
+            p.copy_(params[k])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(backup[k])
+
+
+def _validate(cfg, step, model, pipeline_parts, out: Path) -> Path | None:
+    if not cfg.validation_prompts:
+        return None
+    from ..images import make_grid
+
+    pipe = _build_pipeline(cfg, model.unet, model.adapter, *pipeline_parts)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for i, prompt in enumerate(cfg.validation_prompts):
+        g = torch.Generator().manual_seed(cfg.seed + i)
+        images.append(pipe(prompt, num_inference_steps=cfg.validation_num_inference_steps,
+                           guidance_scale=cfg.validation_guidance_scale, generator=g,
+                           height=cfg.resolution, width=cfg.resolution).images[0])
+    target = out / "validation" / f"step-{step:08d}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, captions=list(cfg.validation_prompts), cell=max(128, cfg.resolution)).save(target)
+    return target
+
+
+# ---------------------------------------------------------------------- the run
+def _has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)
+    if probe is not None and hasattr(probe, "is_available"):
+        return bool(probe.is_available())
+    return torch.cuda.is_available()
+
+
+def train(
+    cfg: TrainConfig,
+    resume: str | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Run training as configured; ``resume`` = ``"latest"`` or a checkpoint folder continues a run.
+
+    ``on_step(step, loss)`` is called on the main process after each optimisation step (and after its checkpoint);
+    raising from it stops the run, as an interruption would.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    torch.manual_seed(cfg.seed)
+
+    # frozen models
+    tokenizer, text_encoder, vae, noise_scheduler = _load_frozen(cfg)
+    clip_dim = text_encoder.config.hidden_size
+    llm = None
+    if cfg.llm is not None:
+        llm = LLMEncoder.from_pretrained(
+            cfg.llm, max_length=cfg.llm_max_length, padding=cfg.llm_padding, prefix=cfg.llm_prefix,
+            hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype),
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    text_encoder.to(device)
+    vae.to(device)
+    if llm is not None:
+        llm.to(device)
+
+    # trained models
+    unet = _load_unet(cfg, clip_dim)
+    adapter = _load_adapter(cfg, clip_dim, llm.hidden_size) if llm is not None else None
+    if cfg.train_unet == "frozen":
+        unet.requires_grad_(False)
+    elif cfg.train_unet == "lora":
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    model = Denoiser(unet, adapter, cfg.use_llm_attention_mask)
+    store = None
+    if cfg.entity_loss_weight > 0:
+        store = AttentionStore(cfg.entity_loss_max_resolution)
+        install_attention_store(unet, store)
+
+    groups = []
+    unet_params = [p for p in unet.parameters() if p.requires_grad]
+    if unet_params:
+        groups.append({"params": unet_params, "lr": cfg.learning_rate})
+    if adapter is not None:
+        groups.append({"params": list(adapter.parameters()), "lr": cfg.adapter_learning_rate or cfg.learning_rate})
+    if not groups:
+        raise ValueError("Nothing to train: no LLM (no adapter) and train_unet is 'frozen'.")
+    optimizer = torch.optim.AdamW(groups, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                                  eps=cfg.adam_epsilon)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_train_steps)
+    ema = EMA(_trainable(model), cfg.ema_decay) if cfg.use_ema else None
+
+    start_step, losses = 0, []
+    if resume is not None:
+        ckpt = find_checkpoint(out, resume)
+        start_step, losses = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema)
+        losses = losses[:start_step]
+        if accelerator.is_main_process:
+            print(f"resumed from {ckpt} at step {start_step}")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+
+    source = make_source(cfg.data, cfg.resolution)
+    cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
+    feats = Features(cfg, tokenizer, text_encoder, vae, llm, cache, device)
+    parse_tok = llm.tokenizer if llm is not None else tokenizer
+    prefix_len = len(cfg.llm_prefix) if llm is not None else 0
+    if store is not None and not getattr(parse_tok, "is_fast", False):
+        raise ValueError("The entity loss needs a fast tokenizer (offset mappings) for the conditioning tokens.")
+    # where the LLM tokens sit in the fused sequence: after the CLIP window (clip_first) or at the start
+    llm_offset = tokenizer.model_max_length
+    if adapter is not None and adapter.config.concat_order != "clip_first":
+        llm_offset = 0
+
+    logs = out / "logs" / "metrics.jsonl"
+    if accelerator.is_main_process:
+        logs.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress and accelerator.is_main_process:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
+                       TimeRemainingColumn(), transient=False)
+        task = bar.add_task("train", total=cfg.max_train_steps, completed=start_step, loss=float("nan"), sps=0.0)
+        bar.start()
+
+    A, B = cfg.gradient_accumulation_steps, cfg.train_batch_size
+    G = B * world  # the global batch
+    n_train_t = noise_scheduler.config.num_train_timesteps
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    latent_shape = (vae.config.latent_channels, cfg.resolution // factor, cfg.resolution // factor)
+
+    def draw(batch_number: int, purpose: str, fn):
+        """Draw for the whole global batch from a generator seeded by (seed, batch, purpose); callers take their
+        rows. One process with batch 2B and two with B therefore get identical randomness."""
+        return fn(step_generator(cfg.seed, batch_number, 0, purpose))
+
+    t_start, samples = time.time(), 0
+    model.train()
+    try:
+        for step in range(start_step, cfg.max_train_steps):
+            step_loss = torch.zeros((), device=device)
+            parts = {"diffusion": 0.0, "entity": 0.0}
+            for micro in range(A):
+                b = step * A + micro
+                idx = batch_indices(b, len(source), B, world, rank, cfg.data.seed + cfg.seed)
+                examples = [source[i] for i in idx]
+                mine = slice(rank * B, (rank + 1) * B)  # this process's rows of the global batch's draws
+                drop = draw(b, "dropout", lambda g: torch.rand(G, generator=g))[mine] < cfg.caption_dropout
+                captions = ["" if d else ex.caption for ex, d in zip(examples, drop.tolist())]
+                flips = [False] * B
+                if cfg.data.random_flip:
+                    flips = (draw(b, "flip", lambda g: torch.rand(G, generator=g))[mine] < 0.5).tolist()
+                eps = draw(b, "latent", lambda g: torch.randn((G, *latent_shape), generator=g))[mine]
+                latents = feats.latents([ex.image for ex in examples], [ex.key for ex in examples], flips, eps)
+                clip = feats.clip(captions)
+                llm_feats = llm_mask = None
+                if llm is not None:
+                    llm_feats, llm_mask = feats.llm_features(captions)
+                noise = draw(b, "noise", lambda g: torch.randn((G, *latent_shape), generator=g))[mine]
+                if cfg.noise_offset:
+                    offset = draw(b, "offset", lambda g: torch.randn((G, latent_shape[0], 1, 1), generator=g))[mine]
+                    noise = noise + cfg.noise_offset * offset
+                noise = noise.to(device)
+                timesteps = draw(b, "timesteps", lambda g: torch.randint(0, n_train_t, (G,), generator=g))[mine]
+                timesteps = timesteps.to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                if noise_scheduler.config.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                if store is not None:
+                    store.reset()
+                    store.active = True
+                sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
+                with sync:
+                    with accelerator.autocast():
+                        pred = model(noisy, timesteps, clip, llm_feats, llm_mask)
+                        loss_d = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
+                        loss = loss_d
+                        if store is not None:
+                            offsets = parse_tok([(cfg.llm_prefix if llm is not None else "") + c for c in captions],
+                                                return_offsets_mapping=True)["offset_mapping"]
+                            shift = llm_offset if llm is not None else 0
+                            pairs = [[(a + shift, e + shift) for a, e in token_pairs(c, o, prefix_len)]
+                                     for c, o in zip(captions, offsets)]
+                            if llm is not None:  # only tokens that exist in this batch's padded LLM sequence
+                                limit = llm_feats.shape[1]
+                                pairs = [[(a, e) for a, e in p if max(a, e) - shift < limit] for p in pairs]
+                            loss_e = entity_loss(store.maps, pairs)
+                            loss = loss + cfg.entity_loss_weight * loss_e
+                            parts["entity"] += loss_e.item() / A
+                            store.active = False
+                    if not torch.isfinite(loss):
+                        raise TrainingDivergedError(
+                            f"The loss became {loss.item()} at step {step + 1} (micro-batch {micro + 1}); "
+                            "stopping. The last "
+                            f"good checkpoint is kept in {out / 'checkpoints'}. Try a lower learning rate, "
+                            "mixed_precision: no, or max_grad_norm."
+                        )
+                    accelerator.backward(loss / A)
+                step_loss += loss.detach() / A
+                parts["diffusion"] += loss_d.item() / A
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(_trainable(raw), step)
+            mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+            losses.append(mean_loss)
+            samples += A * B * world
+            done = step + 1
+            sps = samples / max(time.time() - t_start, 1e-9)
+            if bar is not None:
+                bar.update(task, completed=done, loss=mean_loss, sps=sps)
+            if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_train_steps):
+                with open(logs, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": done, "loss": mean_loss, "loss_diffusion": parts["diffusion"],
+                                        "loss_entity": parts["entity"], "lr": lr_scheduler.get_last_lr()[0],
+                                        "samples_per_s": round(sps, 2), "llm_truncated": feats.truncated,
+                                        "elapsed_s": round(time.time() - t_start, 1)}) + "\n")
+            if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses)
+            if cfg.validation_prompts and done % cfg.validation_steps == 0 and accelerator.is_main_process:
+                with _swapped(raw, ema.shadow if ema is not None else None):
+                    raw.eval()
+                    _validate(cfg, done, raw, (vae, text_encoder, tokenizer, llm, noise_scheduler), out)
+                    raw.train()
+            if on_step is not None and accelerator.is_main_process:
+                on_step(done, mean_loss)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    # the final pipeline folder, with EMA weights when EMA is on
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if ema is not None:
+            with torch.no_grad():
+                for k, p in _trainable(raw).items():
+                    p.copy_(ema.shadow[k])
+        final_unet = raw.unet
+        if cfg.train_unet == "lora":
+            from diffusers import StableDiffusionPipeline
+            from peft.utils import get_peft_model_state_dict
+
+            lora_layers = get_peft_model_state_dict(final_unet)
+            StableDiffusionPipeline.save_lora_weights(out / "lora", unet_lora_layers=lora_layers)
+            final_unet.fuse_lora()
+            final_unet.unload_lora()
+        pipe = _build_pipeline(cfg, final_unet, raw.adapter, vae, text_encoder, tokenizer, llm, noise_scheduler)
+        pipe.save_pretrained(out)
+    accelerator.wait_for_everyone()
+    if feats.truncated and accelerator.is_main_process:
+        warnings.warn(
+            f"{feats.truncated} of {feats.encoded} captions encoded in this run were longer than llm_max_length="
+            f"{cfg.llm_max_length} tokens and were cut; raise llm_max_length to keep them whole.",
+            PromptTruncationWarning,
+            stacklevel=2,
+        )
+    elapsed = max(time.time() - t_start, 1e-9)
+    return TrainResult(out, cfg.max_train_steps, losses, samples / elapsed,
+                       cache.hits if cache else 0, cache.misses if cache else 0, accelerator.is_main_process)
+

@@ -1,0 +1,339 @@
+"""The trainer: config errors, data order, losses, cache, every mode end to end, resume, NaN, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm4gen.training.cache import FeatureCache, model_fingerprint
+from llm4gen.training.config import load_config
+from llm4gen.training.data import batch_indices, parse_entities, token_pairs
+from llm4gen.training.losses import diffusion_loss, entity_loss
+from llm4gen.training.trainer import TrainingDivergedError, train
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_llm_dirs):
+    """A tiny SD-style base model folder (tokenizer, text_encoder, vae, unet, scheduler) at 32 px."""
+    from llm4gen.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("train-base")
+    pipe = build_tiny_pipeline(llm=tiny_llm_dirs["bert"], work_dir=root / "parts")
+    pipe.save_pretrained(root / "base")
+    return str(root / "base")
+
+
+def _cfg(base, llm, out, **kw):
+    data = kw.pop("data", {"type": "shapesworld", "num_items": 64})
+    cfg = {"output_dir": str(out), "base_model": base, "llm": llm, "llm_max_length": 160, "data": data,
+           "resolution": 32, "train_batch_size": 4, "max_train_steps": 3, "checkpointing_steps": 100, "log_every": 1,
+           "learning_rate": 1e-3}
+    cfg.update(kw)
+    return load_config(cfg)
+
+
+# ---------------------------------------------------------------------- config
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"learning_rte \(did you mean 'learning_rate'\?\)"):
+        load_config({"output_dir": "o", "base_model": "b", "learning_rte": 1e-4})
+    with pytest.raises(ValueError, match=r"data.captoin_column \(did you mean 'caption_column'\?\)"):
+        load_config({"output_dir": "o", "base_model": "b", "data": {"captoin_column": "x"}})
+    with pytest.raises(ValueError, match="Missing required config key.*base_model"):
+        load_config({"output_dir": "o"})
+    with pytest.raises(ValueError, match="train_unet"):
+        load_config({"output_dir": "o", "base_model": "b", "train_unet": "half"})
+    with pytest.raises(ValueError, match="data.path"):
+        load_config({"output_dir": "o", "base_model": "b", "data": {"type": "imagefolder"}})
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: o\nbase_model: b\nresolution: 64\ndata:\n  type: shapesworld\n  num_items: 10\n")
+    cfg = load_config(path, max_train_steps=7)
+    assert cfg.resolution == 64 and cfg.data.num_items == 10 and cfg.max_train_steps == 7
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "none.yaml")
+
+
+# ---------------------------------------------------------------------- data order and parsing
+def test_batch_order_is_a_pure_function():
+    n, b = 20, 4
+    epoch0 = [i for k in range(5) for i in batch_indices(k, n, b, 1, 0, seed=3)]
+    assert sorted(epoch0) == list(range(n))  # every item once per epoch
+    assert epoch0 != [i for k in range(5, 10) for i in batch_indices(k, n, b, 1, 0, seed=3)]  # reshuffled
+    assert batch_indices(7, n, b, 1, 0, seed=3) == batch_indices(7, n, b, 1, 0, seed=3)
+    two = batch_indices(2, n, 2, 2, 0, seed=3) + batch_indices(2, n, 2, 2, 1, seed=3)
+    assert two == batch_indices(2, n, 4, 1, 0, seed=3)  # two processes of 2 == one process of 4
+    with pytest.raises(ValueError, match="global batch"):
+        batch_indices(0, 3, 4, 1, 0, seed=0)
+
+
+def test_entity_parser():
+    text = "A small red circle and a blue square, while the star is green."
+    words = [(text[a[0]:a[1]], text[e[0]:e[1]]) for a, e in parse_entities(text)]
+    assert words == [("small", "circle"), ("red", "circle"), ("blue", "square")]
+    from transformers import AutoTokenizer
+
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    enc = tok("pre " + text, return_offsets_mapping=True)
+    pairs = token_pairs(text, enc["offset_mapping"], prefix_len=4)
+    names = [(tok.convert_ids_to_tokens(enc["input_ids"][a]), tok.convert_ids_to_tokens(enc["input_ids"][e]))
+             for a, e in pairs]
+    assert names == [("small", "circle"), ("red", "circle"), ("blue", "square")]
+
+
+def test_entity_parser_precision_on_shapesworld():
+    from llm4gen.data.shapes import ShapesWorld
+
+    world = ShapesWorld("train", seed=0)
+    for k in range(100):
+        item = world[k]
+        truth = {(o.colour, o.shape) for o in item.scene.objects}
+        short = item.captions["short"]
+        found = {(short[a[0]:a[1]], short[e[0]:e[1]]) for a, e in parse_entities(short)}
+        assert {p for p in found if p[0] in {c for c, _ in truth}} == truth
+
+
+# ---------------------------------------------------------------------- losses
+def test_entity_loss_values():
+    m = torch.tensor([[[0.2, 0.8, 0.0], [0.8, 0.2, 0.0]]])  # [B=1, HW=2, T=3]
+    # token 0 map (0.2, 0.8), token 1 map (0.8, 0.2): total variation 0.6
+    assert entity_loss([m], [[(0, 1)]]).item() == pytest.approx(0.6)
+    assert entity_loss([m], [[(0, 0)]]).item() == 0.0  # coinciding maps
+    assert entity_loss([m], [[]]).item() == 0.0  # nothing to bind
+    same = torch.rand(2, 16, 5)
+    same[:, :, 3] = same[:, :, 1] * 3  # proportional maps are the same distribution
+    assert entity_loss([same], [[(1, 3)], [(3, 1)]]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_entity_loss_decreases_when_optimised_alone():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 16, 6, requires_grad=True)
+    pairs = [[(0, 3), (1, 3)], [(2, 5)]]
+    opt = torch.optim.SGD([logits], lr=5.0)
+    values = []
+    for _ in range(60):
+        loss = entity_loss([logits.softmax(-1)], pairs)
+        values.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert values[-1] < 0.3 * values[0]
+
+
+def test_snr_weighting_matches_hand_computation():
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    pred, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
+    t = torch.tensor([10, 900])
+    alpha_bar = sched.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    want = (torch.clamp(snr, max=5.0) / snr).mean()  # per-sample MSE is 1
+    assert diffusion_loss(pred, target, t, sched, snr_gamma=5.0).item() == pytest.approx(want.item(), rel=1e-5)
+    assert diffusion_loss(pred, target, t, sched).item() == 1.0
+
+
+# ---------------------------------------------------------------------- cache
+def test_feature_cache(tmp_path):
+    cache = FeatureCache(tmp_path)
+    x = {"clip": torch.randn(3, 4)}
+    cache.put("ns1", "a red cube", x)
+    torch.testing.assert_close(cache.get("ns1", "a red cube")["clip"], x["clip"])
+    assert cache.get("ns1", "a red cube.") is None  # a changed caption is a different entry
+    assert cache.get("ns2", "a red cube") is None  # another model / settings
+    entry = next(p for p in tmp_path.rglob("*.safetensors"))
+    entry.write_bytes(b"broken")
+    assert cache.get("ns1", "a red cube") is None  # a damaged entry is recomputed, not trusted
+    lin = torch.nn.Linear(3, 3)
+    before = model_fingerprint(lin, "m", max_length=8)
+    assert before == model_fingerprint(lin, "m", max_length=8) != model_fingerprint(lin, "m", max_length=9)
+    with torch.no_grad():
+        lin.weight[0, 0] += 1
+    assert model_fingerprint(lin, "m", max_length=8) != before
+
+
+# ---------------------------------------------------------------------- end to end
+def test_full_mode_with_everything(base, tiny_llm_dirs, tmp_path):
+    from llm4gen import LLM4GenPipeline
+
+    cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "run", max_train_steps=4, use_ema=True, ema_decay=0.9,
+               entity_loss_weight=0.5, cache_dir=str(tmp_path / "cache"), snr_gamma=5.0, noise_offset=0.05,
+               gradient_accumulation_steps=2, checkpointing_steps=2, checkpoints_total_limit=1,
+               validation_prompts=["a red circle", "a blue star"], validation_steps=4,
+               validation_num_inference_steps=2)
+    result = train(cfg, progress=False)
+    assert len(result.losses) == 4 and all(np.isfinite(result.losses))
+    out = tmp_path / "run"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-00000004"]  # only the last kept
+    assert (out / "validation" / "step-00000004.png").is_file()
+    logs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4] and logs[-1]["loss_entity"] > 0
+    pipe = LLM4GenPipeline.from_pretrained(out)
+    assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("mode", ["lora", "frozen"])
+def test_unet_modes(base, tiny_llm_dirs, tmp_path, mode):
+    from diffusers import UNet2DConditionModel
+
+    from llm4gen import LLM4GenPipeline
+
+    before = UNet2DConditionModel.from_pretrained(base, subfolder="unet").state_dict()
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / mode, train_unet=mode), progress=False)
+    after = LLM4GenPipeline.from_pretrained(tmp_path / mode).unet.state_dict()
+    assert set(after) == set(before)  # LoRA is merged into the saved UNet
+    changed = any(not torch.equal(before[k], after[k]) for k in before)
+    assert changed == (mode == "lora")
+    if mode == "lora":
+        assert (tmp_path / mode / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_base_arm_without_llm(base, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    train(_cfg(base, None, tmp_path / "base-arm", caption_dropout=0.0), progress=False)
+    index = json.loads((tmp_path / "base-arm" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and "adapter" not in index
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "base-arm")
+    assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def test_fresh_unet_from_config_and_v_prediction(base, tiny_llm_dirs, tmp_path):
+    unet_cfg = {"sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+                "block_out_channels": [16, 32], "norm_num_groups": 8, "cross_attention_dim": 32,
+                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "attention_head_dim": 4}
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "fresh", unet=unet_cfg, prediction_type="v_prediction"),
+          progress=False)
+    sched = json.loads((tmp_path / "fresh" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "bad", unet={**unet_cfg, "cross_attention_dim": 16}),
+              progress=False)
+
+
+def test_resume_matches_uninterrupted_run(base, tiny_llm_dirs, tmp_path):
+    common = dict(max_train_steps=6, checkpointing_steps=3, use_ema=True, caption_dropout=0.3)
+    full = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "full", **common), progress=False)
+
+    def crash(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", **common), progress=False, on_step=crash)
+    resumed = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", **common), resume="latest", progress=False)
+    np.testing.assert_allclose(resumed.losses, full.losses, rtol=1e-5, atol=1e-7)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "full" / "adapter" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter" / "diffusion_pytorch_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_gives_the_same_training(base, tiny_llm_dirs, tmp_path):
+    plain = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "plain"), progress=False)
+    cold = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cold", cache_dir=str(tmp_path / "c")), progress=False)
+    warm = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "warm", cache_dir=str(tmp_path / "c")), progress=False)
+    assert cold.cache_hits < cold.cache_misses and warm.cache_misses == 0 and warm.cache_hits > 0
+    np.testing.assert_allclose(cold.losses, plain.losses, rtol=1e-4)
+    np.testing.assert_allclose(warm.losses, cold.losses, rtol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(base, tiny_llm_dirs, tmp_path, monkeypatch):
+    import llm4gen.training.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.diffusion_loss
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", flaky)
+    with pytest.raises(TrainingDivergedError, match="step 3 "):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "nan", max_train_steps=5, checkpointing_steps=1),
+              progress=False)
+    assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "checkpoint-00000001", "checkpoint-00000002"]
+
+
+def test_bad_data_and_models(base, tiny_llm_dirs, tmp_path):
+    from llm4gen.data.shapes import write_dataset
+
+    folder = write_dataset(tmp_path / "imgs", 8, progress=False)
+    cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "o",
+               data={"type": "imagefolder", "path": str(folder), "caption_column": "caption"})
+    with pytest.raises(ValueError, match="no 'caption' column"):
+        train(cfg, progress=False)
+    lines = (folder / "metadata.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["text"] = "  "
+    (folder / "metadata.jsonl").write_text("\n".join([json.dumps(rec)] + lines[1:]) + "\n")
+    cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "o", data={"type": "imagefolder", "path": str(folder)})
+    with pytest.raises(ValueError, match="caption of '000000.png' is empty"):
+        train(cfg, progress=False)
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "000001.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="000001.png"):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "o", train_batch_size=8,
+                   data={"type": "imagefolder", "path": str(folder)}), progress=False)
+    with pytest.raises(OSError, match="does not exist|base model"):
+        train(_cfg(str(tmp_path / "missing" / "base"), tiny_llm_dirs["bert"], tmp_path / "o"), progress=False)
+
+
+def test_imagefolder_training_and_cli(base, tiny_llm_dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from llm4gen.cli import app
+    from llm4gen.data.shapes import ShapesWorldConfig, write_dataset
+
+    folder = write_dataset(tmp_path / "imgs", 8, config=ShapesWorldConfig(size=32), progress=False)
+    cfg = {"output_dir": str(tmp_path / "cli"), "base_model": base, "llm": tiny_llm_dirs["bert"],
+           "llm_max_length": 160, "resolution": 32, "train_batch_size": 4, "max_train_steps": 2,
+           "data": {"type": "imagefolder", "path": str(folder)}}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    res = CliRunner().invoke(app, ["train", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "trained 2 steps" in res.output and (tmp_path / "cli" / "model_index.json").is_file()
+    res = CliRunner().invoke(app, ["train", str(path), "--resume", "latest", "--max-train-steps", "3"])
+    assert res.exit_code == 0, res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**cfg, "batch_size": 4}))
+    res = CliRunner().invoke(app, ["train", str(bad)])
+    assert res.exit_code == 1 and "batch_size" in res.output and "train_batch_size" in res.output
+
+
+def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on CPU (gloo): the same losses as one process with 2x batch."""
+    def cfg_file(name, batch):
+        cfg = {"output_dir": str(tmp_path / name), "base_model": base, "llm": tiny_llm_dirs["bert"],
+               "llm_max_length": 160, "resolution": 32, "train_batch_size": batch, "max_train_steps": 2,
+               "caption_dropout": 0.0, "data": {"type": "shapesworld", "num_items": 32}, "log_every": 1}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    one = train(load_config(cfg_file("one", 4)), progress=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llm4gen", "train", str(cfg_file("two", 2))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("trained 2 steps") == 1  # one run across two processes, reported by the main one
+    logs = [json.loads(line) for line in (tmp_path / "two" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2]
+    np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-4)
+    assert Path(tmp_path / "two" / "model_index.json").is_file()
