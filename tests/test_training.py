@@ -274,7 +274,7 @@ def test_bad_data_and_models(base, tiny_llm_dirs, tmp_path):
     folder = write_dataset(tmp_path / "imgs", 8, progress=False)
     cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "o",
                data={"type": "imagefolder", "path": str(folder), "caption_column": "caption"})
-    with pytest.raises(ValueError, match="no 'caption' column"):
+    with pytest.raises(ValueError, match="no 'caption' field.*data.caption_column"):
         train(cfg, progress=False)
     lines = (folder / "metadata.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])

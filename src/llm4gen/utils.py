@@ -46,3 +46,26 @@ def describe_load_error(err: Exception, what: str, ref: str, path: str | None = 
         f"Could not load the {what} {ref!r} (not a local folder; hub lookup failed: {type(err).__name__}: {err}). "
         "Check the id, your network, or pass a local path."
     )
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for each non-blank line of a JSON Lines file; a line that is not a JSON object or
+    lacks one of ``required`` raises a ``ValueError`` naming the file and line."""
+    import json
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no} is not valid JSON ({err}).") from err
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{line_no} is not a JSON object.")
+            for key in required:
+                if key not in rec:
+                    raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
+            out.append((line_no, rec))
+    return out

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..utils import read_jsonl
+
 __all__ = [
     "BACKGROUNDS",
     "CAPTION_STYLES",
@@ -555,18 +557,8 @@ def read_dataset(folder: str | os.PathLike) -> list[dict[str, Any]]:
             "(write one with `llm4gen shapes make-data`)."
         )
     records = []
-    with open(meta, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{meta}:{line_no} is not valid JSON ({err}).") from err
-            for key in ("file_name", "scene"):
-                if key not in rec:
-                    raise ValueError(f"{meta}:{line_no} has no {key!r} field.")
-            rec["scene"] = Scene.from_dict(rec["scene"])
-            rec["path"] = str(folder / rec["file_name"])
-            records.append(rec)
+    for _, rec in read_jsonl(meta, required=("file_name", "scene")):
+        rec["scene"] = Scene.from_dict(rec["scene"])
+        rec["path"] = str(folder / rec["file_name"])
+        records.append(rec)
     return records

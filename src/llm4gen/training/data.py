@@ -10,7 +10,6 @@ same samples as two processes with batch ``B``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..utils import read_jsonl
 from .config import DataConfig
 
 __all__ = ["Example", "ImageFolderSource", "ShapesSource", "batch_indices", "make_source", "parse_entities",
@@ -47,26 +47,17 @@ class ImageFolderSource:
             )
         self.root, self.cfg = root, cfg
         self.records: list[dict[str, Any]] = []
-        with open(meta, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{meta}:{line_no} is not valid JSON ({err}).") from err
-                for column in ("file_name", cfg.caption_column):
-                    if column not in rec:
-                        raise ValueError(
-                            f"{meta}:{line_no} has no {column!r} column (columns: {sorted(rec)}); set "
-                            "data.caption_column to the caption's column."
-                        )
-                caption = rec[cfg.caption_column]
-                if not isinstance(caption, str) or not caption.strip():
-                    raise ValueError(f"{meta}:{line_no}: the caption of {rec['file_name']!r} is empty.")
-                if not (root / rec["file_name"]).is_file():
-                    raise FileNotFoundError(f"{meta}:{line_no} lists {rec['file_name']!r}, which does not exist.")
-                self.records.append(rec)
+        try:
+            rows = read_jsonl(meta, required=("file_name", cfg.caption_column))
+        except ValueError as err:
+            raise ValueError(f"{err} Set data.caption_column to the column that holds the captions.") from err
+        for line_no, rec in rows:
+            caption = rec[cfg.caption_column]
+            if not isinstance(caption, str) or not caption.strip():
+                raise ValueError(f"{meta}:{line_no}: the caption of {rec['file_name']!r} is empty.")
+            if not (root / rec["file_name"]).is_file():
+                raise FileNotFoundError(f"{meta}:{line_no} lists {rec['file_name']!r}, which does not exist.")
+            self.records.append(rec)
         if not self.records:
             raise ValueError(f"{meta} lists no images.")
 
