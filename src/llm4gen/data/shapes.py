@@ -460,7 +460,7 @@ class ShapesWorld:
     def scene(self, index: int) -> Scene:
         return sample_scene(_item_rng(self.seed, self.split, index), self.split, self.config)
 
-    def __getitem__(self, index: int) -> ShapesItem:
+    def _describe(self, index: int) -> tuple[Scene, dict[str, str], str]:
         if index < 0 or (self.num_items is not None and index >= self.num_items):
             raise IndexError(f"index {index} out of range for {self.num_items} items")
         rng = _item_rng(self.seed, self.split, index)
@@ -469,6 +469,15 @@ class ShapesWorld:
         style = self.config.caption_style
         if style == "mixed":
             style = CAPTION_STYLES[int(rng.choice(3, p=[0.2, 0.2, 0.6]))]
+        return scene, captions, style
+
+    def caption_of(self, index: int) -> tuple[str, Scene]:
+        """Item ``index``'s caption and scene, without rendering its image."""
+        scene, captions, style = self._describe(index)
+        return captions[style], scene
+
+    def __getitem__(self, index: int) -> ShapesItem:
+        scene, captions, style = self._describe(index)
         image = render_scene(scene, self.config.size)
         return ShapesItem(image, captions[style], scene, captions, style, index, self.split)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.shapes import ShapesWorld, ShapesWorldConfig, render_scene
 from ..utils import read_jsonl
 from .config import DataConfig
 
@@ -29,7 +31,7 @@ __all__ = ["Example", "ImageFolderSource", "ShapesSource", "batch_indices", "mak
 
 @dataclass
 class Example:
-    image: Image.Image
+    load_image: Callable[[], Image.Image]  # called only when the latent is not cached
     caption: str
     key: str  # identifies the image content for the latent cache
 
@@ -67,21 +69,22 @@ class ImageFolderSource:
     def __getitem__(self, index: int) -> Example:
         rec = self.records[index]
         path = self.root / rec["file_name"]
-        try:
-            with Image.open(path) as im:
-                image = im.convert("RGB")
-        except OSError as err:
-            raise ValueError(f"Could not read the training image {path} ({err}).") from err
+
+        def load() -> Image.Image:
+            try:
+                with Image.open(path) as im:
+                    return im.convert("RGB")
+            except OSError as err:
+                raise ValueError(f"Could not read the training image {path} ({err}).") from err
+
         stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        return Example(image, rec[self.cfg.caption_column], key)
+        return Example(load, rec[self.cfg.caption_column], f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
 
 
 class ShapesSource:
     """ShapesWorld items generated on the fly; ``num_items`` of them make an epoch."""
 
     def __init__(self, cfg: DataConfig, resolution: int) -> None:
-        from ..data.shapes import ShapesWorld, ShapesWorldConfig
 
         self.cfg = cfg
         self.world = ShapesWorld(cfg.split, cfg.seed, cfg.num_items,
@@ -91,10 +94,10 @@ class ShapesSource:
         return self.cfg.num_items
 
     def __getitem__(self, index: int) -> Example:
-        item = self.world[index]
+        caption, scene = self.world.caption_of(index)
         c = self.world.config
         key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"
-        return Example(item.image, item.caption, key)
+        return Example(lambda: render_scene(scene, c.size), caption, key)
 
 
 def make_source(cfg: DataConfig, resolution: int) -> ImageFolderSource | ShapesSource:

@@ -205,12 +205,12 @@ class Features:
         return feats.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def latents(self, images: list, keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
+    def latents(self, images: list[Callable], keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
         """Sample latents ``(mean + std * eps) * scaling_factor`` from the VAE's (cached) latent distribution."""
         cfg = self.cfg
 
         def compute(todo):
-            pixels = torch.stack([preprocess_image(images[i], cfg.resolution, cfg.data.center_crop, flips[i])
+            pixels = torch.stack([preprocess_image(images[i](), cfg.resolution, cfg.data.center_crop, flips[i])
                                   for i in todo]).to(self.device)
             dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             return [{"mean": m, "std": s} for m, s in zip(dist.mean.float().cpu(), dist.std.float().cpu())]
@@ -501,7 +501,7 @@ def train(
                 if cfg.data.random_flip:
                     flips = (draw(b, "flip", lambda g: torch.rand(G, generator=g))[mine] < 0.5).tolist()
                 eps = draw(b, "latent", lambda g: torch.randn((G, *latent_shape), generator=g))[mine]
-                latents = feats.latents([ex.image for ex in examples], [ex.key for ex in examples], flips, eps)
+                latents = feats.latents([ex.load_image for ex in examples], [ex.key for ex in examples], flips, eps)
                 clip = feats.clip(captions)
                 llm_feats = llm_mask = None
                 if llm is not None:

