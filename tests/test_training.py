@@ -337,3 +337,109 @@ def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
     assert [r["step"] for r in logs] == [1, 2]
     np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-4)
     assert Path(tmp_path / "two" / "model_index.json").is_file()
+
+
+# ---------------------------------------------------------------------- more data sources, parsers, precision, logs
+def _shapes_items(n):
+    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+
+    world = ShapesWorld("train", seed=1, config=ShapesWorldConfig(size=32))
+    return [world[k] for k in range(n)]
+
+
+def test_hf_dataset_source(base, tiny_llm_dirs, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    items = _shapes_items(8)
+    ds = datasets.Dataset.from_dict({"image": [it.image for it in items], "caption": [it.caption for it in items]},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "caption": datasets.Value("string")}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    from llm4gen.training.config import DataConfig
+    from llm4gen.training.data import make_source
+
+    src = make_source(DataConfig(type="hf", path=str(tmp_path / "ds"), caption_column="caption"), 32)
+    assert len(src) == 8 and src[3].caption == items[3].caption
+    assert np.array_equal(np.asarray(src[3].load_image()), np.asarray(items[3].image))
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "run", max_train_steps=2,
+               data={"type": "hf", "path": str(tmp_path / "ds"), "caption_column": "caption"}), progress=False)
+    assert (tmp_path / "run" / "model_index.json").is_file()
+    with pytest.raises(ValueError, match="no column"):
+        make_source(DataConfig(type="hf", path=str(tmp_path / "ds"), caption_column="text"), 32)
+
+
+def test_webdataset_source(base, tiny_llm_dirs, tmp_path):
+    import io
+    import tarfile
+
+    from llm4gen.training.config import DataConfig
+    from llm4gen.training.data import expand_shards, make_source
+
+    items = _shapes_items(8)
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"train-{shard:03d}.tar", "w") as tar:
+            for k in range(4):
+                it = items[shard * 4 + k]
+                buf = io.BytesIO()
+                it.image.save(buf, format="PNG")
+                payloads = {f"s{shard}{k}.png": buf.getvalue()}
+                if k % 2:
+                    payloads[f"s{shard}{k}.txt"] = it.caption.encode()
+                else:
+                    payloads[f"s{shard}{k}.json"] = json.dumps({"text": it.caption}).encode()
+                for name, data in payloads.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    pattern = str(tmp_path / "train-{000..001}.tar")
+    assert expand_shards(pattern) == [str(tmp_path / "train-000.tar"), str(tmp_path / "train-001.tar")]
+    assert expand_shards(str(tmp_path / "train-*.tar")) == expand_shards(pattern)
+    src = make_source(DataConfig(type="webdataset", path=pattern), 32)
+    assert len(src) == 8
+    captions = sorted(src[i].caption for i in range(8))
+    assert captions == sorted(it.caption for it in items)
+    first = next(i for i in range(8) if src[i].caption == items[0].caption)
+    assert np.array_equal(np.asarray(src[first].load_image()), np.asarray(items[0].image))
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "run", max_train_steps=2,
+               data={"type": "webdataset", "path": pattern}), progress=False)
+    with pytest.raises(FileNotFoundError, match="shard"):
+        make_source(DataConfig(type="webdataset", path=str(tmp_path / "nope-{0..1}.tar")), 32)
+
+
+def test_spacy_parser():
+    pytest.importorskip("spacy")
+    from llm4gen.training.data import parse_entities_spacy
+
+    text = "A small red circle is left of the square, which is blue. The big table has a green cup."
+    words = sorted((text[a[0]:a[1]], text[e[0]:e[1]]) for a, e in parse_entities_spacy(text))
+    assert words == [("big", "table"), ("blue", "square"), ("green", "cup"), ("red", "circle"), ("small", "circle")]
+
+
+def test_bf16_and_spacy_entity_loss_run(base, tiny_llm_dirs, tmp_path):
+    pytest.importorskip("spacy")
+    result = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "bf16", mixed_precision="bf16", max_train_steps=2,
+                        entity_loss_weight=0.5, entity_parser="spacy"), progress=False)
+    assert all(np.isfinite(result.losses))
+    logs = [json.loads(line) for line in (tmp_path / "bf16" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert logs[-1]["loss_entity"] > 0
+
+
+def test_tensorboard_logging(base, tiny_llm_dirs, tmp_path, monkeypatch):
+    import types
+
+    written = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, name, value, step):
+            written.append((name, step))
+
+        def close(self):
+            written.append(("closed", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "tb", max_train_steps=2, report_to="tensorboard"),
+          progress=False)
+    assert ("train/loss", 1) in written and ("train/loss", 2) in written and written[-1] == ("closed", None)
+    assert written[0][1].endswith(os.path.join("logs", "tensorboard"))

@@ -23,7 +23,8 @@ from typing import Any
 
 __all__ = ["DataConfig", "TrainConfig", "load_config"]
 
-DATA_TYPES = ("imagefolder", "shapesworld")
+DATA_TYPES = ("imagefolder", "shapesworld", "hf", "webdataset")
+ENTITY_PARSERS = ("rule", "spacy")
 UNET_MODES = ("full", "lora", "frozen")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -36,11 +37,16 @@ class DataConfig:
     - ``imagefolder``: ``path`` holds images and ``metadata.jsonl`` (``file_name`` + ``caption_column``), the
       diffusers / HF datasets convention; ShapesWorld folders also carry scene graphs (exact entity pairs).
     - ``shapesworld``: generated on the fly from ``split`` / ``seed``; ``num_items`` items make an epoch.
+    - ``hf``: a Hugging Face dataset (``path`` = hub id, a local dataset folder, or one written by ``save_to_disk``;
+      ``split``; ``image_column`` / ``caption_column``). Needs ``pip install llm4gen[hf]``.
+    - ``webdataset``: tar shards (``path`` = ``"shards/train-{000000..000009}.tar"``, a glob, or one tar) whose
+      members share a key: ``KEY.jpg|jpeg|png|webp`` and ``KEY.txt`` (or ``KEY.json`` with ``caption_column``).
     """
 
     type: str = "shapesworld"
     path: str | None = None
     caption_column: str = "text"
+    image_column: str = "image"
     split: str = "train"
     seed: int = 0
     num_items: int = 100_000
@@ -51,8 +57,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.type not in DATA_TYPES:
             raise ValueError(f"data.type must be one of {DATA_TYPES}, got {self.type!r}.")
-        if self.type == "imagefolder" and not self.path:
-            raise ValueError("data.path is required for data.type: imagefolder (a folder with metadata.jsonl).")
+        if self.type in ("imagefolder", "hf", "webdataset") and not self.path:
+            raise ValueError(f"data.path is required for data.type: {self.type}.")
         if self.random_flip and self.type == "shapesworld":
             raise ValueError("data.random_flip would contradict ShapesWorld's left/right captions; leave it off.")
 
@@ -105,6 +111,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     entity_loss_weight: float = 0.0
     entity_loss_max_resolution: int = 16  # cross-attention maps at or below this side length are used
+    entity_parser: str = "rule"  # rule (documented lexicon rule) | spacy (dependency parse; llm4gen[spacy])
     # frozen-feature cache
     cache_dir: str | None = None
     # bookkeeping
@@ -115,6 +122,7 @@ class TrainConfig:
     validation_num_inference_steps: int = 25
     validation_guidance_scale: float = 5.0
     log_every: int = 10
+    report_to: str | None = None  # "tensorboard" also writes logs/tensorboard (needs the tensorboard package)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -134,6 +142,10 @@ class TrainConfig:
             (self.resolution >= 8 and self.resolution % 8 == 0,
              f"resolution must be a multiple of 8, got {self.resolution}."),
             (self.entity_loss_weight >= 0, "entity_loss_weight must be >= 0 (0 disables it)."),
+            (self.report_to in (None, "tensorboard"),
+             f"report_to must be null or tensorboard, got {self.report_to!r}."),
+            (self.entity_parser in ENTITY_PARSERS,
+             f"entity_parser must be one of {ENTITY_PARSERS}, got {self.entity_parser!r}."),
         ]
         for ok, message in checks:
             if not ok:

