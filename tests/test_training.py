@@ -443,3 +443,46 @@ def test_tensorboard_logging(base, tiny_llm_dirs, tmp_path, monkeypatch):
           progress=False)
     assert ("train/loss", 1) in written and ("train/loss", 2) in written and written[-1] == ("closed", None)
     assert written[0][1].endswith(os.path.join("logs", "tensorboard"))
+
+
+@pytest.fixture(scope="module")
+def xl_base(tmp_path_factory, tiny_llm_dirs):
+    from llm4gen.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("train-xl-base")
+    build_tiny_pipeline(xl=True, llm=tiny_llm_dirs["bert"], work_dir=root / "parts").save_pretrained(root / "base")
+    return str(root / "base")
+
+
+def test_sdxl_training(xl_base, tiny_llm_dirs, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from llm4gen import LLM4GenXLPipeline
+
+    result = train(_cfg(xl_base, tiny_llm_dirs["bert"], tmp_path / "xl", max_train_steps=3, caption_dropout=0.5,
+                        cache_dir=str(tmp_path / "cache"), entity_loss_weight=0.1,
+                        validation_prompts=["a red circle"], validation_steps=3, validation_num_inference_steps=2),
+                   progress=False)
+    assert all(np.isfinite(result.losses)) and (tmp_path / "xl" / "validation" / "step-00000003.png").is_file()
+    pipe = LLM4GenXLPipeline.from_pretrained(tmp_path / "xl")
+    assert pipe.adapter.config.clip_dim == 32  # both tiny CLIP encoders, 16 + 16
+    assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+    train(_cfg(xl_base, None, tmp_path / "xl-base-arm", max_train_steps=2), progress=False)
+    base_arm = StableDiffusionXLPipeline.from_pretrained(tmp_path / "xl-base-arm")
+    assert base_arm("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def test_sdxl_text_encoding_matches_the_pipeline(xl_base):
+    """The trainer's CLIP features are what StableDiffusionXLPipeline.encode_prompt gives (SDXL conditioning)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from llm4gen.training.trainer import _load_frozen
+
+    cfg = load_config({"output_dir": "o", "base_model": xl_base})
+    text, _, _ = _load_frozen(cfg)
+    hidden, pooled = text(["a red circle on a grey floor"])
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl_base)
+    want, _, want_pooled, _ = pipe.encode_prompt("a red circle on a grey floor", device="cpu",
+                                                  do_classifier_free_guidance=False)
+    torch.testing.assert_close(hidden, want)
+    torch.testing.assert_close(pooled, want_pooled)

@@ -63,38 +63,89 @@ class Denoiser(nn.Module):
         super().__init__()
         self.unet, self.adapter, self.use_mask = unet, adapter, use_mask
 
-    def forward(self, noisy, timesteps, clip, llm=None, llm_mask=None):
+    def forward(self, noisy, timesteps, clip, llm=None, llm_mask=None, pooled=None, time_ids=None, zero=None):
         if self.adapter is not None:
             cond, mask = self.adapter(clip, llm, llm_mask)
         else:
             cond, mask = clip, None
         mask = mask if self.use_mask else None
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+        added = None
+        if pooled is not None:  # SDXL
+            if zero is not None:  # dropped captions: zero conditioning, SDXL's convention for the empty prompt
+                keep = (~zero).to(cond.dtype)
+                cond = cond * keep[:, None, None]
+                pooled = pooled * keep[:, None]
+            added = {"text_embeds": pooled, "time_ids": time_ids}
+        return self.unet(noisy, timesteps, encoder_hidden_states=cond, encoder_attention_mask=mask,
+                         added_cond_kwargs=added).sample
 
 
 # ---------------------------------------------------------------------- loading
+class ClipText(nn.Module):
+    """The base model's frozen CLIP text encoder(s), encoding as its diffusers pipeline does.
+
+    SD1.x: the last hidden state of ``text_encoder`` (``[B, 77, D]``). SDXL: the penultimate hidden states of
+    ``text_encoder`` and ``text_encoder_2`` side by side (``[B, 77, D1 + D2]``) and the pooled, projected embedding of
+    ``text_encoder_2``.
+    """
+
+    def __init__(self, tokenizers: list, encoders: list[nn.Module]) -> None:
+        super().__init__()
+        self.tokenizers = tokenizers
+        self.encoders = nn.ModuleList(encoders)
+        self.xl = len(encoders) == 2
+        for m in self.encoders:
+            m.requires_grad_(False)
+            m.eval()
+
+    @property
+    def width(self) -> int:
+        return sum(e.config.hidden_size for e in self.encoders)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokenizers[0].model_max_length
+
+    @torch.no_grad()
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = next(self.encoders[0].parameters()).device
+        hidden, pooled = [], None
+        for tok, enc in zip(self.tokenizers, self.encoders):
+            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(device)
+            if not self.xl:
+                hidden.append(enc(ids)[0])
+            else:
+                out = enc(ids, output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])
+                pooled = out[0]  # the last encoder's projected pooled output, as StableDiffusionXLPipeline
+        return torch.cat(hidden, dim=-1), pooled
+
+
 def _load_frozen(cfg: TrainConfig):
     from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = cfg.base_model
-    if os.path.isdir(base) and os.path.isdir(os.path.join(base, "text_encoder_2")):
-        raise NotImplementedError(
-            f"{base!r} is an SDXL model; this trainer handles SD1.x-style models so far (SDXL training is planned)."
-        )
-    parts = {}
-    for name, cls in (("tokenizer", CLIPTokenizer), ("text_encoder", CLIPTextModel), ("vae", AutoencoderKL),
-                      ("scheduler", DDPMScheduler)):
+    xl = os.path.isdir(os.path.join(base, "text_encoder_2")) if os.path.isdir(base) else False
+
+    def load(name, cls):
         try:
-            parts[name] = cls.from_pretrained(base, subfolder=name)
+            return cls.from_pretrained(base, subfolder=name)
         except Exception as err:
             raise describe_load_error(err, f"base model's {name}", f"{base}/{name}") from err
+
+    tokenizers = [load("tokenizer", CLIPTokenizer)]
+    encoders = [load("text_encoder", CLIPTextModel)]
+    if xl:
+        tokenizers.append(load("tokenizer_2", CLIPTokenizer))
+        encoders.append(load("text_encoder_2", CLIPTextModelWithProjection))
+    vae, scheduler = load("vae", AutoencoderKL), load("scheduler", DDPMScheduler)
     if cfg.prediction_type is not None:
-        parts["scheduler"].register_to_config(prediction_type=cfg.prediction_type)
-    for m in (parts["text_encoder"], parts["vae"]):
-        m.requires_grad_(False)
-        m.eval()
-    return parts["tokenizer"], parts["text_encoder"], parts["vae"], parts["scheduler"]
+        scheduler.register_to_config(prediction_type=cfg.prediction_type)
+    vae.requires_grad_(False)
+    vae.eval()
+    return ClipText(tokenizers, encoders), vae, scheduler
 
 
 def _load_unet(cfg: TrainConfig, clip_dim: int):
@@ -136,13 +187,13 @@ def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter
 class Features:
     """Frozen-model features for a batch, from the cache when present (see ``cache.py``)."""
 
-    def __init__(self, cfg, tokenizer, text_encoder, vae, llm, cache: FeatureCache | None, device) -> None:
-        self.cfg, self.tokenizer, self.text_encoder, self.vae, self.llm = cfg, tokenizer, text_encoder, vae, llm
+    def __init__(self, cfg, text: ClipText, vae, llm, cache: FeatureCache | None, device) -> None:
+        self.cfg, self.text, self.vae, self.llm = cfg, text, vae, llm
         self.cache, self.device = cache, device
         self.encoded = self.truncated = 0  # captions run through the LLM, and how many of them it had to cut
         self.ns_clip = self.ns_llm = self.ns_vae = ""
         if cache is not None:
-            self.ns_clip = "clip-" + model_fingerprint(text_encoder, cfg.base_model, max_length=77)
+            self.ns_clip = "clip-" + model_fingerprint(text, cfg.base_model, max_length=text.num_tokens, xl=text.xl)
             self.ns_vae = "vae-" + model_fingerprint(vae, cfg.base_model, resolution=cfg.resolution,
                                                      crop=cfg.data.center_crop)
             if llm is not None:
@@ -166,16 +217,21 @@ class Features:
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def clip(self, captions: list[str]) -> torch.Tensor:
+    def clip(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CLIP embeddings ``[B, 77, D]`` and, for SDXL, pooled embeddings ``[B, P]``."""
+
         def compute(todo):
-            texts = [captions[i] for i in todo]
-            ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
-            hidden = self.text_encoder(ids)[0].float().cpu()
-            return [{"clip": h} for h in hidden]
+            hidden, pooled = self.text([captions[i] for i in todo])
+            rows = [{"clip": h} for h in hidden.float().cpu()]
+            if pooled is not None:
+                for row, p in zip(rows, pooled.float().cpu()):
+                    row["pooled"] = p
+            return rows
 
         rows = self._cached(self.ns_clip, captions, compute)
-        return torch.stack([r["clip"] for r in rows]).to(self.device)
+        clip = torch.stack([r["clip"] for r in rows]).to(self.device)
+        pooled = torch.stack([r["pooled"] for r in rows]).to(self.device) if "pooled" in rows[0] else None
+        return clip, pooled
 
     @torch.no_grad()
     def llm_features(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,14 +363,20 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
 
 
 # ---------------------------------------------------------------------- outputs
-def _build_pipeline(cfg, unet, adapter, vae, text_encoder, tokenizer, llm, noise_scheduler):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+def _build_pipeline(cfg, unet, adapter, vae, text: ClipText, llm, noise_scheduler):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from ..pipeline import LLM4GenPipeline
+    from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 
     scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-    common = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    common = dict(vae=vae, text_encoder=text.encoders[0], tokenizer=text.tokenizers[0], unet=unet, scheduler=scheduler)
+    if text.xl:
+        common.update(text_encoder_2=text.encoders[1], tokenizer_2=text.tokenizers[1], add_watermarker=False)
+        if llm is None:
+            return StableDiffusionXLPipeline(**common)
+        return LLM4GenXLPipeline(**common, llm_encoder=llm, adapter=adapter,
+                                 use_llm_attention_mask=cfg.use_llm_attention_mask)
+    common.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if llm is None:
         return StableDiffusionPipeline(**common)
     return LLM4GenPipeline(**common, llm_encoder=llm, adapter=adapter,
@@ -397,8 +459,8 @@ def train(
     torch.manual_seed(cfg.seed)
 
     # frozen models
-    tokenizer, text_encoder, vae, noise_scheduler = _load_frozen(cfg)
-    clip_dim = text_encoder.config.hidden_size
+    text, vae, noise_scheduler = _load_frozen(cfg)
+    clip_dim = text.width
     llm = None
     if cfg.llm is not None:
         llm = LLMEncoder.from_pretrained(
@@ -406,7 +468,7 @@ def train(
             hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype),
             trust_remote_code=cfg.trust_remote_code,
         )
-    text_encoder.to(device)
+    text.to(device)
     vae.to(device)
     if llm is not None:
         llm.to(device)
@@ -456,14 +518,14 @@ def train(
 
     source = make_source(cfg.data, cfg.resolution)
     cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
-    feats = Features(cfg, tokenizer, text_encoder, vae, llm, cache, device)
-    parse_tok = llm.tokenizer if llm is not None else tokenizer
+    feats = Features(cfg, text, vae, llm, cache, device)
+    parse_tok = llm.tokenizer if llm is not None else text.tokenizers[0]
     parser = cfg.entity_parser
     prefix_len = len(cfg.llm_prefix) if llm is not None else 0
     if store is not None and not getattr(parse_tok, "is_fast", False):
         raise ValueError("The entity loss needs a fast tokenizer (offset mappings) for the conditioning tokens.")
     # where the LLM tokens sit in the fused sequence: after the CLIP window (clip_first) or at the start
-    llm_offset = tokenizer.model_max_length
+    llm_offset = text.num_tokens
     if adapter is not None and adapter.config.concat_order != "clip_first":
         llm_offset = 0
 
@@ -492,6 +554,9 @@ def train(
     A, B = cfg.gradient_accumulation_steps, cfg.train_batch_size
     G = B * world  # the global batch
     n_train_t = noise_scheduler.config.num_train_timesteps
+    # SDXL micro-conditioning: original size, crop offset, target size (center crops of square images)
+    time_ids = torch.tensor([[cfg.resolution, cfg.resolution, 0, 0, cfg.resolution, cfg.resolution]] * B,
+                            dtype=torch.float32, device=device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latent_shape = (vae.config.latent_channels, cfg.resolution // factor, cfg.resolution // factor)
 
@@ -518,7 +583,7 @@ def train(
                     flips = (draw(b, "flip", lambda g: torch.rand(G, generator=g))[mine] < 0.5).tolist()
                 eps = draw(b, "latent", lambda g: torch.randn((G, *latent_shape), generator=g))[mine]
                 latents = feats.latents([ex.load_image for ex in examples], [ex.key for ex in examples], flips, eps)
-                clip = feats.clip(captions)
+                clip, pooled = feats.clip(captions)
                 llm_feats = llm_mask = None
                 if llm is not None:
                     llm_feats, llm_mask = feats.llm_features(captions)
@@ -540,7 +605,8 @@ def train(
                 sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
                 with sync:
                     with accelerator.autocast():
-                        pred = model(noisy, timesteps, clip, llm_feats, llm_mask)
+                        pred = model(noisy, timesteps, clip, llm_feats, llm_mask, pooled,
+                                     time_ids if pooled is not None else None, drop.to(device) if text.xl else None)
                         loss_d = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
                         loss = loss_d
                         if store is not None:
@@ -597,7 +663,7 @@ def train(
             if cfg.validation_prompts and done % cfg.validation_steps == 0 and accelerator.is_main_process:
                 with _swapped(raw, ema.shadow if ema is not None else None):
                     raw.eval()
-                    _validate(cfg, done, raw, (vae, text_encoder, tokenizer, llm, noise_scheduler), out)
+                    _validate(cfg, done, raw, (vae, text, llm, noise_scheduler), out)
                     raw.train()
             if on_step is not None and accelerator.is_main_process:
                 on_step(done, mean_loss)
@@ -623,7 +689,7 @@ def train(
             StableDiffusionPipeline.save_lora_weights(out / "lora", unet_lora_layers=lora_layers)
             final_unet.fuse_lora()
             final_unet.unload_lora()
-        pipe = _build_pipeline(cfg, final_unet, raw.adapter, vae, text_encoder, tokenizer, llm, noise_scheduler)
+        pipe = _build_pipeline(cfg, final_unet, raw.adapter, vae, text, llm, noise_scheduler)
         pipe.save_pretrained(out)
     accelerator.wait_for_everyone()
     if feats.truncated and accelerator.is_main_process:
