@@ -335,3 +335,77 @@ def test_offline_hub_id_is_named(monkeypatch):
     with pytest.raises(OSError, match="offline") as err:
         LLM4GenPipeline.from_pretrained("someone/not-cached-llm4gen")
     assert "someone/not-cached-llm4gen" in str(err.value)
+
+
+def _count_llm_calls(pipe):
+    calls = []
+    handle = pipe.llm_encoder.register_forward_hook(lambda m, args, out: calls.append(len(args[0])))
+    return calls, handle
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_prompt_cache_skips_the_llm_and_keeps_the_image(tiny_llm_dirs, tmp_path, padding):
+    from llm4gen.tiny import build_tiny_pipeline
+
+    llm = LLMEncoder.from_pretrained(tiny_llm_dirs["bert"], max_length=64, padding=padding)
+    pipe = build_tiny_pipeline(llm=llm, work_dir=tmp_path / "w", use_llm_attention_mask=True)
+    plain = _gen(pipe, [PROMPT, LONG_A])
+    pipe.enable_prompt_cache(max_entries=8, cache_dir=tmp_path / "disk")
+    calls, handle = _count_llm_calls(pipe)
+    first = _gen(pipe, [PROMPT, LONG_A])
+    again = _gen(pipe, [PROMPT, LONG_A])
+    third = _gen(pipe, [LONG_A, LONG_B])  # one new prompt: only it (no negatives: "" is cached) goes to the LLM
+    handle.remove()
+    assert calls == [4, 1]  # 2 prompts + 2 negatives ("" twice) in the first call, then LONG_B alone
+    np.testing.assert_allclose(first, plain, atol=1e-5)
+    np.testing.assert_array_equal(again, first)
+    assert third.shape == (2, 32, 32, 3)
+    cache = pipe.prompt_cache
+    assert cache.hits >= 7 and len(cache) == 4
+    # a second pipeline with the same LLM finds the entries on disk
+    other = build_tiny_pipeline(llm=LLMEncoder.from_pretrained(tiny_llm_dirs["bert"], max_length=64, padding=padding),
+                                work_dir=tmp_path / "w2", use_llm_attention_mask=True)
+    other.enable_prompt_cache(cache_dir=tmp_path / "disk")
+    calls, handle = _count_llm_calls(other)
+    other.encode_fused_prompt([PROMPT, LONG_B], device="cpu")
+    handle.remove()
+    assert calls == []
+    # other settings are other entries
+    other.llm_encoder.register_to_config(max_length=32)
+    calls, handle = _count_llm_calls(other)
+    other.encode_fused_prompt([PROMPT], device="cpu")
+    handle.remove()
+    assert calls == [2]
+
+
+def test_prompt_cache_lru():
+    from llm4gen.prompt_cache import PromptCache
+
+    cache = PromptCache(max_entries=2)
+    for t in ("a", "b", "c"):
+        cache.put("ns", t, torch.ones(1, 2), torch.ones(1))
+    assert cache.get("ns", "a") is None and cache.get("ns", "c") is not None and len(cache) == 2
+    cache.get("ns", "b")
+    cache.put("ns", "d", torch.ones(1, 2), torch.ones(1))
+    assert cache.get("ns", "c") is None and cache.get("ns", "b") is not None  # b was used more recently than c
+    with pytest.raises(ValueError, match="max_entries"):
+        PromptCache(max_entries=0)
+
+
+def test_trained_with_mask_padding_does_not_change_the_image(tiny_llm_dirs, tmp_path):
+    """A model trained with use_llm_attention_mask gives the same image with 0 or many LLM padding tokens."""
+    from llm4gen.tiny import build_tiny_pipeline
+    from llm4gen.training.config import load_config
+    from llm4gen.training.trainer import train
+
+    build_tiny_pipeline(llm=tiny_llm_dirs["bert"], work_dir=tmp_path / "parts").save_pretrained(tmp_path / "base")
+    cfg = load_config({"output_dir": str(tmp_path / "run"), "base_model": str(tmp_path / "base"),
+                       "llm": tiny_llm_dirs["bert"], "llm_max_length": 160, "resolution": 32, "train_batch_size": 4,
+                       "max_train_steps": 3, "learning_rate": 1e-3, "data": {"type": "shapesworld", "num_items": 32}})
+    train(cfg, progress=False)
+    pipe = LLM4GenPipeline.from_pretrained(tmp_path / "run")
+    assert pipe.config.use_llm_attention_mask
+    trimmed = _gen(pipe, PROMPT)
+    pipe.llm_encoder.register_to_config(padding="max_length")  # 160 LLM tokens, most of them padding
+    padded = _gen(pipe, PROMPT)
+    np.testing.assert_allclose(padded, trimmed, atol=1e-5)

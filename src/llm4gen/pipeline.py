@@ -105,17 +105,43 @@ class _LLM4GenMixin:
                 )
         return prompts, negatives
 
+    def _llm_rows(self, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-prompt LLM features and masks, as the encoder gives them for each prompt alone: trimmed to the real
+        tokens with ``padding="longest"``, full length with ``"max_length"``. Served from the prompt cache when on."""
+        cache = getattr(self, "_prompt_cache", None)
+        rows: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(texts)
+        namespace = ""
+        if cache is not None:
+            from .prompt_cache import encoder_namespace
+
+            namespace = encoder_namespace(self.llm_encoder)
+            rows = [cache.get(namespace, t) for t in texts]
+        todo = [i for i, r in enumerate(rows) if r is None]
+        if todo:
+            with torch.no_grad():
+                out = self.llm_encoder([texts[i] for i in todo])
+            trim = self.llm_encoder.config.padding == "longest"
+            for i, feats, mask in zip(todo, out.embeds, out.attention_mask):
+                n = int(mask.sum()) if trim else mask.shape[0]
+                rows[i] = (feats[:n], mask[:n])
+                if cache is not None:
+                    cache.put(namespace, texts[i], feats[:n], mask[:n])
+        return rows  # type: ignore[return-value]
+
     def _fuse(
         self, clip_pos: torch.Tensor, clip_neg: torch.Tensor | None, prompts: list[str], negatives: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """Run the LLM on positive (and negative) prompts in one batch and fuse each with its CLIP embeddings."""
+        """LLM features of the positive (and negative) prompts, zero-padded to one length, fused with CLIP's."""
         texts = prompts + (negatives if clip_neg is not None else [])
-        with torch.no_grad():
-            llm = self.llm_encoder(texts)
+        rows = self._llm_rows(texts)
         adapter_dtype = self.adapter.dtype
         device = clip_pos.device
-        feats = llm.embeds.to(device=device, dtype=adapter_dtype)
-        mask = llm.attention_mask.to(device=device)
+        length = max(r[0].shape[0] for r in rows)
+        feats = torch.zeros(len(rows), length, rows[0][0].shape[-1], dtype=adapter_dtype, device=device)
+        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        for i, (f, m) in enumerate(rows):
+            feats[i, : f.shape[0]] = f.to(device=device, dtype=adapter_dtype)
+            mask[i, : m.shape[0]] = m.to(device)
         b = len(prompts)
         out_dtype = clip_pos.dtype
         with torch.no_grad():
@@ -124,6 +150,21 @@ class _LLM4GenMixin:
             if clip_neg is not None:
                 neg, neg_mask = self.adapter(clip_neg.to(adapter_dtype), feats[b:], mask[b:])
         return pos.to(out_dtype), None if neg is None else neg.to(out_dtype), pos_mask, neg_mask
+
+    def enable_prompt_cache(self, max_entries: int = 256, cache_dir: str | os.PathLike | None = None) -> None:
+        """Keep the LLM features of the last ``max_entries`` prompts (and all of them on disk in ``cache_dir``), so
+        repeated prompts and negative prompts skip the LLM. Keys include the LLM's weights and settings."""
+        from .prompt_cache import PromptCache
+
+        self._prompt_cache = PromptCache(max_entries, cache_dir)
+
+    def disable_prompt_cache(self) -> None:
+        self._prompt_cache = None
+
+    @property
+    def prompt_cache(self):
+        """The active :class:`~llm4gen.prompt_cache.PromptCache`, or None."""
+        return getattr(self, "_prompt_cache", None)
 
     def encode_llm_prompt(self, prompt: str | list[str]):
         """The LLM encoder's raw output (features + mask) for ``prompt``; no CLIP, no adapter."""

@@ -33,9 +33,9 @@ def model_fingerprint(module: torch.nn.Module, source: str | None, **settings: A
     with torch.no_grad():
         for name, p in sorted(module.state_dict().items()):
             h.update(name.encode())
-            flat = p.detach().float().flatten()
+            flat = p.detach().flatten()
             step = max(1, flat.numel() // 64)  # a strided sample of every tensor: cheap and weight-sensitive
-            h.update(flat[::step].cpu().numpy().tobytes())
+            h.update(flat[::step].float().cpu().numpy().tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
