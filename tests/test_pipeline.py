@@ -409,3 +409,13 @@ def test_trained_with_mask_padding_does_not_change_the_image(tiny_llm_dirs, tmp_
     pipe.llm_encoder.register_to_config(padding="max_length")  # 160 LLM tokens, most of them padding
     padded = _gen(pipe, PROMPT)
     np.testing.assert_allclose(padded, trimmed, atol=1e-5)
+
+
+def test_encode_llm_prompt_and_disabling_the_cache(sd):
+    out = sd.encode_llm_prompt(["a red circle", "a blue star"])
+    direct = sd.llm_encoder.encode(["a red circle", "a blue star"])
+    torch.testing.assert_close(out.embeds, direct.embeds)
+    sd.enable_prompt_cache(max_entries=4)
+    assert sd.prompt_cache is not None
+    sd.disable_prompt_cache()
+    assert sd.prompt_cache is None

@@ -486,3 +486,21 @@ def test_sdxl_text_encoding_matches_the_pipeline(xl_base):
                                                   do_classifier_free_guidance=False)
     torch.testing.assert_close(hidden, want)
     torch.testing.assert_close(pooled, want_pooled)
+
+
+def test_preprocess_image_against_hand_computation():
+    from PIL import Image
+
+    from llm4gen.training.data import preprocess_image
+
+    img = Image.new("RGB", (8, 4), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 4, 4))  # left half red, right half black
+    out = preprocess_image(img, 4, center_crop=False)  # already 4 px high: short side 4 -> crop the left 4x4
+    assert out.shape == (3, 4, 4)
+    assert torch.allclose(out[0], torch.ones(4, 4)) and torch.allclose(out[1], -torch.ones(4, 4))
+    centre = preprocess_image(img, 4, center_crop=True)  # columns 2..5: half red, half black
+    assert torch.allclose(centre[0, :, :2], torch.ones(4, 2)) and torch.allclose(centre[0, :, 2:], -torch.ones(4, 2))
+    flipped = preprocess_image(img, 4, center_crop=True, flip=True)
+    assert torch.equal(flipped, centre.flip(-1))
+    big = preprocess_image(Image.new("RGB", (16, 16), (255, 255, 255)), 8)
+    assert big.shape == (3, 8, 8) and torch.allclose(big, torch.ones_like(big))

@@ -127,7 +127,15 @@ def _load_frozen(cfg: TrainConfig):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     base = cfg.base_model
-    xl = os.path.isdir(os.path.join(base, "text_encoder_2")) if os.path.isdir(base) else False
+    if os.path.isdir(base):
+        xl = os.path.isdir(os.path.join(base, "text_encoder_2"))
+    else:  # a hub id: its model_index.json says whether it has a second text encoder (SDXL)
+        from diffusers import DiffusionPipeline
+
+        try:
+            xl = "text_encoder_2" in DiffusionPipeline.load_config(base)
+        except Exception as err:
+            raise describe_load_error(err, "base model", base) from err
 
     def load(name, cls):
         try:
