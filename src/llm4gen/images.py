@@ -5,9 +5,11 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["make_grid"]
+__all__ = ["make_grid", "pixels_from_uint8", "uint8_tensor"]
 
 
 def make_grid(
@@ -46,3 +48,14 @@ def make_grid(
             for j, line in enumerate(lines):
                 draw.text((x + 4, y + cell + 4 + j * line_h), line, fill=(0, 0, 0), font=font)
     return grid
+
+
+def uint8_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """RGB images of one size as a ``uint8`` tensor ``[N, 3, H, W]`` (compact storage for training sets)."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def pixels_from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images to float pixels in [-1, 1], the range diffusers' VAEs and our CLIP take."""
+    return x.float() / 127.5 - 1.0

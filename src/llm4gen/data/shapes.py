@@ -481,6 +481,15 @@ class ShapesWorld:
         image = render_scene(scene, self.config.size)
         return ShapesItem(image, captions[style], scene, captions, style, index, self.split)
 
+    def take(self, n: int, progress: bool = False) -> list[ShapesItem]:
+        """Items 0..n-1, with a progress bar if asked."""
+        indices: Any = range(n)
+        if progress:
+            from rich.progress import track
+
+            indices = track(indices, description=f"ShapesWorld {self.split}", transient=True)
+        return [self[k] for k in indices]
+
     def __iter__(self) -> Iterator[ShapesItem]:
         k = 0
         while self.num_items is None or k < self.num_items:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import pixels_from_uint8, uint8_tensor
+
 __all__ = ["SmallClipConfig", "build_small_clip", "retrieval_accuracy", "train_small_clip"]
 
 
@@ -84,27 +86,12 @@ def retrieval_accuracy(text_emb: torch.Tensor, image_emb: torch.Tensor, k: int =
     return {f"text_to_image_top{k}": t2i, f"image_to_text_top{k}": i2t}
 
 
-def _images_to_tensor(images) -> torch.Tensor:
-    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # [N, H, W, 3]
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
-
-
-def _pixels(batch_uint8: torch.Tensor) -> torch.Tensor:
-    return batch_uint8.float().div(127.5).sub(1.0)
-
-
 def _make_split(split: str, n: int, cfg: SmallClipConfig, progress: bool):
     from ..data.shapes import CAPTION_STYLES, ShapesWorld, ShapesWorldConfig
 
-    world = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size))
-    indices: Any = range(n)
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description=f"ShapesWorld {split} pairs", transient=True)
-    items = [world[k] for k in indices]
+    items = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size)).take(n, progress)
     captions = [[it.captions[s] for s in CAPTION_STYLES] for it in items]
-    return _images_to_tensor([it.image for it in items]), captions
+    return uint8_tensor([it.image for it in items]), captions
 
 
 @torch.no_grad()
@@ -112,7 +99,7 @@ def _evaluate(model, tokenizer, images: torch.Tensor, captions: list[list[str]],
     from ..data.shapes import CAPTION_STYLES
 
     model.eval()
-    img_emb = torch.cat([_features(model.get_image_features(pixel_values=_pixels(images[i : i + batch])))
+    img_emb = torch.cat([_features(model.get_image_features(pixel_values=pixels_from_uint8(images[i : i + batch])))
                          for i in range(0, len(images), batch)])
     out: dict[str, float] = {"chance_top1": 1.0 / len(images)}
     for si, style in enumerate(CAPTION_STYLES):
@@ -183,7 +170,7 @@ def train_small_clip(
             idx = rng.choice(n_train, size=min(cfg.batch_size, n_train), replace=False)
             texts = [train_captions[i][int(rng.integers(3))] for i in idx]
             ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-            pixels = _pixels(train_images[torch.from_numpy(idx)])
+            pixels = pixels_from_uint8(train_images[torch.from_numpy(idx)])
             img = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
             txt = F.normalize(_features(model.get_text_features(input_ids=ids.input_ids,
                                                                 attention_mask=ids.attention_mask)), dim=-1)

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import pixels_from_uint8, uint8_tensor
+
 __all__ = ["SmallVaeConfig", "build_small_vae", "train_small_vae"]
 
 
@@ -60,19 +62,8 @@ def build_small_vae(cfg: SmallVaeConfig):
 def _images(split: str, n: int, cfg: SmallVaeConfig, progress: bool) -> tuple[torch.Tensor, list]:
     from ..data.shapes import ShapesWorld, ShapesWorldConfig
 
-    world = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size))
-    indices: Any = range(n)
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description=f"ShapesWorld {split} images", transient=True)
-    items = [world[k] for k in indices]
-    arr = np.stack([np.asarray(it.image, dtype=np.uint8) for it in items])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [it.scene for it in items]
-
-
-def _to_pixels(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 127.5 - 1.0
+    items = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size)).take(n, progress)
+    return uint8_tensor([it.image for it in items]), [it.scene for it in items]
 
 
 def _to_images(x: torch.Tensor) -> list:
@@ -114,7 +105,7 @@ def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = 
     try:
         for step in range(cfg.steps):
             idx = torch.from_numpy(rng.choice(len(train_x), size=min(cfg.batch_size, len(train_x)), replace=False))
-            x = _to_pixels(train_x[idx])
+            x = pixels_from_uint8(train_x[idx])
             dist = vae.encode(x).latent_dist
             z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)
             rec = vae.decode(z).sample
@@ -136,7 +127,7 @@ def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = 
 
     vae.eval()
     with torch.no_grad():
-        x = _to_pixels(eval_x)
+        x = pixels_from_uint8(eval_x)
         means = torch.cat([vae.encode(x[i : i + 50]).latent_dist.mean for i in range(0, len(x), 50)])
         scaling = float(1.0 / means.std())
         rec = torch.cat([vae.decode(means[i : i + 50]).sample for i in range(0, len(means), 50)])
