@@ -29,7 +29,14 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from .utils import describe_load_error, validate_prompts
 
-__all__ = ["LLMEncoder", "LLMEncoderOutput", "PromptTruncationWarning", "resolve_model_reference"]
+__all__ = [
+    "LLMEncoder",
+    "LLMEncoderOutput",
+    "PromptTruncationWarning",
+    "collate_rows",
+    "output_rows",
+    "resolve_model_reference",
+]
 
 CONFIG_NAME = "llm4gen_encoder.json"
 PADDING_MODES = ("max_length", "longest")
@@ -46,6 +53,33 @@ class LLMEncoderOutput:
     embeds: torch.Tensor  # [B, T, D] per-token features
     attention_mask: torch.Tensor  # [B, T], 1 = real token, 0 = padding
     num_tokens: list[int]  # tokens per prompt before truncation (special tokens included)
+
+
+def output_rows(out: LLMEncoderOutput, trim: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split a batch output into per-prompt ``(features, mask)`` rows, trimmed to the real tokens when ``trim``
+    (``padding="longest"``) or kept whole (``"max_length"``, the authors' fixed length)."""
+    rows = []
+    for feats, mask in zip(out.embeds, out.attention_mask):
+        n = int(mask.sum()) if trim else mask.shape[0]
+        rows.append((feats[:n], mask[:n]))
+    return rows
+
+
+def collate_rows(
+    rows: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad per-prompt rows to one length: ``([B, T, D] features, [B, T] long mask)``. Inference and training
+    build batches this way, so a prompt's conditioning does not depend on what else is in its batch."""
+    length = max(f.shape[0] for f, _ in rows)
+    dtype = dtype or rows[0][0].dtype
+    feats = torch.zeros(len(rows), length, rows[0][0].shape[-1], dtype=dtype, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    for i, (f, m) in enumerate(rows):
+        feats[i, : f.shape[0]] = f.to(device=feats.device, dtype=dtype)
+        mask[i, : m.shape[0]] = m.to(feats.device)
+    return feats, mask
 
 
 def resolve_model_reference(ref: str) -> str:

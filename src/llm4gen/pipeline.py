@@ -29,7 +29,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from .adapter import CrossAdapter
-from .encoders import LLMEncoder
+from .encoders import LLMEncoder, collate_rows, output_rows
 from .utils import describe_load_error, validate_prompts
 
 __all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
@@ -120,12 +120,10 @@ class _LLM4GenMixin:
         if todo:
             with torch.no_grad():
                 out = self.llm_encoder([texts[i] for i in todo])
-            trim = self.llm_encoder.config.padding == "longest"
-            for i, feats, mask in zip(todo, out.embeds, out.attention_mask):
-                n = int(mask.sum()) if trim else mask.shape[0]
-                rows[i] = (feats[:n], mask[:n])
+            for i, row in zip(todo, output_rows(out, trim=self.llm_encoder.config.padding == "longest")):
+                rows[i] = row
                 if cache is not None:
-                    cache.put(namespace, texts[i], feats[:n], mask[:n])
+                    cache.put(namespace, texts[i], *row)
         return rows  # type: ignore[return-value]
 
     def _fuse(
@@ -135,13 +133,7 @@ class _LLM4GenMixin:
         texts = prompts + (negatives if clip_neg is not None else [])
         rows = self._llm_rows(texts)
         adapter_dtype = self.adapter.dtype
-        device = clip_pos.device
-        length = max(r[0].shape[0] for r in rows)
-        feats = torch.zeros(len(rows), length, rows[0][0].shape[-1], dtype=adapter_dtype, device=device)
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-        for i, (f, m) in enumerate(rows):
-            feats[i, : f.shape[0]] = f.to(device=device, dtype=adapter_dtype)
-            mask[i, : m.shape[0]] = m.to(device)
+        feats, mask = collate_rows(rows, dtype=adapter_dtype, device=clip_pos.device)
         b = len(prompts)
         out_dtype = clip_pos.dtype
         with torch.no_grad():

@@ -69,3 +69,29 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tu
                     raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
             out.append((line_no, rec))
     return out
+
+
+def loss_progress(
+    label: str,
+    total: int,
+    *,
+    completed: int = 0,
+    loss_digits: int = 4,
+    samples_per_s: bool = False,
+    transient: bool = True,
+):
+    """A started rich progress bar for a training loop (steps, loss, optionally samples/s, ETA): ``(bar, task)``.
+    Update with ``bar.update(task, completed=..., loss=..., sps=...)`` and ``bar.stop()`` at the end."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn(f"loss {{task.fields[loss]:.{loss_digits}f}}")]
+    fields: dict[str, float] = {"loss": float("nan")}
+    if samples_per_s:
+        columns.append(TextColumn("{task.fields[sps]:.1f} samples/s"))
+        fields["sps"] = 0.0
+    columns.append(TimeRemainingColumn())
+    bar = Progress(*columns, transient=transient)
+    task = bar.add_task(label, total=total, completed=completed, **fields)
+    bar.start()
+    return bar, task

@@ -79,8 +79,7 @@ class ImageFolderSource:
             except OSError as err:
                 raise ValueError(f"Could not read the training image {path} ({err}).") from err
 
-        stat = path.stat()
-        return Example(load, rec[self.cfg.caption_column], f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}")
+        return Example(load, rec[self.cfg.caption_column], file_fingerprint(path))
 
 
 class ShapesSource:
@@ -286,10 +285,12 @@ def batch_indices(batch_number: int, num_items: int, per_process: int, num_proce
     return perm[start : start + per_process].tolist()
 
 
-def step_generator(seed: int, batch_number: int, rank: int, purpose: str) -> torch.Generator:
-    """A generator seeded by (seed, batch, process, purpose): the noise, timesteps and dropout of a batch are a pure
-    function of its position in the run, so a resumed run draws exactly what an uninterrupted one would."""
-    return torch.Generator().manual_seed(_stable_seed(purpose, seed, batch_number, rank))
+def step_generator(seed: int, batch_number: int, purpose: str) -> torch.Generator:
+    """A generator seeded by (seed, batch, purpose): the noise, timesteps and dropout of a global batch are a pure
+    function of its position in the run, so a resumed run draws exactly what an uninterrupted one would, and every
+    process draws the same global values and takes its own rows."""
+    # the trailing 0 stood for the process rank; it stays in the hash so that existing runs keep their draws
+    return torch.Generator().manual_seed(_stable_seed(purpose, seed, batch_number, 0))
 
 
 # ---------------------------------------------------------------------- entity-attribute parsing

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_from_uint8, uint8_tensor
+from ..utils import loss_progress
 
 __all__ = ["SmallClipConfig", "build_small_clip", "retrieval_accuracy", "train_small_clip"]
 
@@ -157,12 +158,7 @@ def train_small_clip(
     steps: Any = range(cfg.steps)
     prog = None
     if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        prog = Progress(TextColumn("small CLIP"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True)
-        task = prog.add_task("train", total=cfg.steps, loss=float("nan"))
-        prog.start()
+        prog, task = loss_progress("small CLIP", cfg.steps, loss_digits=3)
     losses = []
     n_train = len(train_images)
     try:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..images import pixels_from_uint8, uint8_tensor
+from ..utils import loss_progress
 
 __all__ = ["SmallVaeConfig", "build_small_vae", "train_small_vae"]
 
@@ -96,12 +97,7 @@ def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = 
     losses = []
     bar = None
     if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("small VAE"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), transient=True)
-        task = bar.add_task("vae", total=cfg.steps, loss=float("nan"))
-        bar.start()
+        bar, task = loss_progress("small VAE", cfg.steps)
     try:
         for step in range(cfg.steps):
             idx = torch.from_numpy(rng.choice(len(train_x), size=min(cfg.batch_size, len(train_x)), replace=False))

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from ..adapter import CrossAdapter
-from ..encoders import LLMEncoder, PromptTruncationWarning
-from ..utils import describe_load_error
+from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
+from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
 from .config import TrainConfig
 from .data import batch_indices, make_source, preprocess_image, step_generator, token_pairs
@@ -251,22 +251,10 @@ class Features:
                 out = self.llm.encode([captions[i] for i in todo])
             self.encoded += len(todo)
             self.truncated += sum(n > self.llm.max_length for n in out.num_tokens)
-            rows = []
-            for feats, mask in zip(out.embeds.float().cpu(), out.attention_mask.cpu()):
-                n = int(mask.sum())
-                rows.append({"llm": feats[:n], "mask": mask[:n]} if trim else {"llm": feats, "mask": mask})
-            return rows
+            return [{"llm": f.float().cpu(), "mask": m.cpu()} for f, m in output_rows(out, trim)]
 
         rows = self._cached(self.ns_llm, captions, compute)
-        length = max(r["llm"].shape[0] for r in rows)
-        dim = rows[0]["llm"].shape[1]
-        feats = torch.zeros(len(rows), length, dim)
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = r["llm"].shape[0]
-            feats[i, :n] = r["llm"]
-            mask[i, :n] = r["mask"].long()
-        return feats.to(self.device), mask.to(self.device)
+        return collate_rows([(r["llm"], r["mask"]) for r in rows], dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def latents(self, images: list[Callable], keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
@@ -551,13 +539,8 @@ def train(
             writer = SummaryWriter(log_dir=str(out / "logs" / "tensorboard"))
     bar = None
     if progress and accelerator.is_main_process:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[sps]:.1f} samples/s"),
-                       TimeRemainingColumn(), transient=False)
-        task = bar.add_task("train", total=cfg.max_train_steps, completed=start_step, loss=float("nan"), sps=0.0)
-        bar.start()
+        bar, task = loss_progress("train", cfg.max_train_steps, completed=start_step, samples_per_s=True,
+                                  transient=False)
 
     A, B = cfg.gradient_accumulation_steps, cfg.train_batch_size
     G = B * world  # the global batch
@@ -571,7 +554,7 @@ def train(
     def draw(batch_number: int, purpose: str, fn):
         """Draw for the whole global batch from a generator seeded by (seed, batch, purpose); callers take their
         rows. One process with batch 2B and two with B therefore get identical randomness."""
-        return fn(step_generator(cfg.seed, batch_number, 0, purpose))
+        return fn(step_generator(cfg.seed, batch_number, purpose))
 
     t_start, samples = time.time(), 0
     model.train()
