@@ -1,0 +1,62 @@
+"""End to end: serve the web app on a free localhost port and drive it in headless Chromium (Debian's chromium and
+chromedriver through Selenium; `make test` installs them when it can). Skipped, with the reason, without them."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gradio", reason="the web app needs gradio (pip install 'llm4gen[app]')")
+
+from llm4gen import app as webapp  # noqa: E402
+
+_, _, REASON = webapp.find_browser()
+pytestmark = pytest.mark.skipif(bool(REASON), reason=f"no headless browser to drive: {REASON}")
+
+PROMPT = ("a small red circle in the upper left corner, a large blue square in the lower right, a green triangle "
+          "below the centre pointing up, and a yellow star floating just above the triangle")
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(blob))
+    image.load()
+    return np.asarray(image.convert("RGB"))
+
+
+def test_browser_types_a_prompt_and_gets_both_images(tiny_sd_dir, tmp_path):
+    loaded = webapp.load_model(tiny_sd_dir)
+    demo, url = webapp.launch(loaded, block=False, default_steps=2)
+    shot = tmp_path / "page.png"
+    try:
+        result = webapp.drive_browser(url, PROMPT, screenshot=shot, timeout=300)
+    finally:
+        demo.close()
+    assert len(result["base"]) == len(result["llm4gen"]) == 1
+    base, llm = _decode(result["base"][0]), _decode(result["llm4gen"][0])
+    assert base.shape == llm.shape == (32, 32, 3)
+    assert base.std() > 1 and llm.std() > 1  # not blank
+    assert not np.array_equal(base, llm)  # the LLM tokens change the image
+    # the page shows exactly what the pipeline renders for this prompt and seed (PNG is lossless)
+    want = loaded.pipe(PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.array_equal(llm, np.asarray(want))
+    assert "CLIP sees 77 of" in result["tokens"] and "are cut" in result["tokens"]
+    assert "seed 0" in result["status"]
+    page = _decode(shot.read_bytes())
+    assert page.shape[0] > 600 and page.shape[1] > 800 and page.std() > 5
+
+
+def test_cli_screenshot_command(tiny_sd_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from llm4gen.cli import app as cli
+
+    shot = tmp_path / "docs" / "app_screenshot.png"
+    result = CliRunner().invoke(cli, ["app", "--model", tiny_sd_dir, "--steps", "2", "--screenshot", str(shot)])
+    assert result.exit_code == 0, result.output
+    assert f"screenshot: {shot}" in result.output
+    assert _decode(shot.read_bytes()).shape[1] == 1280
