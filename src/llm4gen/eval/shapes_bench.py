@@ -1,0 +1,361 @@
+"""The headline benchmark: does the LLM through the CAM make a model follow dense prompts better than its base?
+
+Two (or more) arms render the same held-out ShapesWorld prompts with the same initial noise, and the exact
+ShapesWorld scorer checks each image against the scene graph its prompt describes:
+
+- prompts: the first ``num_prompts`` scenes of the ``test`` split (``prompt_seed``), captioned ``dense`` (40-140
+  words). Every test scene contains a (colour, shape) pair that never occurs in training.
+- images: image ``i`` of every arm starts from the same noise (``torch.Generator`` seeded ``image_seed + i``) and
+  uses the same scheduler, steps and guidance.
+- metrics: count, colour, shape, binding, size, spatial, background and all-correct (``llm4gen.eval.shapes``),
+  overall and split by the prompt's length in CLIP tokens (``<=77``: inside CLIP's window, ``>77``: beyond it).
+- statistics: per arm the mean with a 95% percentile-bootstrap interval over prompts; between each arm and the first
+  (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
+
+Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, per-prompt scores, summary),
+``quality.png`` (bar chart with the intervals) and ``samples.png`` (a few prompts, the arms side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, score_image
+
+__all__ = [
+    "QualityConfig",
+    "benchmark_prompts",
+    "bootstrap_ci",
+    "clip_only_pipeline",
+    "load_arm",
+    "paired_difference",
+    "plot_quality",
+    "render_arm",
+    "run_quality_benchmark",
+    "summarize_arm",
+]
+
+SCHEDULERS = ("dpm", "ddim", "own")
+
+
+@dataclass
+class QualityConfig:
+    """Settings of a benchmark run; saved into ``results.json``."""
+
+    num_prompts: int = 500
+    prompt_seed: int = 7
+    caption_style: str = "dense"
+    image_seed: int = 0
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    scheduler: str = "dpm"  # dpm (DPM-Solver++ multistep) | ddim | own (whatever the model folder has)
+    batch_size: int = 50
+    size: int = 64
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1 or self.batch_size < 1 or self.num_inference_steps < 1 or self.bootstrap < 100:
+            raise ValueError("num_prompts, batch_size and num_inference_steps must be >= 1, bootstrap >= 100.")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
+
+
+def benchmark_prompts(cfg: QualityConfig) -> list[tuple[str, Any]]:
+    """The held-out prompts and their scene graphs: ``[(caption, scene), ...]``."""
+    from ..data.shapes import ShapesWorld, ShapesWorldConfig
+
+    world = ShapesWorld("test", seed=cfg.prompt_seed,
+                        config=ShapesWorldConfig(size=cfg.size, caption_style=cfg.caption_style))
+    return [world.caption_of(i) for i in range(cfg.num_prompts)]
+
+
+# ---------------------------------------------------------------------- arms
+def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
+    """A plain diffusers ``StableDiffusionPipeline`` from an LLM4GEN pipeline's VAE, CLIP, tokenizer and scheduler.
+
+    ``unet`` replaces the UNet (a UNet module or folder): pass the base arm's UNet to get the model trained on CLIP
+    alone. Without it the LLM4GEN UNet runs on CLIP tokens only, which shows the CLIP path of that model, not a
+    trained base.
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    if isinstance(unet, (str, os.PathLike)):
+        folder = Path(unet)
+        if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+            folder = folder / "unet"
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{unet} is not a UNet folder (no config.json) nor a pipeline folder with unet/.")
+        unet = UNet2DConditionModel.from_pretrained(folder)
+    unet = unet if unet is not None else pipe.unet
+    if unet.config.cross_attention_dim != pipe.text_encoder.config.hidden_size:
+        raise ValueError(
+            f"The UNet's cross_attention_dim ({unet.config.cross_attention_dim}) does not match the CLIP text "
+            f"encoder's width ({pipe.text_encoder.config.hidden_size}): it was trained for another text encoder."
+        )
+    base = StableDiffusionPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet,
+        scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),  # its own copy: schedulers keep state
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    return base.to(pipe.device)
+
+
+def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, device: str = "cpu") -> Any:
+    """Load an arm: an LLM4GEN or plain Stable Diffusion pipeline folder; with ``unet``, the CLIP-only pipeline made
+    of ``model``'s VAE / CLIP / scheduler and that UNet (see :func:`clip_only_pipeline`)."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..pipeline import LLM4GenPipeline
+
+    folder = Path(model)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{model} is not a pipeline folder (no model_index.json).")
+    cls_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    cls = LLM4GenPipeline if cls_name == "LLM4GenPipeline" else StableDiffusionPipeline
+    pipe = cls.from_pretrained(folder).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if unet is not None:
+        pipe = clip_only_pipeline(pipe, unet)
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _set_scheduler(pipe: Any, name: str) -> None:
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpm":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    elif name == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any = None) -> list[Image.Image]:
+    """Render ``prompts`` (image ``i`` from noise seeded ``cfg.image_seed + i``) in batches of ``cfg.batch_size``."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    _set_scheduler(pipe, cfg.scheduler)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    images: list[Image.Image] = []
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    # CLIP's window cuts most dense prompts: that is what is measured, so the per-batch notices are silenced
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        for start in range(0, len(prompts), cfg.batch_size):
+            texts = prompts[start : start + cfg.batch_size]
+            gens = [torch.Generator().manual_seed(cfg.image_seed + start + k) for k in range(len(texts))]
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                out = pipe(prompt=texts, num_inference_steps=cfg.num_inference_steps,
+                           guidance_scale=cfg.guidance_scale, generator=gens, height=cfg.size, width=cfg.size)
+            if len(out.images) != len(texts):
+                raise RuntimeError(f"The pipeline returned {len(out.images)} images for {len(texts)} prompts.")
+            images.extend(out.images)
+            if progress is not None:
+                progress(len(texts))
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+    return images
+
+
+# ---------------------------------------------------------------------- statistics
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``values`` (resampling items with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def _values(results: list[dict[str, Any]], metric: str) -> np.ndarray:
+    return np.array([r[metric] for r in results if r.get(metric) is not None], dtype=np.float64)
+
+
+def summarize_arm(results: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """``{bucket: {metric: {"mean", "ci95", "n"}}}`` for one arm's per-prompt results (with ``clip_tokens``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for bucket in LENGTH_BUCKETS:
+        rows = _bucket(results, bucket)
+        out[bucket] = {}
+        for m in METRICS:
+            v = _values(rows, m)
+            out[bucket][m] = {"mean": float(v.mean()) if v.size else None,
+                              "ci95": list(bootstrap_ci(v, n_boot)) if v.size else None, "n": int(v.size)}
+    return out
+
+
+def _bucket(results: list[dict[str, Any]], bucket: str) -> list[dict[str, Any]]:
+    if bucket == "all":
+        return list(results)
+    if bucket == "<=77 tokens":
+        return [r for r in results if r["clip_tokens"] <= 77]
+    if bucket == ">77 tokens":
+        return [r for r in results if r["clip_tokens"] > 77]
+    raise ValueError(f"Unknown bucket {bucket!r}; use one of {LENGTH_BUCKETS}.")
+
+
+def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str,
+                      n_boot: int = 2000) -> dict[str, Any]:
+    """Mean of ``b - a`` over prompts scored in both (same order = same prompt), with a paired bootstrap interval."""
+    if len(a) != len(b):
+        raise ValueError(f"Paired results need the same prompts: {len(a)} vs {len(b)} rows.")
+    d = np.array([y[metric] - x[metric] for x, y in zip(a, b)
+                  if x.get(metric) is not None and y.get(metric) is not None], dtype=np.float64)
+    if d.size == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    return {"mean": float(d.mean()), "ci95": list(bootstrap_ci(d, n_boot)), "n": int(d.size)}
+
+
+# ---------------------------------------------------------------------- report
+def plot_quality(summary: dict[str, Any], path: str | os.PathLike, title: str = "ShapesWorld held-out dense prompts",
+                 metrics: tuple[str, ...] = ("colour", "shape", "binding", "spatial", "count", "all_correct")) -> Path:
+    """A bar chart: one panel per length bucket, metrics on the x axis, one bar per arm, 95% intervals as whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(summary)
+    fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.2), sharey=True)
+    width = 0.8 / len(arms)
+    x = np.arange(len(metrics))
+    for ax, bucket in zip(np.atleast_1d(axes), LENGTH_BUCKETS):
+        n = 0
+        for k, arm in enumerate(arms):
+            stats = [summary[arm][bucket][m] for m in metrics]
+            means = np.array([100 * (s["mean"] or 0.0) for s in stats])
+            lo = np.array([100 * s["ci95"][0] if s["ci95"] else 0.0 for s in stats])
+            hi = np.array([100 * s["ci95"][1] if s["ci95"] else 0.0 for s in stats])
+            ax.bar(x + (k - (len(arms) - 1) / 2) * width, means, width, label=arm,
+                   yerr=np.stack([means - lo, hi - means]), capsize=2)
+            n = max(n, summary[arm][bucket]["all_correct"]["n"])
+        ax.set_xticks(x, [m.replace("_", "-") for m in metrics], rotation=30)
+        ax.set_title(f"{bucket} (n={n})")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy (%), 95% CI")
+    np.atleast_1d(axes)[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    arms = list(report["summary"])
+    ref = arms[0]
+    table = Table(title=f"ShapesWorld held-out dense prompts: accuracy % [95% CI]; diff = arm - {ref} (paired)")
+    table.add_column("prompts")
+    table.add_column("metric")
+    for arm in arms:
+        table.add_column(arm, justify="right")
+    for arm in arms[1:]:
+        table.add_column(f"diff {arm}", justify="right")
+    for bucket in LENGTH_BUCKETS:
+        for m in ("colour", "shape", "binding", "spatial", "count", "size", "all_correct"):
+            cells = []
+            for arm in arms:
+                s = report["summary"][arm][bucket][m]
+                cells.append("-" if s["mean"] is None else
+                             f"{100 * s['mean']:.1f} [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]")
+            for arm in arms[1:]:
+                d = report["differences"][arm][bucket][m]
+                cells.append("-" if d["mean"] is None else
+                             f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
+            n = report["summary"][ref][bucket][m]["n"]
+            table.add_row(f"{bucket} (n={n})" if m == "colour" else "", m, *cells)
+        table.add_section()
+    Console().print(table)
+
+
+def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg: QualityConfig | None = None,
+                          progress: bool = True, samples: int = 6) -> dict[str, Any]:
+    """Render, score and compare ``arms`` (``{name: pipeline}``; the first is the reference for differences).
+
+    Returns the report written to ``out_dir/results.json`` (see the module docs)."""
+    cfg = cfg or QualityConfig()
+    if len(arms) < 1:
+        raise ValueError("Give at least one arm.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items = benchmark_prompts(cfg)
+    prompts = [text for text, _ in items]
+    tokens = clip_token_count(prompts)
+    per_arm: dict[str, list[dict[str, Any]]] = {}
+    images: dict[str, list[Image.Image]] = {}
+    timings: dict[str, float] = {}
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        bar.start()
+    try:
+        for name, pipe in arms.items():
+            task = bar.add_task(f"render {name}", total=len(prompts)) if bar else None
+            t0 = time.perf_counter()
+            imgs = render_arm(pipe, prompts, cfg, (lambda n, t=task: bar.update(t, advance=n)) if bar else None)
+            timings[name] = time.perf_counter() - t0
+            (out / name).mkdir(exist_ok=True)
+            rows = []
+            for i, (img, (text, scene)) in enumerate(zip(imgs, items)):
+                img.save(out / name / f"{i:05d}.png")
+                row = score_image(img, scene)
+                row.update(index=i, text=text, clip_tokens=tokens[i], file_name=f"{name}/{i:05d}.png")
+                rows.append(row)
+            per_arm[name], images[name] = rows, imgs
+    finally:
+        if bar is not None:
+            bar.stop()
+    names = list(arms)
+    summary = {name: summarize_arm(per_arm[name], cfg.bootstrap) for name in names}
+    differences = {
+        name: {bucket: {m: paired_difference(_bucket(per_arm[names[0]], bucket), _bucket(per_arm[name], bucket), m,
+                                             cfg.bootstrap)
+                        for m in METRICS} for bucket in LENGTH_BUCKETS}
+        for name in names[1:]
+    }
+    report = {"config": asdict(cfg), "arms": names, "render_seconds": timings, "summary": summary,
+              "differences": differences, "results": per_arm}
+    (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plot_quality(summary, out / "quality.png")
+    _sample_grid(images, prompts, samples).save(out / "samples.png")
+    if progress:
+        _print_table(report)
+    return report
+
+
+def _sample_grid(images: dict[str, list[Image.Image]], prompts: list[str], n: int) -> Image.Image:
+    """Rows = arms, columns = the first ``n`` prompts, each cell captioned with the arm's name and the prompt."""
+    from ..images import make_grid
+
+    n = min(n, len(prompts))
+    cells, captions = [], []
+    for name, imgs in images.items():
+        for i in range(n):
+            cells.append(imgs[i].resize((192, 192), Image.NEAREST))
+            captions.append(f"[{name}] {prompts[i]}")
+    return make_grid(cells, captions, cols=n, cell=192, caption_lines=9)

@@ -1,0 +1,142 @@
+"""The headline ShapesWorld benchmark: prompts, statistics, arms, and the whole run on oracle and tiny arms."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+
+class RenderArm:
+    """A protocol-conforming arm that draws a given scene per prompt (an oracle when the scene is the prompt's)."""
+
+    def __init__(self, scenes_by_prompt: dict[str, object], size: int = 64) -> None:
+        self.scenes, self.size, self.calls = scenes_by_prompt, size, []
+
+    def __call__(self, prompt, generator, **kwargs):
+        from llm4gen.data.shapes import render_scene
+
+        self.calls.append((list(prompt), [g.initial_seed() for g in generator]))
+        return SimpleNamespace(images=[render_scene(self.scenes[p], self.size) for p in prompt])
+
+
+def test_prompts_are_held_out_dense_and_deterministic():
+    from llm4gen.data.shapes import HELD_OUT_PAIRS
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+
+    cfg = QualityConfig(num_prompts=40)
+    items = benchmark_prompts(cfg)
+    assert items == benchmark_prompts(cfg) and len(items) == 40
+    held = {tuple(p) for p in HELD_OUT_PAIRS}
+    for text, scene in items:
+        assert 40 <= len(text.split()) <= 140
+        assert any((o.colour, o.shape) in held for o in scene.objects)
+    assert benchmark_prompts(QualityConfig(num_prompts=5, prompt_seed=8))[0][0] != items[0][0]
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    from llm4gen.eval.shapes_bench import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    x = (rng.random(900) < 0.3).astype(float)
+    lo, hi = bootstrap_ci(x, n_boot=4000)
+    half = 1.96 * x.std() / np.sqrt(x.size)  # independent: the CLT interval of a mean
+    assert lo == pytest.approx(x.mean() - half, abs=0.006) and hi == pytest.approx(x.mean() + half, abs=0.006)
+    assert bootstrap_ci(np.full(50, 0.25)) == (0.25, 0.25)
+
+
+def test_paired_difference_and_buckets_by_hand():
+    from llm4gen.eval.shapes_bench import paired_difference, summarize_arm
+
+    a = [{"colour": 0.0, "spatial": None, "clip_tokens": 60}, {"colour": 0.5, "spatial": 1.0, "clip_tokens": 90},
+         {"colour": 1.0, "spatial": 0.0, "clip_tokens": 120}]
+    b = [{"colour": 1.0, "spatial": 1.0, "clip_tokens": 60}, {"colour": 0.5, "spatial": 1.0, "clip_tokens": 90},
+         {"colour": 1.0, "spatial": 1.0, "clip_tokens": 120}]
+    d = paired_difference(a, b, "colour", n_boot=500)
+    assert d["mean"] == pytest.approx(1 / 3) and d["n"] == 3
+    assert d["ci95"][0] >= 0.0 and d["ci95"][1] <= 1.0
+    s = paired_difference(a, b, "spatial", n_boot=500)  # only prompts judged in both arms
+    assert s["n"] == 2 and s["mean"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(a, b[:2], "colour")
+    for row in a:
+        row.update({m: 0.0 for m in ("count", "shape", "binding", "size", "background", "all_correct")})
+    summary = summarize_arm(a, n_boot=200)
+    assert summary["<=77 tokens"]["colour"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 1}
+    assert summary[">77 tokens"]["colour"]["mean"] == pytest.approx(0.75)
+    assert summary["all"]["spatial"]["n"] == 2
+
+
+def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
+
+    cfg = QualityConfig(num_prompts=12, batch_size=5, scheduler="own", bootstrap=200, image_seed=100)
+    items = benchmark_prompts(cfg)
+    oracle = RenderArm({t: s for t, s in items})
+    shifted = RenderArm({t: items[(i + 1) % len(items)][1] for i, (t, _) in enumerate(items)})
+    report = run_quality_benchmark({"oracle": oracle, "shifted": shifted}, tmp_path, cfg, progress=False, samples=3)
+    assert report["summary"]["oracle"]["all"]["all_correct"]["mean"] == 1.0
+    assert report["summary"]["shifted"]["all"]["all_correct"]["mean"] < 0.5
+    assert report["differences"]["shifted"]["all"]["all_correct"]["mean"] < -0.5
+    # batches of 5 in prompt order, image i seeded image_seed + i in every arm
+    assert [len(p) for p, _ in oracle.calls] == [5, 5, 2]
+    assert [s for _, seeds in oracle.calls for s in seeds] == list(range(100, 112))
+    assert oracle.calls == shifted.calls
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"]["oracle"][3]["text"] == items[3][0]
+    assert (tmp_path / "oracle" / "00011.png").is_file()
+    for name in ("quality.png", "samples.png"):
+        from PIL import Image
+
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 300 and len(set(im.convert("L").getdata())) > 10
+
+
+def test_an_arm_against_itself_differs_by_exactly_zero(tmp_path):
+    from llm4gen.eval.shapes_bench import QualityConfig, clip_only_pipeline, run_quality_benchmark
+    from llm4gen.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(llm=None)
+    cfg = QualityConfig(num_prompts=3, num_inference_steps=2, batch_size=2, bootstrap=100)
+    report = run_quality_benchmark({"a": clip_only_pipeline(pipe), "b": clip_only_pipeline(pipe)}, tmp_path, cfg,
+                                   progress=False)
+    a, b = (np.asarray(__import__("PIL.Image").Image.open(tmp_path / n / "00001.png")) for n in ("a", "b"))
+    assert np.array_equal(a, b)
+    for m, d in report["differences"]["b"]["all"].items():
+        assert d["mean"] in (0.0, None), m
+
+
+def test_clip_only_pipeline_uses_the_same_clip_and_the_given_unet(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from llm4gen.eval.shapes_bench import clip_only_pipeline, load_arm
+    from llm4gen.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(llm=None)
+    base = clip_only_pipeline(pipe)
+    assert type(base) is StableDiffusionPipeline
+    prompt = "a red circle above a blue square"
+    fused = pipe.encode_fused_prompt(prompt, do_classifier_free_guidance=False).prompt_embeds
+    clip_only, _ = base.encode_prompt(prompt, "cpu", 1, False)
+    assert torch.allclose(fused[:, :77], clip_only)  # the CLIP half of the fused tokens
+    # a UNet given by folder is loaded, and a whole pipeline folder works too
+    other = build_tiny_pipeline(llm=None, seed=5)
+    other.unet.save_pretrained(tmp_path / "unet_only")
+    pipe.save_pretrained(tmp_path / "pipe")
+    for ref in (tmp_path / "unet_only", tmp_path / "pipe"):
+        swapped = clip_only_pipeline(pipe, ref)
+        expect = other.unet if ref.name == "unet_only" else pipe.unet
+        assert torch.equal(swapped.unet.conv_in.weight, expect.conv_in.weight)
+    loaded = load_arm(tmp_path / "pipe", unet=tmp_path / "unet_only")
+    assert type(loaded) is StableDiffusionPipeline
+    assert torch.equal(loaded.unet.conv_in.weight, other.unet.conv_in.weight)
+    with pytest.raises(FileNotFoundError, match="not a UNet folder"):
+        clip_only_pipeline(pipe, tmp_path)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_arm(tmp_path / "unet_only")
+    wide = build_tiny_pipeline(llm=None, clip_dim=48)
+    with pytest.raises(ValueError, match="cross_attention_dim"):
+        clip_only_pipeline(pipe, wide.unet)
