@@ -50,4 +50,51 @@ def test_demo_writes_images_and_grid(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.output
-    assert (tmp_path / "grid.png").is_file() and len(list(tmp_path.glob("demo_*.png"))) == 2
+    from llm4gen.cli import DEMO_PROMPTS
+
+    assert (tmp_path / "grid.png").is_file() and len(list(tmp_path.glob("demo_*.png"))) == len(DEMO_PROMPTS)
+
+
+def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monkeypatch, tiny_sd_dir):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from llm4gen.cli import DEMO_PROMPTS
+
+    model = tmp_path / "default"
+    shutil.copytree(tiny_sd_dir, model)
+    shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
+    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: model)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "RANDOMLY" not in result.output and "side by side" in result.output
+    base = sorted(out.glob("demo_*_base.png"))
+    llm = sorted(out.glob("demo_*_llm4gen.png"))
+    assert len(base) == len(llm) == len(DEMO_PROMPTS)
+    # same seed, same UNet here: the arms differ only by the LLM tokens, so the images differ but share a size
+    a, b = np.asarray(Image.open(base[0])), np.asarray(Image.open(llm[0]))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    with Image.open(out / "grid.png") as grid:
+        assert grid.size[0] >= 2 * 256
+
+
+def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
+    import json
+    import shutil
+
+    model = tmp_path / "default"
+    shutil.copytree(tiny_sd_dir, model)
+    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: model)
+    result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "o"), "--prompts", "2"])
+    assert result.exit_code != 0 and "--base-unet" in result.output  # no base arm anywhere: says how to give one
+    shutil.copytree(model / "unet", model / "base_unet")
+    result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "o"), "--prompts", "3", "--steps", "2",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert report["arms"] == ["base", "llm4gen"] and len(report["results"]["llm4gen"]) == 3
+    assert report["config"]["num_inference_steps"] == 2
+    assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()

@@ -21,11 +21,19 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-DEMO_PROMPTS = [
-    "A small red circle sits in the upper left corner of a plain grey canvas, while a large blue square fills the "
-    "lower right; between them, slightly below the centre, a green triangle points upwards.",
-    "On a white background there are three shapes arranged from left to right: a yellow star, a purple ring and an "
-    "orange square. The star is the largest of them and the ring is drawn with a thick outline.",
+DEMO_PROMPTS = [  # in ShapesWorld's vocabulary (the bundled model's world); the last two run past CLIP's 77 tokens
+    "On a plain white background there is a large red circle in the upper left corner and a small blue square in the "
+    "lower right corner.",
+    "The picture is an abstract arrangement of plain geometric shapes, laid out flat like paper cut-outs on a table. "
+    "The composition feels balanced, although the figures are not arranged in any strict grid. There is no text, no "
+    "frame and no perspective; everything lies on the same flat plane. In total there are two figures in the scene. "
+    "The background is a uniform black colour. A large yellow star sits in the upper right corner. A small green "
+    "square sits in the lower left corner. The green square is to the left of the yellow star.",
+    "The image shows a minimal, diagram-like scene rendered with crisp edges and evenly saturated colours, a bit like "
+    "a page from an old geometry textbook. Everything sits on a plain grey backdrop. In total there are three figures "
+    "in the scene. A large red star sits on the left side, halfway down. A small cyan ring sits in the upper right "
+    "corner. A large purple triangle sits near the bottom edge, horizontally centred. The red star is to the left of "
+    "the purple triangle.",
 ]
 
 
@@ -38,6 +46,18 @@ def bundled_model_dir() -> Path | None:
         if candidate is not None and (candidate / "model_index.json").is_file():
             return candidate
     return None
+
+
+def _model_or_bundled(model: str | None, hint: str = "") -> str:
+    """``model``, or the bundled model's folder; without either, say so and exit with status 2."""
+    if model is not None:
+        return model
+    bundled = bundled_model_dir()
+    if bundled is None:
+        console.print("[red]No --model given and no bundled default model (models/default) is installed.[/red] Pass "
+                      f"--model with an LLM4GEN pipeline folder or hub id{hint}.")
+        raise typer.Exit(2)
+    return str(bundled)
 
 
 def _load_pipeline(model: str, xl: bool | None, device: str, trust_remote_code: bool):
@@ -89,15 +109,7 @@ def generate(
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
     import torch
 
-    if model is None:
-        bundled = bundled_model_dir()
-        if bundled is None:
-            console.print(
-                "[red]No --model given and no bundled default model is installed yet.[/red] Pass --model with an "
-                "LLM4GEN pipeline folder or hub id, or run `llm4gen demo` to try a tiny random model."
-            )
-            raise typer.Exit(2)
-        model = str(bundled)
+    model = _model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -123,44 +135,59 @@ def generate(
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", "-o", help="Folder for the PNGs and the grid."),
     steps: int = typer.Option(20, "--steps", min=1, help="Denoising steps."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Run the main job offline: generate images for a few dense prompts and write them with a grid.
 
-    Uses the bundled default model when there is one; otherwise it builds a tiny random LLM4GEN pipeline (random
-    UNet/VAE/CLIP, the real all-MiniLM-L6-v2 from its pip package as the LLM) and says so: its images are noise.
+    Uses the bundled default model (models/default) and renders each prompt side by side with its base arm (the same
+    recipe trained on CLIP only, models/default/base_unet) from the same noise. Without a bundled model it builds a
+    tiny random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its images are noise.
     """
     import torch
 
     from .images import make_grid
 
     bundled = bundled_model_dir()
+    arms: dict[str, object] = {}
     if bundled is not None:
         console.print(f"Using the bundled model at {bundled}")
         pipe = _load_pipeline(str(bundled), None, "cpu", False)
+        if (bundled / "base_unet" / "config.json").is_file():
+            from .eval.shapes_bench import clip_only_pipeline
+
+            arms["base (CLIP only)"] = clip_only_pipeline(pipe, bundled / "base_unet")
     else:
         from .tiny import MINILM_REF, build_tiny_pipeline
 
         console.print(
-            "[yellow]No bundled trained model yet: building a tiny RANDOMLY INITIALISED pipeline "
+            "[yellow]No bundled trained model: building a tiny RANDOMLY INITIALISED pipeline "
             "(MiniLM as the LLM). Its images are noise; they show that the whole path runs, not what LLM4GEN can "
             "do.[/yellow]"
         )
         pipe = build_tiny_pipeline(llm=MINILM_REF, llm_max_length=256, llm_padding="longest", seed=seed)
-    images = []
+    arms["llm4gen"] = pipe
+    images, captions, paths = [], [], []
+    out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(DEMO_PROMPTS):
-        generator = torch.Generator().manual_seed(seed + i)
-        images.append(pipe(prompt, num_inference_steps=steps, generator=generator).images[0])
-    paths = _save_images(images, out, "demo")
-    grid = make_grid(images, captions=DEMO_PROMPTS, cell=256)
+        for name, arm in arms.items():
+            generator = torch.Generator().manual_seed(seed + i)  # the same noise in every arm
+            arm.set_progress_bar_config(disable=True)
+            image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator).images[0]
+            path = out / f"demo_{i:02d}_{name.split()[0]}.png"
+            image.save(path)
+            images.append(image)
+            captions.append(f"[{name}] {prompt}")
+            paths.append((path, prompt))
+    grid = make_grid(images, captions=captions, cols=len(arms), cell=256, caption_lines=10)
     grid_path = out / "grid.png"
     grid.save(grid_path)
-    table = Table(title="llm4gen demo")
+    table = Table(title="llm4gen demo" + (" (side by side: the same seed in each arm)" if len(arms) > 1 else ""))
     table.add_column("image")
     table.add_column("prompt")
-    for p, prompt in zip(paths, DEMO_PROMPTS):
+    for p, prompt in paths:
         table.add_row(str(p), prompt[:80] + "...")
-    table.add_row(str(grid_path), "(grid)")
+    table.add_row(str(grid_path), "(grid: prompt as caption)")
     Console().print(table)
 
 
@@ -191,11 +218,72 @@ def train_cmd(
     typer.echo(f"pipeline: {result.output_dir}")
 
 
+@app.command("app")
+def app_cmd(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="LLM4GEN pipeline folder or hub id. Default: the bundled model (models/default)."
+    ),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="A plain SD folder or hub id for the base side (default: MODEL/base/ if it "
+        "exists, else MODEL's own UNet with CLIP-only conditioning)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the app on your network."),
+    port: int | None = typer.Option(None, "--port", help="Port (default: a free one)."),
+    share: bool = typer.Option(False, "--share", help="Also open a public gradio.live link."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda, cuda:1, mps."),
+    steps: int = typer.Option(20, "--steps", min=1, help="The page's default number of denoising steps."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
+    screenshot: Path | None = typer.Option(
+        None, "--screenshot", help="Instead of serving: open the page in headless Chromium, generate once, save a "
+        "PNG of the page here and exit (how docs/app_screenshot.png is made)."
+    ),
+) -> None:
+    """Serve the web app: long prompts rendered side by side by the base (CLIP only) path and by LLM4GEN."""
+    try:
+        from .app import EXAMPLE_PROMPT, drive_browser, launch, load_model
+    except ImportError as err:
+        console.print(f"[red]The web app needs gradio:[/red] pip install 'llm4gen[app]' ({err}).")
+        raise typer.Exit(2) from None
+    model = _model_or_bundled(model)
+    try:
+        loaded = load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, OSError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"Model: {loaded.ref}; base side: {loaded.base_source}.")
+    if screenshot is None:
+        console.print(f"Serving on http://{host}:{port or '<free port>'}/ (Ctrl+C stops it)")
+        launch(loaded, host=host, port=port, share=share, device=device, default_steps=steps)
+        return
+    demo, url = launch(loaded, host=host, port=port, device=device, default_steps=steps, block=False)
+    try:
+        result = drive_browser(url, EXAMPLE_PROMPT, screenshot=screenshot, timeout=900)
+    except (RuntimeError, TimeoutError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    finally:
+        demo.close()
+    typer.echo(f"{result['status']}\nscreenshot: {screenshot}")
+
+
 # ---------------------------------------------------------------------- shapes
 shapes_app = typer.Typer(
     help="ShapesWorld: synthetic scenes with dense captions and an exact scorer.", no_args_is_help=True
 )
 app.add_typer(shapes_app, name="shapes")
+
+
+eval_app = typer.Typer(
+    help="Evaluate any pipeline: generate images for a prompt file, score them, run compositional benchmarks.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+data_app = typer.Typer(help="Build data: dense prompts with a local LLM, recaptioned image sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+bench_app = typer.Typer(help="Benchmarks that print a table and write JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 
 @shapes_app.command("make-data")
@@ -294,18 +382,449 @@ def shapes_train_vae(
     train_items: int = typer.Option(8000, "--train-items", min=1, help="Training images generated up front."),
     eval_items: int = typer.Option(200, "--eval-items", min=1, help="Held-out images for PSNR and the scorer."),
     size: int = typer.Option(64, "--size", min=32, help="Image size in pixels."),
+    latent_channels: int = typer.Option(4, "--latent-channels", min=1,
+                                        help="Latent channels (more: sharper reconstructions, a wider UNet input)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and batches."),
 ) -> None:
-    """Train the small ShapesWorld VAE (64 px -> 16x16x4 latents); report PSNR and the scorer on reconstructions."""
+    """Train the small ShapesWorld VAE (64 px -> 16x16xC latents); report PSNR and the scorer on reconstructions."""
     from .training.small_vae import SmallVaeConfig, train_small_vae
 
     cfg = SmallVaeConfig(steps=steps, batch_size=batch_size, train_items=train_items, eval_items=eval_items,
-                         image_size=size, seed=seed)
+                         image_size=size, latent_channels=latent_channels, seed=seed)
     result = train_small_vae(out, cfg)
     score = result["scorer_on_reconstructions"]
     typer.echo(f"held-out PSNR {result['psnr_db_heldout']:.2f} dB; scorer on reconstructions: all-correct "
                f"{100 * score['all_correct']:.1f}%, binding {100 * score['binding']:.1f}%; "
                f"scaling_factor {result['scaling_factor']:.4f}; {result['wall_time_s']} s; saved to {out / 'vae'}")
+
+
+@shapes_app.command("build-base")
+def shapes_build_base(
+    out: Path = typer.Argument(..., help="Output folder (vae/, text_encoder/, tokenizer/, scheduler/, unet/)."),
+    clip: Path = typer.Option(..., "--clip", help="Output folder of `llm4gen shapes train-clip`."),
+    vae: Path = typer.Option(..., "--vae", help="Output folder of `llm4gen shapes train-vae`."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the UNet's initial weights (shared by both arms)."),
+) -> None:
+    """Assemble the ShapesWorld base model that configs/shapes-*.yaml train from."""
+    from .training.shapes_recipe import build_shapes_base
+
+    try:
+        path = build_shapes_base(out, clip, vae, seed=seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo(f"base model written to {path}; next: llm4gen train configs/shapes-llm4gen.yaml")
+
+
+@shapes_app.command("package")
+def shapes_package(
+    llm4gen: Path = typer.Option(Path("runs/shapes/llm4gen"), "--llm4gen",
+                                 help="Output of configs/shapes-llm4gen.yaml."),
+    base: Path = typer.Option(Path("runs/shapes/base-arm"), "--base", help="Output of configs/shapes-base.yaml."),
+    out: Path = typer.Option(Path("models/default"), "--out", help="Where the bundled model goes."),
+) -> None:
+    """Assemble the bundled model: the LLM4GEN pipeline (DPM-Solver++ scheduler) plus the base arm's UNet."""
+    from .training.shapes_recipe import package_default_model
+
+    try:
+        path = package_default_model(llm4gen, base, out)
+    except (FileNotFoundError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    typer.echo(f"bundled model written to {path} ({size / 2**20:.1f} MiB)")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    out: Path = typer.Option(Path("outputs/bench-quality"), "--out", help="Folder for images, results.json, charts."),
+    model: str = typer.Option(None, "--model", help="The llm4gen arm (default: the bundled model)."),
+    base_unet: str = typer.Option(
+        None, "--base-unet",
+        help="The base arm's UNet (trained on CLIP only), run with --model's VAE/CLIP (default: the bundled one)."),
+    base_model: str = typer.Option(
+        None, "--base-model", help="A whole plain Stable Diffusion folder as the base arm, instead of --base-unet."),
+    prompts: int = typer.Option(500, "--prompts", min=1, help="Held-out dense prompts to render per arm."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: 64 prompts, 15 steps (a few minutes here)."),
+    steps: int = typer.Option(25, "--steps", min=1, help="Sampling steps (DPM-Solver++)."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="Prompts rendered per batch."),
+    seed: int = typer.Option(0, "--seed", help="Image i starts from noise seeded seed + i in every arm."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps."),
+) -> None:
+    """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
+    prompts, scored exactly, split by prompt length, with 95% intervals; writes results.json, quality.png,
+    samples.png."""
+    from .eval.shapes_bench import QualityConfig, load_arm, run_quality_benchmark
+
+    model = _model_or_bundled(model)
+    if base_model is None and base_unet is None:
+        default_unet = Path(model) / "base_unet"
+        if not (default_unet / "config.json").is_file():
+            raise typer.BadParameter(f"Give the base arm with --base-unet or --base-model ({default_unet} is absent).")
+        base_unet = str(default_unet)
+    cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
+                        guidance_scale=guidance, batch_size=batch_size, image_seed=seed)
+    try:
+        base = load_arm(base_model, device=device) if base_model else load_arm(model, unet=base_unet, device=device)
+        arms = {"base": base, "llm4gen": load_arm(model, device=device)}
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise typer.BadParameter(str(err)) from None
+    run_quality_benchmark(arms, out, cfg)
+    typer.echo(f"wrote {out / 'results.json'}, {out / 'quality.png'}, {out / 'samples.png'}")
+
+
+# ---------------------------------------------------------------------- eval generate / eval score
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _torch_dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    if name not in _DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {sorted(_DTYPES)}, got {name!r}.")
+    return getattr(torch, _DTYPES[name])
+
+
+@eval_app.command("generate")
+def eval_generate(
+    prompts_file: Path = typer.Argument(..., help="Prompts: .txt (one a line), .json, .jsonl, .csv or .tsv."),
+    model: str = typer.Option(..., "--model", "-m", help="Any diffusers text-to-image pipeline folder or hub id "
+                              "(LLM4GEN or not)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and manifest.jsonl (resumable)."),
+    column: str | None = typer.Option(None, "--column", help="CSV column / JSON field with the prompt (default: "
+                                      "prompt, text or caption)."),
+    num_images: int = typer.Option(1, "--num-images", "-n", min=1, help="Images per prompt."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Base seed; image i of prompt p uses seed (SEED, p, i)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per pipeline call."),
+    steps: int = typer.Option(50, "--steps", min=1, help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    height: int | None = typer.Option(None, "--height", help="Image height (default: the model's)."),
+    width: int | None = typer.Option(None, "--width", help="Image width (default: the model's)."),
+    negative: str | None = typer.Option(None, "--negative", help="Negative prompt for every image."),
+    naming: str = typer.Option("llm4gen", "--naming", help="File names: llm4gen ({prompt_index:05d}_{i:02d}.png) or "
+                               "compbench ({prompt}_{index:06d}.png, T2I-CompBench's)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts (smoke runs)."),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: this process's accelerate "
+                                      "device: cuda:i under `accelerate launch`, else cuda or cpu)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: as saved)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Regenerate images that already exist."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """Generate N images per prompt of PROMPTS_FILE with fixed seeds, batched and resumable; writes manifest.jsonl.
+
+    Several GPUs: `accelerate launch --num_processes N -m llm4gen eval generate ...` splits the images.
+    """
+    from .eval.generate import GenerationSettings, generate_images
+    from .eval.prompts import read_prompt_records
+
+    try:
+        settings = GenerationSettings(num_images=num_images, seed=seed, steps=steps, guidance=guidance, height=height,
+                                      width=width, negative_prompt=negative, naming=naming, batch_size=batch_size,
+                                      limit=limit)
+        records = read_prompt_records(prompts_file, column=column)
+        result = generate_images(model, records, out, settings, device=device, dtype=_torch_dtype(dtype),
+                                 overwrite=overwrite, trust_remote_code=trust_remote_code)
+    except (ValueError, TypeError, OSError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    if not result.is_main_process:
+        return
+    rate = f"{result.generated / result.seconds:.2f} img/s" if result.generated and result.seconds > 0 else "-"
+    table = Table(title=f"llm4gen eval generate: {out}")
+    for col in ("planned", "already there", "generated (this process)", "speed"):
+        table.add_column(col, justify="right")
+    table.add_row(str(result.planned), str(result.skipped), str(result.generated), rate)
+    Console().print(table)
+    typer.echo(f"manifest: {result.manifest}")
+
+
+@eval_app.command("score")
+def eval_score(
+    images_dir: Path = typer.Argument(..., help="A folder written by `llm4gen eval generate` (or any image folder "
+                                      "for FID / IS only)."),
+    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP score with this transformers CLIP model "
+                                          "(hub id or folder), e.g. openai/clip-vit-large-patch14."),
+    fid_ref: Path | None = typer.Option(None, "--fid-ref", help="FID against this reference image folder or .npz "
+                                        "statistics."),
+    fid_features: str | None = typer.Option(None, "--fid-features", help="FID features: inception:PATH (the FID "
+                                            "Inception weight file) or hf:ID_OR_PATH (any transformers vision model)."),
+    save_ref_stats: Path | None = typer.Option(None, "--save-ref-stats", help="Write the reference statistics to this "
+                                               ".npz to reuse them with --fid-ref."),
+    is_classifier: str | None = typer.Option(None, "--is-classifier", help="Inception Score with inception:PATH or "
+                                             "hf:ID_OR_PATH (a transformers image classifier)."),
+    is_splits: int = typer.Option(10, "--is-splits", min=1, help="Inception Score splits."),
+    aesthetic_head: Path | None = typer.Option(None, "--aesthetic-head", help="LAION aesthetic predictor head "
+                                               "(.pth/.safetensors), on --aesthetic-clip's image embeddings."),
+    aesthetic_clip: str | None = typer.Option(None, "--aesthetic-clip", help="CLIP model for the aesthetic head "
+                                              "(default: --clip-model)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images (smoke runs)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the scoring models."),
+    json_out: Path | None = typer.Option(None, "--json", help="JSON report (default: IMAGES_DIR/scores/scores.json)."),
+    chart: Path | None = typer.Option(None, "--chart", help="PNG chart (default: IMAGES_DIR/scores/scores.png)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
+) -> None:
+    """Score generated images: CLIP score, FID, Inception Score, aesthetics; prints a table, writes JSON and a PNG."""
+    from .eval.metrics import LaionAestheticPredictor, score_generated
+    from .eval.report import bar_chart, print_table, write_json
+
+    try:
+        torch_dtype = _torch_dtype(dtype)
+        aesthetic = None
+        if aesthetic_head is not None:
+            ref = aesthetic_clip or clip_model
+            if ref is None:
+                raise ValueError("--aesthetic-head needs --aesthetic-clip (or --clip-model) for the image embeddings.")
+            aesthetic = LaionAestheticPredictor(aesthetic_head, ref, device=device, batch_size=batch_size)
+        report = score_generated(
+            images_dir, clip_model=clip_model, fid_ref=fid_ref, fid_features=fid_features,
+            is_classifier=is_classifier, is_splits=is_splits, aesthetic=aesthetic, limit=limit,
+            batch_size=batch_size, device=device, dtype=torch_dtype, save_ref_stats=save_ref_stats, progress=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (ValueError, TypeError, OSError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    m = report["metrics"]
+    rows, values, errors = [], {}, {}
+    for key, label, value_key, spread_key, source_key in (
+        ("clip_score", "CLIP score", "mean", "std", "model"), ("fid", "FID", "value", None, "features"),
+        ("inception_score", "Inception Score", "mean", "std", "classifier"),
+        ("aesthetic", "aesthetic", "mean", "std", "scorer"),
+    ):
+        if key in m:
+            spread = m[key].get(spread_key) if spread_key else None
+            rows.append({"metric": label, "value": m[key][value_key], "std": spread, "n": m[key]["n"],
+                         "model": m[key][source_key]})
+            values[label] = {images_dir.name or str(images_dir): m[key][value_key]}
+            if spread is not None:
+                errors[label] = {images_dir.name or str(images_dir): spread}
+    print_table(rows, title=f"llm4gen eval score: {images_dir} ({report['num_images']} images)")
+    target = write_json(json_out or images_dir / "scores" / "scores.json", report)
+    chart_path = bar_chart(values, chart or images_dir / "scores" / "scores.png", title=f"scores: {images_dir.name}",
+                           errors=errors, shared_axis=False)
+    typer.echo(f"report: {target}\nchart: {chart_path}")
+
+
+# ---------------------------------------------------------------------- eval compbench / eval dpg
+@eval_app.command("compbench")
+def eval_compbench(
+    root: Path = typer.Argument(..., help="Folder with one sub-folder per category holding samples/ "
+                                "({prompt}_{index:06d}.png, from `llm4gen eval generate --naming compbench`)."),
+    prompts_dir: Path = typer.Option(..., "--prompts-dir", help="T2I-CompBench's examples/dataset folder "
+                                     "(color_val.txt, ..., complex_val_spatial.txt)."),
+    categories: str = typer.Option("color,shape,texture,spatial,non_spatial,complex", "--categories",
+                                   help="Comma-separated categories to score."),
+    vqa_model: str = typer.Option("Salesforce/blip-vqa-base", "--vqa-model", help="BLIP VQA (or any image-text "
+                                  "model) for the attribute categories."),
+    detector: str = typer.Option("facebook/detr-resnet-50", "--detector", help="transformers object detector for "
+                                 "spatial."),
+    detector_threshold: float = typer.Option(0.5, "--detector-threshold", help="Minimum detection confidence."),
+    clip_model: str = typer.Option("openai/clip-vit-base-patch32", "--clip-model", help="CLIP model for "
+                                   "non_spatial (the original used ViT-B/32)."),
+    parser: str = typer.Option("auto", "--parser", help="Noun phrases: spacy (as the original), rule, or auto."),
+    distance_threshold: float = typer.Option(150.0, "--distance-threshold", help="'near' distance in pixels "
+                                             "(the original's 150 assumes 512 px images)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts per category."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per scoring batch."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the scoring models."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
+) -> None:
+    """Score T2I-CompBench images per category; writes the original's vqa_result.json files, a JSON summary, a PNG.
+
+    Differences from the original evaluators (models, versions) are listed in the README and in the JSON.
+    """
+    from .eval.compbench import CompBenchScorers, run_compbench
+    from .eval.detect import HFObjectDetector
+    from .eval.metrics import ClipScorer
+    from .eval.report import bar_chart, print_table
+    from .eval.vqa import load_vqa_scorer
+
+    try:
+        torch_dtype = _torch_dtype(dtype)
+        kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
+        scorers = CompBenchScorers(
+            factories={
+                "vqa": lambda: load_vqa_scorer(vqa_model, device=device, trust_remote_code=trust_remote_code, **kw),
+                "detector": lambda: HFObjectDetector.from_pretrained(detector, device=device, threshold=
+                                                                     detector_threshold, **kw),
+                "clip": lambda: ClipScorer(clip_model, device=device, dtype=torch_dtype, batch_size=batch_size),
+            },
+            names={"vqa": vqa_model, "detector": detector, "clip": clip_model},
+        )
+        summary = run_compbench(root, prompts_dir, scorers, [c.strip() for c in categories.split(",") if c.strip()],
+                                limit=limit, parser=parser, batch_size=batch_size,
+                                distance_threshold=distance_threshold)
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    cats = summary["categories"]
+    print_table([{"category": c, "score": v["score"], "metric": v["metric"], "images": v["num_images"]}
+                 for c, v in cats.items()], title=f"T2I-CompBench: {root}")
+    chart = bar_chart({c: {root.name or "model": v["score"]} for c, v in cats.items()}, root / "compbench.png",
+                      title="T2I-CompBench", ylim=(0.0, 1.0))
+    typer.echo(f"results: {root / 'compbench_results.json'}\nchart: {chart}")
+
+
+@eval_app.command("dpg")
+def eval_dpg(
+    images_dir: Path = typer.Argument(..., help="Images: an `llm4gen eval generate` folder (manifest with item_id), "
+                                      "{item_id}.png 2x2 grids, or {item_id}_{k}.png files."),
+    questions: Path = typer.Option(..., "--questions", help="DPG-Bench's dpg_bench.csv or a questions JSONL file."),
+    vqa_model: str = typer.Option("Salesforce/blip-vqa-base", "--vqa-model", help="VQA model (BLIP VQA or any "
+                                  "image-text-to-text model)."),
+    mode: str = typer.Option("prob", "--mode", help="prob: yes if P(yes) > 0.5; exact: the generated answer must "
+                             "start with 'yes'."),
+    soft: bool = typer.Option(False, "--soft", help="Use P(yes) itself instead of yes/no."),
+    pic_num: int = typer.Option(4, "--pic-num", min=1, max=4, help="Tiles per grid image."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Tile size in pixels (default: half the grid)."),
+    export_prompts: Path | None = typer.Option(None, "--export-prompts", help="Only write the prompt file "
+                                               "({item_id, prompt} JSONL) for `llm4gen eval generate`, then stop."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the results (default: IMAGES_DIR)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the VQA model."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """DPG-Bench-style scoring: yes/no questions per dense prompt, parent questions gate their children."""
+    from .eval.dpg import run_dpg, write_prompt_file
+    from .eval.report import bar_chart, print_table
+    from .eval.vqa import load_vqa_scorer
+
+    try:
+        if export_prompts is not None:
+            typer.echo(f"prompt file: {write_prompt_file(questions, export_prompts)}")
+            return
+        torch_dtype = _torch_dtype(dtype)
+        kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
+        vqa = load_vqa_scorer(vqa_model, device=device, mode=mode, trust_remote_code=trust_remote_code, **kw)
+        summary = run_dpg(images_dir, questions, vqa, out_dir=out, pic_num=pic_num, resolution=resolution,
+                          limit=limit, soft=soft, scorer_name=vqa_model)
+    except (ValueError, TypeError, OSError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    target = out or images_dir
+    rows = [{"category": k, "score": v} for k, v in summary["level1"].items()]
+    rows.append({"category": "DPG score", "score": summary["dpg_score"]})
+    print_table(rows, title=f"DPG ({summary['num_prompts']} prompts, {vqa_model})", float_format="{:.2f}")
+    chart = bar_chart({r["category"]: {images_dir.name or "model": r["score"]} for r in rows}, target / "dpg.png",
+                      title="DPG-Bench style", ylim=(0.0, 100.0))
+    typer.echo(f"results: {target / 'dpg_results.json'}\nchart: {chart}")
+
+
+# ---------------------------------------------------------------------- data dense-prompts / data recaption
+@data_app.command("dense-prompts")
+def data_dense_prompts(
+    out: Path = typer.Argument(..., help="JSONL to append to (resumable): id, prompt, num_words, tags, topic."),
+    model: str = typer.Option(..., "--model", "-m", help="Instruction LLM (transformers causal LM), e.g. "
+                              "Qwen/Qwen2.5-7B-Instruct."),
+    num: int = typer.Option(7000, "--num", "-n", min=1, help="Prompts the file should hold."),
+    min_words: int = typer.Option(40, "--min-words", min=1, help="Shortest prompt kept."),
+    max_words: int = typer.Option(140, "--max-words", min=1, help="Longest prompt kept."),
+    examples: Path | None = typer.Option(None, "--examples", help="Few-shot examples: a text file (paragraphs) or "
+                                         "JSONL (prompt field). Default: the built-in ones."),
+    shots: int = typer.Option(3, "--shots", min=0, help="Examples shown per request."),
+    near_dup: float = typer.Option(0.7, "--near-dup", help="Word 3-gram Jaccard at which a prompt is a near "
+                                   "duplicate."),
+    temperature: float = typer.Option(0.9, "--temperature", help="Sampling temperature."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Tokens per answer."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Requests per generate call."),
+    seed: int = typer.Option(0, "--seed", help="Seed of topics, examples and sampling."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop at N prompts (smoke runs)."),
+    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """Write DensePrompts: dense 40-140-word prompts from a local LLM, deduplicated, length-filtered and tagged."""
+    from .data.dense_prompts import DensePromptsConfig, build_dense_prompts, read_examples
+    from .eval.report import print_table
+
+    try:
+        extra = {"examples": read_examples(examples)} if examples is not None else {}
+        cfg = DensePromptsConfig(model=model, num_prompts=min(num, limit or num), min_words=min_words,
+                                 max_words=max_words, num_shots=shots, near_duplicate_threshold=near_dup,
+                                 temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                 seed=seed, device=device, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+        stats = build_dense_prompts(cfg, out)
+    except (ValueError, TypeError, OSError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    print_table([{"count": k, "n": v} for k, v in stats["counts"].items()], title=f"DensePrompts: {out}")
+    if not stats["complete"]:
+        console.print(f"[yellow]Stopped at {stats['num_prompts']} of {cfg.num_prompts} prompts (too many drops); "
+                      "run again to continue.[/yellow]")
+    typer.echo(f"prompts: {out}\nstats: {out}.stats.json")
+
+
+@data_app.command("recaption")
+def data_recaption(
+    source: str = typer.Argument(..., help="Image folder, WebDataset shards ('shards/{000..009}.tar') or a Hugging "
+                                 "Face dataset (id or folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumable)."),
+    captioner: str = typer.Option(..., "--captioner", help="transformers image-to-text model, e.g. "
+                                  "llava-hf/llava-1.5-7b-hf or Qwen/Qwen2-VL-7B-Instruct."),
+    instruction: str | None = typer.Option(None, "--instruction", help="What to ask the captioner (default: the "
+                                           "paper's 'describe this image in more than 50 words...')."),
+    prompt_style: str = typer.Option("auto", "--prompt-style", help="auto, chat, prefix or none."),
+    output_format: str = typer.Option("imagefolder", "--format", help="imagefolder (+ metadata.jsonl) or "
+                                      "webdataset."),
+    input_type: str = typer.Option("auto", "--input-type", help="auto, imagefolder, webdataset or hf."),
+    min_resolution: int = typer.Option(0, "--min-resolution", min=0, help="Minimum shorter side in pixels."),
+    max_aspect_ratio: float | None = typer.Option(None, "--max-aspect-ratio", help="Maximum long/short side."),
+    min_aesthetic: float | None = typer.Option(None, "--min-aesthetic", help="Minimum LAION aesthetic score."),
+    aesthetic_head: str | None = typer.Option(None, "--aesthetic-head", help="LAION aesthetic predictor head file."),
+    aesthetic_clip: str = typer.Option("openai/clip-vit-large-patch14", "--aesthetic-clip",
+                                       help="CLIP model of the aesthetic head."),
+    min_clip_similarity: float | None = typer.Option(None, "--min-clip-similarity", help="Minimum cosine of the "
+                                                     "image and its original caption (LAION used 0.28, ViT-B/32)."),
+    clip_model: str = typer.Option("openai/clip-vit-base-patch32", "--clip-model", help="CLIP model for that filter."),
+    min_caption_words: int = typer.Option(1, "--min-caption-words", min=0, help="Drop shorter new captions."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=1, help="Caption length limit in tokens."),
+    caption_column: str = typer.Option("text", "--caption-column", help="Column/field of the original captions."),
+    image_column: str = typer.Option("image", "--image-column", help="Image column of a HF dataset."),
+    split: str = typer.Option("train", "--split", help="Split of a HF dataset."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per captioning batch."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Samples per output tar shard."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N input images."),
+    device: str = typer.Option("cpu", "--device", help="torch device (under accelerate: each process's own)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
+) -> None:
+    """Filter and recaption images with a VLM; writes what `llm4gen train` reads, and a per-filter report.
+
+    Several GPUs: `accelerate launch --num_processes N -m llm4gen data recaption ... --device cuda`.
+    """
+    from .data.recaption import DEFAULT_INSTRUCTION, RecaptionConfig, recaption
+    from .eval.report import print_table
+
+    if device == "cuda":
+        from accelerate import PartialState
+
+        device = str(PartialState().device)
+    try:
+        cfg = RecaptionConfig(input=source, output_dir=str(out), captioner=captioner,
+                              instruction=instruction or DEFAULT_INSTRUCTION, prompt_style=prompt_style,
+                              output_format=output_format, input_type=input_type, min_resolution=min_resolution,
+                              max_aspect_ratio=max_aspect_ratio, min_aesthetic=min_aesthetic,
+                              aesthetic_head=aesthetic_head, aesthetic_clip=aesthetic_clip,
+                              min_clip_similarity=min_clip_similarity, clip_model=clip_model,
+                              min_caption_words=min_caption_words, max_new_tokens=max_new_tokens,
+                              caption_column=caption_column, image_column=image_column, split=split,
+                              batch_size=batch_size, shard_size=shard_size, limit=limit, device=device, dtype=dtype,
+                              trust_remote_code=trust_remote_code)
+        report = recaption(cfg)
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    print_table(report["filters"], title=f"recaption: {report['kept']} of {report['total']} kept")
+    typer.echo(f"output: {out}\nreport: {out / 'recaption_report.json'}")
 
 
 def main() -> None:
