@@ -137,6 +137,10 @@ def test_clip_only_pipeline_uses_the_same_clip_and_the_given_unet(tmp_path):
         clip_only_pipeline(pipe, tmp_path)
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_arm(tmp_path / "unet_only")
+    (tmp_path / "xl").mkdir()
+    (tmp_path / "xl" / "model_index.json").write_text('{"_class_name": "LLM4GenXLPipeline"}')
+    with pytest.raises(ValueError, match="SD1.x-style"):
+        load_arm(tmp_path / "xl")
     wide = build_tiny_pipeline(llm=None, clip_dim=48)
     with pytest.raises(ValueError, match="cross_attention_dim"):
         clip_only_pipeline(pipe, wide.unet)

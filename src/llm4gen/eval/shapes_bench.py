@@ -122,6 +122,9 @@ def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, de
     if not index.is_file():
         raise FileNotFoundError(f"{model} is not a pipeline folder (no model_index.json).")
     cls_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    if cls_name not in ("LLM4GenPipeline", "StableDiffusionPipeline"):
+        raise ValueError(f"{model} holds a {cls_name}; the ShapesWorld benchmark compares SD1.x-style pipelines "
+                         "(LLM4GenPipeline or StableDiffusionPipeline).")
     cls = LLM4GenPipeline if cls_name == "LLM4GenPipeline" else StableDiffusionPipeline
     pipe = cls.from_pretrained(folder).to(device)
     pipe.set_progress_bar_config(disable=True)
