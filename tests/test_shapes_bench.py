@@ -64,6 +64,11 @@ def test_paired_difference_and_buckets_by_hand():
         paired_difference(a, b[:2], "colour")
     for row in a:
         row.update({m: 0.0 for m in ("count", "shape", "binding", "size", "background", "all_correct")})
+    from llm4gen.eval.shapes import length_bucket
+
+    assert [r["clip_tokens"] for r in length_bucket(a, ">77 tokens")] == [90, 120]
+    with pytest.raises(ValueError, match="Unknown bucket"):
+        length_bucket(a, "long")
     summary = summarize_arm(a, n_boot=200)
     assert summary["<=77 tokens"]["colour"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 1}
     assert summary[">77 tokens"]["colour"]["mean"] == pytest.approx(0.75)

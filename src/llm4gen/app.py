@@ -144,7 +144,7 @@ def build_base_pipeline(pipe: Any, base_model: str | os.PathLike | None = None) 
     """The base side for ``pipe``: ``base_model`` (a plain SD / SDXL folder or hub id) loaded as a diffusers
     pipeline, or else diffusers' own ``StableDiffusion(XL)Pipeline`` built from ``pipe``'s components minus the LLM
     and the adapter (same UNet, VAE, CLIP; a copy of the scheduler). Returns ``(pipeline, description)``."""
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
     from .pipeline import LLM4GenXLPipeline
     from .utils import describe_load_error
@@ -163,13 +163,15 @@ def build_base_pipeline(pipe: Any, base_model: str | os.PathLike | None = None) 
             raise ValueError(f"Could not load the base model {ref!r} as a diffusers pipeline: {err}") from err
         base.set_progress_bar_config(disable=True)
         return base.to(pipe.device), f"the separate base model {ref}"
-    comps = {k: v for k, v in pipe.components.items() if k not in ("llm_encoder", "adapter")}
-    comps["scheduler"] = type(pipe.scheduler).from_config(pipe.scheduler.config)
     if isinstance(pipe, LLM4GenXLPipeline):
+        comps = {k: v for k, v in pipe.components.items() if k not in ("llm_encoder", "adapter")}
+        comps["scheduler"] = type(pipe.scheduler).from_config(pipe.scheduler.config)
         base = StableDiffusionXLPipeline(**comps, add_watermarker=False,
                                          force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt)
     else:
-        base = StableDiffusionPipeline(**comps, requires_safety_checker=False)
+        from .eval.shapes_bench import clip_only_pipeline
+
+        base = clip_only_pipeline(pipe)  # same UNet, VAE, CLIP; its own copy of the scheduler
     base.set_progress_bar_config(disable=True)
     return base, SAME_UNET_BASE
 
@@ -197,10 +199,10 @@ def load_model(
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     pipe = cls.from_pretrained(ref, **kwargs).to(device)
     pipe.set_progress_bar_config(disable=True)
-    if base_model is None and (Path(ref) / "base_unet" / "config.json").is_file():
-        from .eval.shapes_bench import clip_only_pipeline
+    from .eval.shapes_bench import base_unet_dir, clip_only_pipeline
 
-        base = clip_only_pipeline(pipe, Path(ref) / "base_unet")
+    if base_model is None and base_unet_dir(ref) is not None:
+        base = clip_only_pipeline(pipe, base_unet_dir(ref))
         base.set_progress_bar_config(disable=True)
         return LoadedModel(ref, pipe, base.to(device), BASE_ARM)
     base, source = build_base_pipeline(pipe, base_model)

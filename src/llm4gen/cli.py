@@ -153,10 +153,10 @@ def demo(
     if bundled is not None:
         console.print(f"Using the bundled model at {bundled}")
         pipe = _load_pipeline(str(bundled), None, "cpu", False)
-        if (bundled / "base_unet" / "config.json").is_file():
-            from .eval.shapes_bench import clip_only_pipeline
+        from .eval.shapes_bench import base_unet_dir, clip_only_pipeline
 
-            arms["base (CLIP only)"] = clip_only_pipeline(pipe, bundled / "base_unet")
+        if base_unet_dir(bundled) is not None:
+            arms["base (CLIP only)"] = clip_only_pipeline(pipe, base_unet_dir(bundled))
     else:
         from .tiny import MINILM_REF, build_tiny_pipeline
 
@@ -453,14 +453,14 @@ def bench_quality(
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
     prompts, scored exactly, split by prompt length, with 95% intervals; writes results.json, quality.png,
     samples.png."""
-    from .eval.shapes_bench import QualityConfig, load_arm, run_quality_benchmark
+    from .eval.shapes_bench import QualityConfig, base_unet_dir, load_arm, run_quality_benchmark
 
     model = _model_or_bundled(model)
     if base_model is None and base_unet is None:
-        default_unet = Path(model) / "base_unet"
-        if not (default_unet / "config.json").is_file():
-            raise typer.BadParameter(f"Give the base arm with --base-unet or --base-model ({default_unet} is absent).")
-        base_unet = str(default_unet)
+        if base_unet_dir(model) is None:
+            raise typer.BadParameter(
+                f"Give the base arm with --base-unet or --base-model ({Path(model) / 'base_unet'} is absent).")
+        base_unet = str(base_unet_dir(model))
     cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
                         guidance_scale=guidance, batch_size=batch_size, image_seed=seed)
     try:

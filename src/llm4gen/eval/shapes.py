@@ -274,6 +274,17 @@ def clip_token_count(texts: Sequence[str], tokenizer: Any = None) -> list[int]:
 LENGTH_BUCKETS = ("all", "<=77 tokens", ">77 tokens")
 
 
+def length_bucket(results: Sequence[dict[str, Any]], bucket: str) -> list[dict[str, Any]]:
+    """The rows of ``results`` in ``bucket`` (one of :data:`LENGTH_BUCKETS`), by their ``clip_tokens``."""
+    if bucket == "all":
+        return list(results)
+    if bucket == "<=77 tokens":
+        return [r for r in results if r["clip_tokens"] <= 77]
+    if bucket == ">77 tokens":
+        return [r for r in results if r["clip_tokens"] > 77]
+    raise ValueError(f"Unknown bucket {bucket!r}; use one of {LENGTH_BUCKETS}.")
+
+
 def score_folder(folder: str, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
     """Score every image listed in ``folder/metadata.jsonl`` against its scene graph.
 
@@ -303,9 +314,5 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True) -> d
         result = score_image(image, rec["scene"])
         result.update(file_name=rec["file_name"], text=rec.get("text", ""), clip_tokens=n_tokens)
         results.append(result)
-    summary = {
-        "all": summarize(results),
-        "<=77 tokens": summarize([r for r in results if r["clip_tokens"] <= 77]),
-        ">77 tokens": summarize([r for r in results if r["clip_tokens"] > 77]),
-    }
+    summary = {bucket: summarize(length_bucket(results, bucket)) for bucket in LENGTH_BUCKETS}
     return {"summary": summary, "results": results}

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, score_image
+from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, length_bucket, score_image
 
 __all__ = [
     "QualityConfig",
+    "base_unet_dir",
     "benchmark_prompts",
     "bootstrap_ci",
     "clip_only_pipeline",
@@ -108,6 +109,12 @@ def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return base.to(pipe.device)
+
+
+def base_unet_dir(model: str | os.PathLike) -> Path | None:
+    """``model/base_unet`` (the base arm's UNet that ``llm4gen shapes package`` puts beside the model), if present."""
+    folder = Path(model) / "base_unet"
+    return folder if (folder / "config.json").is_file() else None
 
 
 def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, device: str = "cpu") -> Any:
@@ -196,23 +203,13 @@ def summarize_arm(results: list[dict[str, Any]], n_boot: int = 2000) -> dict[str
     """``{bucket: {metric: {"mean", "ci95", "n"}}}`` for one arm's per-prompt results (with ``clip_tokens``)."""
     out: dict[str, dict[str, Any]] = {}
     for bucket in LENGTH_BUCKETS:
-        rows = _bucket(results, bucket)
+        rows = length_bucket(results, bucket)
         out[bucket] = {}
         for m in METRICS:
             v = _values(rows, m)
             out[bucket][m] = {"mean": float(v.mean()) if v.size else None,
                               "ci95": list(bootstrap_ci(v, n_boot)) if v.size else None, "n": int(v.size)}
     return out
-
-
-def _bucket(results: list[dict[str, Any]], bucket: str) -> list[dict[str, Any]]:
-    if bucket == "all":
-        return list(results)
-    if bucket == "<=77 tokens":
-        return [r for r in results if r["clip_tokens"] <= 77]
-    if bucket == ">77 tokens":
-        return [r for r in results if r["clip_tokens"] > 77]
-    raise ValueError(f"Unknown bucket {bucket!r}; use one of {LENGTH_BUCKETS}.")
 
 
 def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str,
@@ -336,8 +333,8 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
     names = list(arms)
     summary = {name: summarize_arm(per_arm[name], cfg.bootstrap) for name in names}
     differences = {
-        name: {bucket: {m: paired_difference(_bucket(per_arm[names[0]], bucket), _bucket(per_arm[name], bucket), m,
-                                             cfg.bootstrap)
+        name: {bucket: {m: paired_difference(length_bucket(per_arm[names[0]], bucket),
+                                             length_bucket(per_arm[name], bucket), m, cfg.bootstrap)
                         for m in METRICS} for bucket in LENGTH_BUCKETS}
         for name in names[1:]
     }
