@@ -40,6 +40,39 @@ def _cfg(base, llm, out, **kw):
 
 
 # ---------------------------------------------------------------------- config
+def test_set_overrides_any_key_nested_ones_too(tmp_path):
+    from llm4gen.training.config import parse_set
+
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: o\nbase_model: b\nadapter: {num_heads: 8}\n"
+                    "data:\n  type: shapesworld\n  num_items: 10\n")
+    sets = parse_set(["prediction_type=epsilon", "data.num_items=5", "adapter.scale=0.5", "lr_warmup_steps=0"])
+    assert sets == {"prediction_type": "epsilon", "data.num_items": 5, "adapter.scale": 0.5, "lr_warmup_steps": 0}
+    cfg = load_config(path, sets, max_train_steps=9)
+    assert (cfg.prediction_type, cfg.data.num_items, cfg.data.type) == ("epsilon", 5, "shapesworld")
+    assert cfg.adapter == {"num_heads": 8, "scale": 0.5} and cfg.max_train_steps == 9 and cfg.lr_warmup_steps == 0
+    for bad in ["prediction_type", "=3", "data..num_items=1"]:
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_set([bad])
+    with pytest.raises(ValueError, match=r"data.num_itmes \(did you mean 'num_items'\?\)"):
+        load_config(path, parse_set(["data.num_itmes=3"]))
+    with pytest.raises(ValueError, match="output_dir is 'o', not a mapping"):
+        load_config(path, parse_set(["output_dir.x=1"]))
+
+
+def test_train_command_reports_a_bad_set(tmp_path):
+    from typer.testing import CliRunner
+
+    from llm4gen.cli import app
+
+    path = tmp_path / "c.yaml"
+    path.write_text("output_dir: o\nbase_model: b\n")
+    result = CliRunner().invoke(app, ["train", str(path), "--set", "learning_rte=1"])
+    assert result.exit_code == 1 and "did you mean 'learning_rate'" in result.output
+    result = CliRunner().invoke(app, ["train", str(path), "--set", "learning_rate"])
+    assert result.exit_code == 1 and "KEY=VALUE" in result.output
+
+
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"learning_rte \(did you mean 'learning_rate'\?\)"):
         load_config({"output_dir": "o", "base_model": "b", "learning_rte": 1e-4})
@@ -238,6 +271,31 @@ def test_resume_matches_uninterrupted_run(base, tiny_llm_dirs, tmp_path):
     b = load_file(tmp_path / "cut" / "adapter" / "diffusion_pytorch_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_with_another_prediction_type_restarts_the_ema(base, tiny_llm_dirs, tmp_path):
+    """EMA after one step: continued run -> d * ema3 + (1 - d) * w4 with the warm-up d of step 3 (4 / 13); a run
+    switched to v-prediction -> the average restarts from w3, so 0.1 * w3 + 0.9 * w4 (warm-up from zero)."""
+    from safetensors.torch import load_file
+
+    first = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "eps", max_train_steps=3, checkpointing_steps=3,
+                 use_ema=True, ema_decay=0.999)
+    train(first, progress=False)
+    ckpt = tmp_path / "eps" / "checkpoints" / "checkpoint-00000003"
+    w3, ema3 = load_file(ckpt / "trained.safetensors"), load_file(ckpt / "ema.safetensors")
+    assert json.loads((ckpt / "trainer_state.json").read_text())["prediction_type"] == "epsilon"
+    for name, kw, expect in [("same", {}, lambda w4, k: 4 / 13 * ema3[k] + 9 / 13 * w4[k]),
+                             ("v", {"prediction_type": "v_prediction"}, lambda w4, k: 0.1 * w3[k] + 0.9 * w4[k])]:
+        cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / name, max_train_steps=4, checkpointing_steps=4,
+                   use_ema=True, ema_decay=0.999, **kw)
+        train(cfg, resume=str(ckpt), progress=False)
+        out = tmp_path / name / "checkpoints" / "checkpoint-00000004"
+        w4, ema4 = load_file(out / "trained.safetensors"), load_file(out / "ema.safetensors")
+        state = json.loads((out / "trainer_state.json").read_text())
+        assert state["ema_start"] == (3 if name == "v" else 0)
+        assert any(not torch.equal(w4[k], w3[k]) for k in w4)
+        for k in ema4:
+            torch.testing.assert_close(ema4[k], expect(w4, k), rtol=1e-5, atol=1e-7)
 
 
 def test_cache_gives_the_same_training(base, tiny_llm_dirs, tmp_path):

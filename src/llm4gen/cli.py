@@ -197,16 +197,19 @@ def train_cmd(
     resume: str | None = typer.Option(None, "--resume", help="'latest' or a checkpoint folder to continue from."),
     output_dir: str | None = typer.Option(None, "--output-dir", help="Override the config's output_dir."),
     max_train_steps: int | None = typer.Option(None, "--max-train-steps", help="Override max_train_steps."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                   help="Override any config key (repeatable; dots for nested keys, values are YAML), "
+                                        "e.g. --set prediction_type=epsilon --set data.num_items=2000."),
 ) -> None:
     """Train a CAM (and the UNet) on frozen CLIP, LLM and VAE; writes checkpoints and a pipeline folder.
 
     Several processes or GPUs: `accelerate launch --num_processes N -m llm4gen train CONFIG`.
     """
-    from .training.config import load_config
+    from .training.config import load_config, parse_set
     from .training.trainer import TrainingDivergedError, train
 
     try:
-        cfg = load_config(config, output_dir=output_dir, max_train_steps=max_train_steps)
+        cfg = load_config(config, parse_set(set_), output_dir=output_dir, max_train_steps=max_train_steps)
         result = train(cfg, resume=resume)
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, TrainingDivergedError) as err:
         console.print(f"[red]Error:[/red] {err}")

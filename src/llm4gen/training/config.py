@@ -177,8 +177,39 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**data)
 
 
-def load_config(source: str | os.PathLike | dict[str, Any], **overrides: Any) -> TrainConfig:
-    """Read a :class:`TrainConfig` from a YAML / JSON file or a dict; ``overrides`` replace top-level keys."""
+def parse_set(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["data.num_items=100", "prediction_type=epsilon"]`` -> ``{"data.num_items": 100, ...}``; values are YAML."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ValueError(f"--set expects KEY=VALUE (nested keys with dots, e.g. data.num_items=100), got {item!r}.")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({err}).") from err
+    return out
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {key}: {'.'.join(parents[: i + 1])} is {child!r}, not a mapping of keys.")
+        node = child
+    node[last] = value
+
+
+def load_config(source: str | os.PathLike | dict[str, Any], set_values: dict[str, Any] | None = None,
+                **overrides: Any) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a YAML / JSON file or a dict; ``overrides`` replace top-level keys (``None``
+    ones are ignored) and ``set_values`` (from :func:`parse_set`) set dotted keys, nested ones included."""
     if isinstance(source, dict):
         data = dict(source)
     else:
@@ -198,4 +229,6 @@ def load_config(source: str | os.PathLike | dict[str, Any], **overrides: Any) ->
         if not isinstance(data, dict):
             raise ValueError(f"{str(path)!r} must contain a mapping of config keys, got {type(data).__name__}.")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in (set_values or {}).items():
+        _set_dotted(data, key, value)
     return _from_dict(TrainConfig, data, "")

@@ -149,6 +149,7 @@ def _load_frozen(cfg: TrainConfig):
         tokenizers.append(load("tokenizer_2", CLIPTokenizer))
         encoders.append(load("text_encoder_2", CLIPTextModelWithProjection))
     vae, scheduler = load("vae", AutoencoderKL), load("scheduler", DDPMScheduler)
+    scheduler.base_prediction_type = scheduler.config.prediction_type  # what a run without the override trains
     if cfg.prediction_type is not None:
         scheduler.register_to_config(prediction_type=cfg.prediction_type)
     vae.requires_grad_(False)
@@ -275,15 +276,24 @@ class Features:
 
 # ---------------------------------------------------------------------- EMA, checkpoints
 class EMA:
-    """Exponential moving average of the trained parameters, with the usual warm-up of the decay."""
+    """Exponential moving average of the trained parameters, with the usual warm-up of the decay.
+
+    ``start`` is the step the average (re)started at: the warm-up counts from there (see ``restart``)."""
 
     def __init__(self, params: dict[str, torch.Tensor], decay: float) -> None:
         self.decay = decay
+        self.start = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in params.items()}
+
+    def restart(self, params: dict[str, torch.Tensor], step: int) -> None:
+        """Average afresh from ``params`` at ``step``, warm-up included."""
+        self.start = step
         self.shadow = {k: v.detach().clone().float() for k, v in params.items()}
 
     @torch.no_grad()
     def update(self, params: dict[str, torch.Tensor], step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
+        k = step - self.start
+        d = min(self.decay, (1 + k) / (10 + k))
         for k, v in params.items():
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
@@ -293,7 +303,7 @@ def _trainable(model: Denoiser) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
-                     cfg: TrainConfig, losses: list[float]) -> Path:
+                     cfg: TrainConfig, losses: list[float], prediction_type: str) -> Path:
     from safetensors.torch import save_file
 
     ckpt_root = out / "checkpoints"
@@ -308,7 +318,8 @@ def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_schedu
         save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    state = {"step": step, "losses": losses, "config": cfg.to_dict()}
+    state = {"step": step, "losses": losses, "config": cfg.to_dict(), "prediction_type": prediction_type,
+             "ema_start": ema.start if ema is not None else None}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     if final.exists():
         shutil.rmtree(final)
@@ -334,7 +345,11 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
     return done[-1]
 
 
-def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None) -> tuple[int, list]:
+def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
+                     noise_scheduler=None) -> tuple[int, list]:
+    """Restore a checkpoint into the run. When the run now trains another target than the checkpoint did (epsilon
+    vs v-prediction, e.g. a run continued with ``prediction_type: v_prediction``), the EMA restarts from the restored
+    weights: an average of weights trained for two different targets predicts neither."""
     from safetensors.torch import load_file
 
     try:
@@ -351,6 +366,15 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
         lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
         state = json.loads((path / "trainer_state.json").read_text())
+        if ema is not None:
+            ema.start = int(state.get("ema_start") or 0)
+            if noise_scheduler is not None:
+                base = getattr(noise_scheduler, "base_prediction_type", noise_scheduler.config.prediction_type)
+                then = state.get("prediction_type") or state["config"].get("prediction_type") or base
+                now = noise_scheduler.config.prediction_type
+                if then != now:
+                    ema.restart(own, int(state["step"]))
+                    print(f"{path.name} was trained for {then}; this run trains {now}: the EMA restarts here.")
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise ValueError(
             f"Cannot resume from {path}: {err}. The checkpoint is incomplete or from another config."
@@ -505,7 +529,7 @@ def train(
     start_step, losses = 0, []
     if resume is not None:
         ckpt = find_checkpoint(out, resume)
-        start_step, losses = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema)
+        start_step, losses = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema, noise_scheduler)
         losses = losses[:start_step]
         if accelerator.is_main_process:
             print(f"resumed from {ckpt} at step {start_step}")
@@ -650,7 +674,8 @@ def train(
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses)
+                    _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
+                                     noise_scheduler.config.prediction_type)
             if cfg.validation_prompts and done % cfg.validation_steps == 0 and accelerator.is_main_process:
                 with _swapped(raw, ema.shadow if ema is not None else None):
                     raw.eval()
