@@ -109,12 +109,18 @@ def test_both_arm_configs_train_from_the_built_base(parts, tmp_path):
     loaded = LLM4GenPipeline.from_pretrained(packaged)
     assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
     assert loaded.scheduler.config.beta_schedule == "scaled_linear"
+    assert loaded.scheduler.config.prediction_type == load_config(CONFIGS["llm4gen"]).prediction_type == "v_prediction"
     base_unet = UNet2DConditionModel.from_pretrained(packaged / "base_unet")
     assert torch.equal(base_unet.conv_in.weight, plain.unet.conv_in.weight)
     assert not torch.equal(base_unet.conv_in.weight, loaded.unet.conv_in.weight)
     assert type(load_arm(packaged, unet=packaged / "base_unet")) is StableDiffusionPipeline
     with pytest.raises(FileNotFoundError, match="shapes-llm4gen"):
         package_default_model(tmp_path / "arm-base", tmp_path / "arm-base", tmp_path / "x")
+    sched = tmp_path / "arm-base" / "scheduler" / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"v_prediction"', '"epsilon"'))
+    with pytest.raises(ValueError, match="llm4gen: v_prediction, base: epsilon"):
+        package_default_model(tmp_path / "arm-llm4gen", tmp_path / "arm-base", tmp_path / "x")
+    sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, ["shapes", "package", "--llm4gen", str(tmp_path / "arm-llm4gen"), "--base",

