@@ -292,8 +292,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, params: dict[str, torch.Tensor], step: int) -> None:
-        k = step - self.start
-        d = min(self.decay, (1 + k) / (10 + k))
+        age = step - self.start
+        d = min(self.decay, (1 + age) / (10 + age))
         for k, v in params.items():
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
