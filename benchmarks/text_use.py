@@ -44,6 +44,7 @@ def main() -> None:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+    from llm4gen.training.trainer import ClipText
 
     base, ckpt = Path(args.base), Path(args.checkpoint)
     vae = AutoencoderKL.from_pretrained(base / "vae").eval()
@@ -69,14 +70,10 @@ def main() -> None:
     items = [world[100 + i] for i in range(args.scenes)]
     captions = [it.caption for it in items]
     pixels = torch.tensor(np.stack([np.asarray(it.image) for it in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    text = ClipText([tok], [te])  # the captions are encoded exactly as the trainer encodes them
     rows = []
     with torch.no_grad():
-        def encode(texts):
-            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids
-            return te(ids)[0]
-
-        true, empty = encode(captions), encode([""] * len(captions))
+        true, empty = text(captions)[0], text([""] * len(captions))[0]
         z0 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         g = torch.Generator().manual_seed(0)
         for t in [int(x) for x in args.timesteps.split(",")]:
