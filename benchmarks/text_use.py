@@ -1,4 +1,4 @@
-"""How much does a trained UNet use its text? A diagnostic for CLIP-conditioned (base-arm) ShapesWorld checkpoints.
+"""How much does a trained UNet use its text? A diagnostic for ShapesWorld base-arm checkpoints and LLM4GEN pipelines.
 
 For training scenes with dense captions (train split, items 100 onwards), noise the true latents to timestep t,
 let the UNet predict, turn the prediction into an estimate of the clean latents x0 (epsilon or v parametrisation)
@@ -10,6 +10,14 @@ high noise, where the image alone says little; one that ignores it scores the sa
         --checkpoint runs/shapes/base-arm/checkpoints/checkpoint-00002250
 
 This is how we found that epsilon prediction left the text pathway of the bundled recipe almost unused (README).
+
+``--pipeline DIR`` diagnoses a trained LLM4GEN pipeline folder instead (e.g. ``models/default``). Its conditioning
+has two sources, so it adds two more rows: the true CLIP tokens with another scene's LLM tokens ("llm shuffled") and
+the other way round ("clip shuffled"). How much worse "llm shuffled" is than "true" is how much the UNet relies on
+the LLM for what the image shows; if the folder has a ``base_unet/`` (the CLIP-only arm) it is measured too::
+
+    python benchmarks/text_use.py --pipeline models/default
+
 Prints a table and writes JSON (default benchmarks/results/text_use.json).
 """
 
@@ -26,8 +34,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="base model folder (vae, text_encoder, tokenizer, scheduler, unet)")
-    ap.add_argument("--checkpoint", required=True, help="a base-arm training checkpoint folder (or a UNet folder)")
+    ap.add_argument("--base", help="base model folder (vae, text_encoder, tokenizer, scheduler, unet)")
+    ap.add_argument("--checkpoint", help="a base-arm training checkpoint folder (or a UNet folder)")
+    ap.add_argument("--pipeline", help="an LLM4GEN pipeline folder instead of --base/--checkpoint")
     ap.add_argument("--weights", choices=["trained", "ema"], default="trained", help="checkpoint weights to use")
     ap.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
                     help="what the checkpoint predicts (default: read from its trainer_state.json)")
@@ -35,6 +44,9 @@ def main() -> None:
     ap.add_argument("--timesteps", default="300,500,700,850,950")
     ap.add_argument("--out", default="benchmarks/results/text_use.json")
     args = ap.parse_args()
+    one_pipeline = args.pipeline and not (args.base or args.checkpoint)
+    if not one_pipeline and not (args.base and args.checkpoint and not args.pipeline):
+        ap.error("give either --pipeline DIR, or both --base and --checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -46,34 +58,70 @@ def main() -> None:
     from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
     from llm4gen.training.trainer import ClipText
 
-    base, ckpt = Path(args.base), Path(args.checkpoint)
-    vae = AutoencoderKL.from_pretrained(base / "vae").eval()
-    tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
-    te = CLIPTextModel.from_pretrained(base / "text_encoder").eval()
-    sched = DDPMScheduler.from_pretrained(base / "scheduler")
-    pred_type = args.prediction_type
-    if (ckpt / "config.json").is_file():  # a UNet folder
-        unet = UNet2DConditionModel.from_pretrained(ckpt).eval()
-    else:
-        unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
-        weights = ckpt / f"{args.weights}.safetensors"
-        if not weights.is_file():
-            raise SystemExit(f"{weights} does not exist: --checkpoint must be a training checkpoint or a UNet folder.")
-        state = {k.split("unet.", 1)[1]: v for k, v in load_file(weights).items() if k.startswith("unet.")}
-        unet.load_state_dict(state, strict=True)
-        if pred_type is None and (ckpt / "trainer_state.json").is_file():
-            saved = json.loads((ckpt / "trainer_state.json").read_text())
-            pred_type = saved.get("prediction_type") or saved["config"].get("prediction_type")
-    pred_type = pred_type or sched.config.prediction_type
-
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))
     items = [world[100 + i] for i in range(args.scenes)]
     captions = [it.caption for it in items]
+    blank = [""] * len(captions)
+    arms = {}  # arm name -> (unet, prediction type, {condition name: (encoder_hidden_states, encoder_attention_mask)})
+    if args.pipeline:
+        from llm4gen import LLM4GenPipeline
+
+        src = Path(args.pipeline)
+        pipe = LLM4GenPipeline.from_pretrained(src)
+        vae, sched = pipe.vae.eval(), DDPMScheduler.from_config(pipe.scheduler.config)
+        pred_type = args.prediction_type or sched.config.prediction_type
+        text = ClipText([pipe.tokenizer], [pipe.text_encoder.eval()])
+        use_mask = bool(pipe.config.get("use_llm_attention_mask", False))
+        with torch.no_grad():
+            clip, clip_empty = text(captions)[0], text(blank)[0]
+            llm, llm_empty = pipe.llm_encoder.encode(captions), pipe.llm_encoder.encode(blank)
+
+            def fuse(c, feats, mask):  # as the trainer's Denoiser: CAM, then the LLM mask to the UNet if configured
+                cond, fused_mask = pipe.adapter(c, feats.float(), mask)
+                return cond, fused_mask if use_mask else None
+
+            arms["llm4gen"] = (pipe.unet.eval(), pred_type, {
+                "true": fuse(clip, llm.embeds, llm.attention_mask),
+                "shuffled": fuse(clip.roll(1, 0), llm.embeds.roll(1, 0), llm.attention_mask.roll(1, 0)),
+                "llm shuffled": fuse(clip, llm.embeds.roll(1, 0), llm.attention_mask.roll(1, 0)),
+                "clip shuffled": fuse(clip.roll(1, 0), llm.embeds, llm.attention_mask),
+                "empty": fuse(clip_empty, llm_empty.embeds, llm_empty.attention_mask),
+            })
+        if (src / "base_unet" / "config.json").is_file():
+            base_unet = UNet2DConditionModel.from_pretrained(src / "base_unet").eval()
+            arms["base (CLIP only)"] = (base_unet, pred_type, {
+                "true": (clip, None), "shuffled": (clip.roll(1, 0), None), "empty": (clip_empty, None)})
+        ckpt = src
+    else:
+        base, ckpt = Path(args.base), Path(args.checkpoint)
+        vae = AutoencoderKL.from_pretrained(base / "vae").eval()
+        tok = CLIPTokenizer.from_pretrained(base / "tokenizer")
+        te = CLIPTextModel.from_pretrained(base / "text_encoder").eval()
+        sched = DDPMScheduler.from_pretrained(base / "scheduler")
+        pred_type = args.prediction_type
+        if (ckpt / "config.json").is_file():  # a UNet folder
+            unet = UNet2DConditionModel.from_pretrained(ckpt).eval()
+        else:
+            unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
+            weights = ckpt / f"{args.weights}.safetensors"
+            if not weights.is_file():
+                raise SystemExit(f"{weights} does not exist: --checkpoint must be a training checkpoint or a UNet "
+                                 "folder.")
+            state = {k.split("unet.", 1)[1]: v for k, v in load_file(weights).items() if k.startswith("unet.")}
+            unet.load_state_dict(state, strict=True)
+            if pred_type is None and (ckpt / "trainer_state.json").is_file():
+                saved = json.loads((ckpt / "trainer_state.json").read_text())
+                pred_type = saved.get("prediction_type") or saved["config"].get("prediction_type")
+        pred_type = pred_type or sched.config.prediction_type
+        text = ClipText([tok], [te])  # the captions are encoded exactly as the trainer encodes them
+        with torch.no_grad():
+            true, empty = text(captions)[0], text(blank)[0]
+        arms["base"] = (unet, pred_type, {"true": (true, None), "shuffled": (true.roll(1, 0), None),
+                                          "empty": (empty, None)})
+
     pixels = torch.tensor(np.stack([np.asarray(it.image) for it in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    text = ClipText([tok], [te])  # the captions are encoded exactly as the trainer encodes them
     rows = []
     with torch.no_grad():
-        true, empty = text(captions)[0], text([""] * len(captions))[0]
         z0 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         g = torch.Generator().manual_seed(0)
         for t in [int(x) for x in args.timesteps.split(",")]:
@@ -81,25 +129,31 @@ def main() -> None:
             steps = torch.full((len(items),), t)
             zt = sched.add_noise(z0, noise, steps)
             a = sched.alphas_cumprod[t]
-            row = {"timestep": t}
-            for name, cond in (("true", true), ("shuffled", true.roll(1, 0)), ("empty", empty)):
-                out = unet(zt, steps, encoder_hidden_states=cond).sample
-                x0 = a.sqrt() * zt - (1 - a).sqrt() * out if pred_type == "v_prediction" else \
-                    (zt - (1 - a).sqrt() * out) / a.sqrt()
-                row[name] = float(((x0 - z0) ** 2).mean())
-            row["gain_vs_empty"] = 1 - row["true"] / row["empty"]
-            rows.append(row)
+            for arm, (unet, ptype, conditions) in arms.items():
+                row = {"arm": arm, "timestep": t}
+                for name, (cond, mask) in conditions.items():
+                    out = unet(zt, steps, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+                    x0 = a.sqrt() * zt - (1 - a).sqrt() * out if ptype == "v_prediction" else \
+                        (zt - (1 - a).sqrt() * out) / a.sqrt()
+                    row[name] = float(((x0 - z0) ** 2).mean())
+                row["gain_vs_empty"] = 1 - row["true"] / row["empty"]
+                if "llm shuffled" in row:  # what the LLM tokens add on top of the true CLIP tokens
+                    row["llm_gain"] = 1 - row["true"] / row["llm shuffled"]
+                rows.append(row)
 
-    table = Table(title=f"x0 error by conditioning: {ckpt} ({args.weights}, {pred_type})")
-    for col in ("timestep", "true caption", "shuffled caption", "empty prompt", "true vs empty"):
+    names = list(dict.fromkeys(name for _, _, conds in arms.values() for name in conds))
+    table = Table(title=f"x0 error by conditioning: {ckpt} ({'pipeline' if args.pipeline else args.weights}, "
+                        f"{pred_type})")
+    for col in ("arm", "timestep", *names, "true vs empty", "true vs llm shuffled"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["timestep"]), f"{r['true']:.4f}", f"{r['shuffled']:.4f}", f"{r['empty']:.4f}",
-                      f"{100 * r['gain_vs_empty']:+.1f}%")
-    Console().print(table)
+        table.add_row(r["arm"], str(r["timestep"]), *(f"{r[n]:.4f}" if n in r else "-" for n in names),
+                      f"{100 * r['gain_vs_empty']:+.1f}%", f"{100 * r['llm_gain']:+.1f}%" if "llm_gain" in r else "-")
+    Console(width=max(Console().width, 140)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(ckpt), "weights": args.weights, "prediction_type": pred_type,
+    report = {"checkpoint": str(ckpt), "weights": "pipeline" if args.pipeline else args.weights,
+              "prediction_type": pred_type,
               "scenes": args.scenes, "rows": rows}
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")

@@ -1,0 +1,75 @@
+"""The ceiling the VAE puts on the bundled model: score held-out ShapesWorld images after a VAE round trip.
+
+A diffusion model in the VAE's latent space can at best draw what the decoder gives back, so the ShapesWorld scores
+of ``decode(encode(image))`` for true renders bound every arm's scores from above. Run on the bundled model::
+
+    python benchmarks/vae_ceiling.py --model models/default --images 96
+
+Prints a table (original renders vs round trip, per metric) and writes JSON (default
+benchmarks/results/vae_ceiling.json) and a grid PNG (originals on top, round trips below) next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/default", help="a folder with vae/ (a pipeline or a base model)")
+    ap.add_argument("--images", type=int, default=96, help="held-out test scenes (items 0..N-1, seed 0)")
+    ap.add_argument("--out", default="benchmarks/results/vae_ceiling.json")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from diffusers import AutoencoderKL
+    from PIL import Image
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm4gen.data.shapes import ShapesWorld
+    from llm4gen.eval.shapes import METRICS, score_image, summarize
+
+    vae_dir = Path(args.model) / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise SystemExit(f"{vae_dir} has no config.json: --model must be a folder with a vae/ sub-folder.")
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    items = ShapesWorld("test", seed=0).take(args.images, progress=True)
+    pixels = torch.stack([torch.from_numpy(np.asarray(it.image.convert("RGB"), dtype=np.float32) / 127.5 - 1)
+                          .permute(2, 0, 1) for it in items])
+    with torch.no_grad():
+        back = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
+    round_trips = [Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for x in back]
+    summary = {
+        "original": summarize([score_image(it.image, it.scene) for it in items]),
+        "round_trip": summarize([score_image(im, it.scene) for it, im in zip(items, round_trips)]),
+    }
+
+    table = Table(title=f"ShapesWorld scores of {args.images} held-out renders before and after {vae_dir}")
+    for col in ("metric", "original", "VAE round trip"):
+        table.add_column(col, justify="right")
+    for m in METRICS:
+        a, b = summary["original"][m]["mean"], summary["round_trip"][m]["mean"]
+        if a is not None:
+            table.add_row(m, f"{100 * a:.1f}", f"{100 * b:.1f}" if b is not None else "-")
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": str(args.model), "images": args.images, "summary": summary}, indent=1) + "\n")
+    n = min(16, len(items))
+    grid = Image.new("RGB", (64 * n, 128))
+    for k in range(n):
+        grid.paste(items[k].image.convert("RGB").resize((64, 64)), (64 * k, 0))
+        grid.paste(round_trips[k].resize((64, 64)), (64 * k, 64))
+    grid.save(out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The diagnostics behind the README's analysis of the bundled model.
+
+benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
+benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_text_use(monkeypatch, *args: str) -> None:
+    _run_script("text_use", monkeypatch, *args)
+
+
+def _run_script(name: str, monkeypatch, *args: str) -> None:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
+    module.main()
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from llm4gen.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("text-use")
+    # fixed-length LLM padding without a mask: every prompt gives the UNet the same number of LLM tokens
+    pipe = build_tiny_pipeline(llm_max_length=256, llm_padding="max_length", work_dir=root / "work")
+    pipe.save_pretrained(root / "model")
+    return root / "model"
+
+
+def _rows(path: Path) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for row in json.loads(path.read_text())["rows"]:
+        out.setdefault(row["arm"], {})[row["timestep"]] = row
+    return out
+
+
+def test_a_silenced_llm_branch_makes_the_llm_tokens_irrelevant(tiny_folder, tmp_path, monkeypatch):
+    """With the CAM's balance factor at 0 its output is all zeros whatever the LLM says, so swapping in another
+    scene's LLM tokens cannot change the prediction; with the branch on it must."""
+    silenced = tmp_path / "silenced"
+    shutil.copytree(tiny_folder, silenced)
+    cfg_path = silenced / "adapter" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["scale"] = 0.0
+    cfg_path.write_text(json.dumps(cfg))
+
+    args = ("--scenes", "3", "--timesteps", "500,950")
+    _run_text_use(monkeypatch, "--pipeline", str(silenced), *args, "--out", str(tmp_path / "off.json"))
+    _run_text_use(monkeypatch, "--pipeline", str(tiny_folder), *args, "--out", str(tmp_path / "on.json"))
+    off, on = _rows(tmp_path / "off.json"), _rows(tmp_path / "on.json")
+    assert set(off) == {"llm4gen"}  # no base_unet/ in the folder: no base arm
+    for t in (500, 950):
+        assert off["llm4gen"][t]["llm shuffled"] == off["llm4gen"][t]["true"]
+        assert off["llm4gen"][t]["clip shuffled"] == off["llm4gen"][t]["shuffled"]
+        assert off["llm4gen"][t]["llm_gain"] == 0.0
+        assert on["llm4gen"][t]["llm shuffled"] != on["llm4gen"][t]["true"]
+        assert on["llm4gen"][t]["true"] > 0
+
+
+def test_the_base_arm_is_measured_when_the_folder_has_one(tiny_folder, tmp_path, monkeypatch):
+    folder = tmp_path / "with-base"
+    shutil.copytree(tiny_folder, folder)
+    shutil.copytree(folder / "unet", folder / "base_unet")
+    _run_text_use(monkeypatch, "--pipeline", str(folder), "--scenes", "2", "--timesteps", "700",
+                  "--out", str(tmp_path / "r.json"))
+    rows = _rows(tmp_path / "r.json")
+    base = rows["base (CLIP only)"][700]
+    assert {"true", "shuffled", "empty"} <= set(base) and "llm shuffled" not in base
+    assert base["gain_vs_empty"] == pytest.approx(1 - base["true"] / base["empty"])
+
+
+def test_it_asks_for_one_kind_of_input(monkeypatch, tmp_path):
+    with pytest.raises(SystemExit):
+        _run_text_use(monkeypatch, "--base", str(tmp_path))  # --checkpoint missing
+    with pytest.raises(SystemExit):
+        _run_text_use(monkeypatch, "--pipeline", str(tmp_path), "--base", str(tmp_path))
+
+
+def test_vae_ceiling_scores_true_renders_perfectly_and_round_trips_below(tmp_path, monkeypatch):
+    model = ROOT / "models" / "default"
+    if not (model / "vae" / "config.json").is_file():
+        pytest.skip("models/default is missing")
+    out = tmp_path / "ceiling.json"
+    _run_script("vae_ceiling", monkeypatch, "--model", str(model), "--images", "12", "--out", str(out))
+    report = json.loads(out.read_text())
+    original, back = report["summary"]["original"], report["summary"]["round_trip"]
+    assert all(v["mean"] == 1.0 for v in original.values() if v["mean"] is not None)  # the scorer on its own renders
+    assert back["background"]["mean"] == 1.0 and back["colour"]["mean"] >= 0.9  # the VAE keeps flat colours
+    assert 0.5 <= back["all_correct"]["mean"] <= 1.0
+    assert out.with_suffix(".png").is_file()
+
+
+def test_vae_ceiling_names_a_folder_without_a_vae(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="vae"):
+        _run_script("vae_ceiling", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
