@@ -16,7 +16,7 @@ import pytest
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 
 # llm4gen arm, all 24 prompts, 15 DPM-Solver++ steps, guidance 5 (prompt_seed 11), measured at packaging time
-MEASURED = {"count": 0.5, "colour": 0.5625, "background": 0.9583}
+MEASURED = {"count": 0.4583, "colour": 0.7014, "background": 0.9583}
 MARGIN = 0.10
 
 
