@@ -16,9 +16,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,23 +26,21 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from diffusers import AutoencoderKL
-    from PIL import Image
     from rich.console import Console
     from rich.table import Table
 
     from llm4gen.data.shapes import ShapesWorld
     from llm4gen.eval.shapes import METRICS, score_image, summarize
+    from llm4gen.images import images_from_pixels, make_grid, pixels_from_uint8, uint8_tensor
+    from llm4gen.training.small_vae import vae_round_trip
 
     vae_dir = Path(args.model) / "vae"
     if not (vae_dir / "config.json").is_file():
         raise SystemExit(f"{vae_dir} has no config.json: --model must be a folder with a vae/ sub-folder.")
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     items = ShapesWorld("test", seed=0).take(args.images, progress=True)
-    pixels = torch.stack([torch.from_numpy(np.asarray(it.image.convert("RGB"), dtype=np.float32) / 127.5 - 1)
-                          .permute(2, 0, 1) for it in items])
-    with torch.no_grad():
-        back = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
-    round_trips = [Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)) for x in back]
+    _, back = vae_round_trip(vae, pixels_from_uint8(uint8_tensor([it.image for it in items])))
+    round_trips = images_from_pixels(back)
     summary = {
         "original": summarize([score_image(it.image, it.scene) for it in items]),
         "round_trip": summarize([score_image(im, it.scene) for it, im in zip(items, round_trips)]),
@@ -63,11 +58,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": str(args.model), "images": args.images, "summary": summary}, indent=1) + "\n")
     n = min(16, len(items))
-    grid = Image.new("RGB", (64 * n, 128))
-    for k in range(n):
-        grid.paste(items[k].image.convert("RGB").resize((64, 64)), (64 * k, 0))
-        grid.paste(round_trips[k].resize((64, 64)), (64 * k, 64))
-    grid.save(out.with_suffix(".png"))
+    make_grid([it.image for it in items[:n]] + round_trips[:n], cols=n, cell=64).save(out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

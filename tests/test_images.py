@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm4gen.images import make_grid
+from llm4gen.images import images_from_pixels, make_grid, pixels_from_uint8, uint8_tensor
 
 
 def test_grid_layout_and_pixels():
@@ -30,3 +30,14 @@ def test_grid_errors():
         make_grid([])
     with pytest.raises(ValueError, match="captions"):
         make_grid([Image.new("RGB", (4, 4))], captions=["a", "b"])
+
+
+def test_images_from_pixels_inverts_pixels_from_uint8_and_clamps():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)) for _ in range(3)]
+    back = images_from_pixels(pixels_from_uint8(uint8_tensor(images)))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, back))
+    import torch
+
+    out = images_from_pixels(torch.tensor([-3.0, 0.0, 2.0]).view(1, 3, 1, 1))[0]
+    assert np.asarray(out)[0, 0].tolist() == [0, 128, 255]  # out of range clamps; 0 is mid-grey (127.5 rounds to 128)

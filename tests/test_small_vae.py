@@ -34,3 +34,18 @@ def test_cli_train_vae(tmp_path):
                                    "--train-items", "4", "--eval-items", "2", "--size", "32"])
     assert res.exit_code == 0, res.output
     assert "PSNR" in res.output and (tmp_path / "vae" / "config.json").is_file()
+
+
+def test_vae_round_trip_is_independent_of_the_batch_size():
+    from llm4gen.training.small_vae import SmallVaeConfig, build_small_vae, vae_round_trip
+
+    torch.manual_seed(0)
+    vae = build_small_vae(SmallVaeConfig(image_size=16)).eval()
+    x = torch.rand(5, 3, 16, 16) * 2 - 1
+    means, rec = vae_round_trip(vae, x, batch_size=2)
+    with torch.no_grad():
+        whole_means = vae.encode(x).latent_dist.mean
+        whole_rec = vae.decode(whole_means).sample.clamp(-1, 1)
+    torch.testing.assert_close(means, whole_means, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rec, whole_rec, atol=1e-5, rtol=1e-5)
+    assert rec.min() >= -1 and rec.max() <= 1

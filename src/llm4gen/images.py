@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["make_grid", "pixels_from_uint8", "uint8_tensor"]
+__all__ = ["images_from_pixels", "make_grid", "pixels_from_uint8", "uint8_tensor"]
 
 
 def make_grid(
@@ -59,3 +59,9 @@ def uint8_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
 def pixels_from_uint8(x: torch.Tensor) -> torch.Tensor:
     """``uint8`` images to float pixels in [-1, 1], the range diffusers' VAEs and our CLIP take."""
     return x.float() / 127.5 - 1.0
+
+
+def images_from_pixels(x: torch.Tensor) -> list[Image.Image]:
+    """Float pixels ``[N, 3, H, W]`` in [-1, 1] (clamped) back to RGB images, the inverse of ``pixels_from_uint8``."""
+    arr = ((x.detach().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import pixels_from_uint8, uint8_tensor
+from ..images import images_from_pixels, pixels_from_uint8, uint8_tensor
 from ..utils import loss_progress
 
-__all__ = ["SmallVaeConfig", "build_small_vae", "train_small_vae"]
+__all__ = ["SmallVaeConfig", "build_small_vae", "train_small_vae", "vae_round_trip"]
 
 
 @dataclass
@@ -67,11 +67,16 @@ def _images(split: str, n: int, cfg: SmallVaeConfig, progress: bool) -> tuple[to
     return uint8_tensor([it.image for it in items]), [it.scene for it in items]
 
 
-def _to_images(x: torch.Tensor) -> list:
-    from PIL import Image
+@torch.no_grad()
+def vae_round_trip(vae, pixels: torch.Tensor, batch_size: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode ``pixels [N, 3, H, W]`` in [-1, 1] to their latent means and decode those back, ``batch_size`` at a time.
 
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
+    Returns ``(means, reconstructions)``, the reconstructions clamped to [-1, 1].
+    """
+    means = torch.cat([vae.encode(pixels[i : i + batch_size]).latent_dist.mean
+                       for i in range(0, len(pixels), batch_size)])
+    rec = torch.cat([vae.decode(means[i : i + batch_size]).sample for i in range(0, len(means), batch_size)])
+    return means, rec.clamp(-1, 1)
 
 
 def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = None,
@@ -122,21 +127,19 @@ def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = 
             bar.stop()
 
     vae.eval()
-    with torch.no_grad():
-        x = pixels_from_uint8(eval_x)
-        means = torch.cat([vae.encode(x[i : i + 50]).latent_dist.mean for i in range(0, len(x), 50)])
-        scaling = float(1.0 / means.std())
-        rec = torch.cat([vae.decode(means[i : i + 50]).sample for i in range(0, len(means), 50)])
-        mse = F.mse_loss(rec.clamp(-1, 1), x).item()
+    x = pixels_from_uint8(eval_x)
+    means, rec = vae_round_trip(vae, x)
+    scaling = float(1.0 / means.std())
+    mse = F.mse_loss(rec, x).item()
     psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # pixel range [-1, 1] has peak-to-peak 2
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     scorer = ShapesScorer()
-    recon_images = _to_images(rec)
+    recon_images = images_from_pixels(rec)
     for image, scene in zip(recon_images, eval_scenes):
         scorer.add(image, scene)
     score = {m: v["mean"] for m, v in scorer.summary().items()}
-    originals = _to_images(x[:8])
+    originals = images_from_pixels(x[:8])
     make_grid([im for pair in zip(originals, recon_images[:8]) for im in pair], cols=8, cell=96).save(
         out / "reconstructions.png"
     )
