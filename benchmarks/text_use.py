@@ -56,13 +56,13 @@ def main() -> None:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
-    from llm4gen.training.trainer import ClipText
+    from llm4gen.training.trainer import ClipText, Denoiser
 
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))
     items = [world[100 + i] for i in range(args.scenes)]
     captions = [it.caption for it in items]
     blank = [""] * len(captions)
-    arms = {}  # arm name -> (unet, prediction type, {condition name: (encoder_hidden_states, encoder_attention_mask)})
+    arms = {}  # arm name -> (trainer's Denoiser, prediction type, {condition name: its text inputs})
     if args.pipeline:
         from llm4gen import LLM4GenPipeline
 
@@ -71,26 +71,23 @@ def main() -> None:
         vae, sched = pipe.vae.eval(), DDPMScheduler.from_config(pipe.scheduler.config)
         pred_type = args.prediction_type or sched.config.prediction_type
         text = ClipText([pipe.tokenizer], [pipe.text_encoder.eval()])
-        use_mask = bool(pipe.config.get("use_llm_attention_mask", False))
         with torch.no_grad():
             clip, clip_empty = text(captions)[0], text(blank)[0]
             llm, llm_empty = pipe.llm_encoder.encode(captions), pipe.llm_encoder.encode(blank)
-
-            def fuse(c, feats, mask):  # as the trainer's Denoiser: CAM, then the LLM mask to the UNet if configured
-                cond, fused_mask = pipe.adapter(c, feats.float(), mask)
-                return cond, fused_mask if use_mask else None
-
-            arms["llm4gen"] = (pipe.unet.eval(), pred_type, {
-                "true": fuse(clip, llm.embeds, llm.attention_mask),
-                "shuffled": fuse(clip.roll(1, 0), llm.embeds.roll(1, 0), llm.attention_mask.roll(1, 0)),
-                "llm shuffled": fuse(clip, llm.embeds.roll(1, 0), llm.attention_mask.roll(1, 0)),
-                "clip shuffled": fuse(clip.roll(1, 0), llm.embeds, llm.attention_mask),
-                "empty": fuse(clip_empty, llm_empty.embeds, llm_empty.attention_mask),
-            })
+        feats, mask = llm.embeds.float(), llm.attention_mask
+        # the CAM, then the UNet, with the LLM padding mask if the pipeline uses it: exactly as in training
+        model = Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))).eval()
+        arms["llm4gen"] = (model, pred_type, {
+            "true": dict(clip=clip, llm=feats, llm_mask=mask),
+            "shuffled": dict(clip=clip.roll(1, 0), llm=feats.roll(1, 0), llm_mask=mask.roll(1, 0)),
+            "llm shuffled": dict(clip=clip, llm=feats.roll(1, 0), llm_mask=mask.roll(1, 0)),
+            "clip shuffled": dict(clip=clip.roll(1, 0), llm=feats, llm_mask=mask),
+            "empty": dict(clip=clip_empty, llm=llm_empty.embeds.float(), llm_mask=llm_empty.attention_mask),
+        })
         if (src / "base_unet" / "config.json").is_file():
-            base_unet = UNet2DConditionModel.from_pretrained(src / "base_unet").eval()
-            arms["base (CLIP only)"] = (base_unet, pred_type, {
-                "true": (clip, None), "shuffled": (clip.roll(1, 0), None), "empty": (clip_empty, None)})
+            base_unet = UNet2DConditionModel.from_pretrained(src / "base_unet")
+            arms["base (CLIP only)"] = (Denoiser(base_unet, None, False).eval(), pred_type, {
+                "true": dict(clip=clip), "shuffled": dict(clip=clip.roll(1, 0)), "empty": dict(clip=clip_empty)})
         ckpt = src
     else:
         base, ckpt = Path(args.base), Path(args.checkpoint)
@@ -100,9 +97,9 @@ def main() -> None:
         sched = DDPMScheduler.from_pretrained(base / "scheduler")
         pred_type = args.prediction_type
         if (ckpt / "config.json").is_file():  # a UNet folder
-            unet = UNet2DConditionModel.from_pretrained(ckpt).eval()
+            unet = UNet2DConditionModel.from_pretrained(ckpt)
         else:
-            unet = UNet2DConditionModel.from_pretrained(base / "unet").eval()
+            unet = UNet2DConditionModel.from_pretrained(base / "unet")
             weights = ckpt / f"{args.weights}.safetensors"
             if not weights.is_file():
                 raise SystemExit(f"{weights} does not exist: --checkpoint must be a training checkpoint or a UNet "
@@ -116,8 +113,8 @@ def main() -> None:
         text = ClipText([tok], [te])  # the captions are encoded exactly as the trainer encodes them
         with torch.no_grad():
             true, empty = text(captions)[0], text(blank)[0]
-        arms["base"] = (unet, pred_type, {"true": (true, None), "shuffled": (true.roll(1, 0), None),
-                                          "empty": (empty, None)})
+        arms["base"] = (Denoiser(unet, None, False).eval(), pred_type, {
+            "true": dict(clip=true), "shuffled": dict(clip=true.roll(1, 0)), "empty": dict(clip=empty)})
 
     pixels = torch.tensor(np.stack([np.asarray(it.image) for it in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
     rows = []
@@ -129,10 +126,10 @@ def main() -> None:
             steps = torch.full((len(items),), t)
             zt = sched.add_noise(z0, noise, steps)
             a = sched.alphas_cumprod[t]
-            for arm, (unet, ptype, conditions) in arms.items():
+            for arm, (model, ptype, conditions) in arms.items():
                 row = {"arm": arm, "timestep": t}
-                for name, (cond, mask) in conditions.items():
-                    out = unet(zt, steps, encoder_hidden_states=cond, encoder_attention_mask=mask).sample
+                for name, inputs in conditions.items():
+                    out = model(zt, steps, **inputs)
                     x0 = a.sqrt() * zt - (1 - a).sqrt() * out if ptype == "v_prediction" else \
                         (zt - (1 - a).sqrt() * out) / a.sqrt()
                     row[name] = float(((x0 - z0) ** 2).mean())
