@@ -1,7 +1,8 @@
 """The diagnostics behind the README's analysis of the bundled model.
 
 benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
-benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see.
+benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
+benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects.
 """
 
 from __future__ import annotations
@@ -106,3 +107,34 @@ def test_vae_ceiling_scores_true_renders_perfectly_and_round_trips_below(tmp_pat
 def test_vae_ceiling_names_a_folder_without_a_vae(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="vae"):
         _run_script("vae_ceiling", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
+
+
+def test_count_relations_renders_both_versions_of_the_same_prompts(tmp_path, monkeypatch):
+    model = ROOT / "models" / "default"
+    if not (model / "base_unet" / "config.json").is_file():
+        pytest.skip("models/default is missing")
+    out = tmp_path / "count.json"
+    _run_script("count_relations", monkeypatch, "--model", str(model), "--prompts", "6", "--steps", "4",
+                "--bootstrap", "200", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["prompts"] == 6 and set(report["summary"]) == {"base", "llm4gen"}
+    rows = report["per_prompt"]
+    for row in rows:
+        assert row["dropped"] and all(s in row["text"] for s in row["dropped"])
+        assert row["without_relations"] != row["text"] and " above the " not in row["without_relations"]
+    for arm, versions in report["summary"].items():
+        for version, s in versions.items():
+            # every prompt has exactly one of: right count, too many, too few
+            assert s["count"] + s["too_many"] + s["too_few"] == pytest.approx(1.0)
+            found = [r[f"{arm}/{version}/num_found"] - r["num_asked"] for r in rows]
+            assert s["surplus"] == pytest.approx(sum(found) / len(found))
+        d = report["differences"][arm]["too_many"]
+        assert d["n"] == 6
+        without, with_ = versions["without relations"]["too_many"], versions["with relations"]["too_many"]
+        assert d["mean"] == pytest.approx(without - with_)
+    assert out.with_suffix(".png").is_file()
+
+
+def test_count_relations_names_a_folder_that_is_not_a_pipeline(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="model_index.json"):
+        _run_script("count_relations", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))

@@ -19,6 +19,7 @@ from llm4gen.data.shapes import (
     ShapesWorld,
     ShapesWorldConfig,
     corrupt_scene,
+    drop_relation_sentences,
     read_dataset,
     relations_from_positions,
     render_scene,
@@ -106,6 +107,33 @@ def test_captions_agree_with_the_graph(train_items):
             p.shape == q.shape and p.colour != q.colour for p in objs for q in objs
         )
     assert traps / len(train_items) > 0.2
+
+
+def test_drop_relation_sentences_removes_exactly_the_relations(train_items):
+    """Each dropped sentence states one of the scene's relations between two of its objects; what is kept is the
+    caption's other sentences verbatim and in order, and still names every object; no relation wording is left."""
+    rel_words = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+    some = 0
+    for it in train_items:
+        dense = it.captions["dense"]
+        kept, dropped = drop_relation_sentences(dense)
+        sentences = re.split(r"(?<=\.) ", dense)
+        assert [x for x in sentences if x not in dropped] == re.split(r"(?<=\.) ", kept)
+        stated = {f"the {it.scene.objects[a].name()} {rel_words[r]} the {it.scene.objects[b].name()}"
+                  for a, r, b in it.scene.relations}
+        for sentence in dropped:
+            # "Looking closely, the red circle is positioned above the blue star." -> "the red circle above the ..."
+            core = re.sub(r" (is positioned|appears|is) ", " ", sentence.rstrip(".")).lower()
+            assert any(core.endswith(s) for s in stated), sentence
+        assert not any(w in kept for w in ("to the left of", "to the right of", " above the ", " below the "))
+        assert len(dropped) <= 3 and len(kept.split()) >= len(dense.split()) - 15 * len(dropped)
+        for o in it.scene.objects:
+            assert o.colour in kept
+        some += bool(dropped)
+    assert some > 50  # most multi-object dense captions have relation sentences
+    assert drop_relation_sentences(train_items[0].captions["short"]) == (train_items[0].captions["short"], [])
+    with pytest.raises(TypeError, match="string"):
+        drop_relation_sentences(None)
 
 
 def test_render_colours_and_positions():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "ShapesWorldConfig",
     "caption_scene",
     "corrupt_scene",
+    "drop_relation_sentences",
     "read_dataset",
     "render_scene",
     "sample_scene",
@@ -413,6 +415,29 @@ def caption_scene(scene: Scene, style: str, rng: np.random.Generator) -> str:
             intro.clear()
     sentences = assemble()
     return " ".join(sentences)
+
+
+def _relation_sentence_regex() -> re.Pattern[str]:
+    name = "(?:" + "|".join(f"{c} {s}" for c in COLOURS for s in SHAPES) + ")"
+    rel = "(?:" + "|".join(re.escape(w) for w in _REL_WORDS.values()) + ")"
+    forms = [re.escape(t).replace(r"\{a\}", name).replace(r"\{b\}", name).replace(r"\{rel\}", rel)
+             for t in _RELATION_SENTENCES]
+    return re.compile("(?:" + "|".join(forms) + ")")
+
+
+def drop_relation_sentences(caption: str) -> tuple[str, list[str]]:
+    """Split a ``dense`` caption into the caption without its relation sentences ("The red circle is above the blue
+    square.") and those sentences. Every other sentence (count, background, objects, filler) is kept verbatim and in
+    order, so the result describes the same scene minus the explicit relations (the positions stay in the object
+    sentences)."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a string, got {type(caption).__name__}.")
+    pattern = _relation_sentence_regex()
+    kept: list[str] = []
+    dropped: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", caption.strip()):
+        (dropped if pattern.fullmatch(sentence) else kept).append(sentence)
+    return " ".join(kept), dropped
 
 
 # ---------------------------------------------------------------------- items, datasets
