@@ -100,6 +100,31 @@ def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
             assert im.size[0] > 300 and len(set(im.convert("L").getdata())) > 10
 
 
+def test_quality_bars_leave_out_what_could_not_be_scored(tmp_path):
+    """A metric with n = 0 (spatial when no relation could be judged) must not be drawn as a 0% bar; the others are
+    100 x the summary's mean and interval."""
+    from llm4gen.eval.shapes import LENGTH_BUCKETS
+    from llm4gen.eval.shapes_bench import PLOT_METRICS, plot_quality, quality_bars
+
+    def stat(mean, n=10):
+        return {"mean": mean, "ci95": None if mean is None else [mean - 0.05, mean + 0.05], "n": n}
+
+    per_bucket = {m: stat(0.25 + 0.1 * k) for k, m in enumerate(PLOT_METRICS)}
+    per_bucket["spatial"] = stat(None, 0)
+    summary = {arm: {b: dict(per_bucket) for b in LENGTH_BUCKETS} for arm in ("base", "llm4gen")}
+    summary["llm4gen"]["all"] = {**per_bucket, "spatial": stat(1.0, 1)}
+    bars = quality_bars(summary)
+    base, llm = bars["all"]["base"], bars["all"]["llm4gen"]
+    j = PLOT_METRICS.index("spatial")
+    assert np.isnan(base["mean"][j]) and np.isnan(base["lo"][j]) and base["n"][j] == 0
+    assert llm["mean"][j] == 100.0 and llm["n"][j] == 1
+    k = PLOT_METRICS.index("binding")
+    assert base["mean"][k] == pytest.approx(100 * (0.25 + 0.1 * k))
+    assert (base["lo"][k], base["hi"][k]) == pytest.approx((100 * (0.2 + 0.1 * k), 100 * (0.3 + 0.1 * k)))
+    path = plot_quality(summary, tmp_path / "q.png")
+    assert path.is_file() and path.stat().st_size > 10_000
+
+
 def test_an_arm_against_itself_differs_by_exactly_zero(tmp_path):
     from llm4gen.eval.shapes_bench import QualityConfig, clip_only_pipeline, run_quality_benchmark
     from llm4gen.tiny import build_tiny_pipeline

@@ -41,12 +41,14 @@ __all__ = [
     "load_arm",
     "paired_difference",
     "plot_quality",
+    "quality_bars",
     "render_arm",
     "run_quality_benchmark",
     "summarize_arm",
 ]
 
 SCHEDULERS = ("dpm", "ddim", "own")
+PLOT_METRICS = ("colour", "shape", "binding", "spatial", "count", "all_correct")
 
 
 @dataclass
@@ -225,30 +227,53 @@ def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: 
 
 
 # ---------------------------------------------------------------------- report
+def quality_bars(summary: dict[str, Any], metrics: tuple[str, ...] = PLOT_METRICS) -> dict[str, dict[str, Any]]:
+    """What :func:`plot_quality` draws: ``{bucket: {arm: {"mean", "lo", "hi", "n"}}}``, each an array over
+    ``metrics`` in percent. A metric an arm could not be scored on (spatial with no relation whose two objects were
+    both found: ``n = 0``) is NaN, so it is left out rather than drawn as a 0% bar."""
+    out: dict[str, dict[str, Any]] = {}
+    for bucket in LENGTH_BUCKETS:
+        out[bucket] = {}
+        for arm, per_bucket in summary.items():
+            stats = [per_bucket[bucket][m] for m in metrics]
+            out[bucket][arm] = {
+                "mean": np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats]),
+                "lo": np.array([np.nan if s["ci95"] is None else 100 * s["ci95"][0] for s in stats]),
+                "hi": np.array([np.nan if s["ci95"] is None else 100 * s["ci95"][1] for s in stats]),
+                "n": np.array([s["n"] for s in stats]),
+            }
+    return out
+
+
 def plot_quality(summary: dict[str, Any], path: str | os.PathLike, title: str = "ShapesWorld held-out dense prompts",
-                 metrics: tuple[str, ...] = ("colour", "shape", "binding", "spatial", "count", "all_correct")) -> Path:
-    """A bar chart: one panel per length bucket, metrics on the x axis, one bar per arm, 95% intervals as whiskers."""
+                 metrics: tuple[str, ...] = PLOT_METRICS, few: int = 20) -> Path:
+    """A bar chart: one panel per length bucket, metrics on the x axis, one bar per arm, 95% intervals as whiskers.
+
+    Bars scored on fewer than ``few`` prompts carry their ``n`` (spatial relations are judged only where both objects
+    were found); metrics with no scored prompt get no bar and an "n=0" mark."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    bars = quality_bars(summary, metrics)
     arms = list(summary)
     fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.2), sharey=True)
     width = 0.8 / len(arms)
     x = np.arange(len(metrics))
     for ax, bucket in zip(np.atleast_1d(axes), LENGTH_BUCKETS):
-        n = 0
         for k, arm in enumerate(arms):
-            stats = [summary[arm][bucket][m] for m in metrics]
-            means = np.array([100 * (s["mean"] or 0.0) for s in stats])
-            lo = np.array([100 * s["ci95"][0] if s["ci95"] else 0.0 for s in stats])
-            hi = np.array([100 * s["ci95"][1] if s["ci95"] else 0.0 for s in stats])
-            ax.bar(x + (k - (len(arms) - 1) / 2) * width, means, width, label=arm,
-                   yerr=np.stack([means - lo, hi - means]), capsize=2)
-            n = max(n, summary[arm][bucket]["all_correct"]["n"])
+            b = bars[bucket][arm]
+            pos = x + (k - (len(arms) - 1) / 2) * width
+            drawn = ~np.isnan(b["mean"])
+            ax.bar(pos[drawn], b["mean"][drawn], width, label=arm, color=f"C{k}",
+                   yerr=np.stack([b["mean"] - b["lo"], b["hi"] - b["mean"]])[:, drawn], capsize=2)
+            for j in np.flatnonzero(b["n"] < few):  # at the foot of the bar, where no whisker or title reaches
+                ax.text(pos[j], 1.0, f"n={b['n'][j]}", ha="center", va="bottom", fontsize=7, rotation=90)
+        n = max(int(bars[bucket][arm]["n"][metrics.index("all_correct")]) if "all_correct" in metrics else 0
+                for arm in arms)
         ax.set_xticks(x, [m.replace("_", "-") for m in metrics], rotation=30)
-        ax.set_title(f"{bucket} (n={n})")
+        ax.set_title(f"{bucket} (n={n})" if n else bucket)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("accuracy (%), 95% CI")
