@@ -46,8 +46,10 @@ def test_browser_types_a_prompt_and_gets_both_images(tiny_sd_dir, tmp_path):
     assert np.array_equal(llm, np.asarray(want))
     assert "CLIP sees 77 of" in result["tokens"] and "are cut" in result["tokens"]
     assert "seed 0" in result["status"]
+    assert result["images_fit"], "a result image is cut off by its gallery's frame"
     page = _decode(shot.read_bytes())
     assert page.shape[0] > 600 and page.shape[1] > 800 and page.std() > 5
+    assert page.shape[0] >= result["page_height"]  # the whole page, down to the status line, not the first window
 
 
 def test_cli_screenshot_command(tiny_sd_dir, tmp_path):

@@ -295,6 +295,12 @@ def generate_side_by_side(
 
 
 # ---------------------------------------------------------------------- the gradio page
+# A gallery with one image shows it as a single large thumbnail as wide as the column, taller than the gallery: keep
+# it square and inside the frame (the galleries are 420 px high), so the whole image shows without scrolling.
+GALLERY_CSS = ("#base-gallery .thumbnail-lg, #llm4gen-gallery .thumbnail-lg "
+               "{max-width: 360px; max-height: 360px; margin: 0 auto;}")
+
+
 def _version_kwargs(cls: Any, **candidates: Any) -> dict[str, Any]:
     """Keep only the keyword arguments ``cls`` accepts (gradio 5 and 6 name a few differently)."""
     import inspect
@@ -386,10 +392,10 @@ def build_app(
         return base_items, llm_items, status
 
     gallery_kwargs = _version_kwargs(
-        gr.Gallery, format="png", columns=2, height=340, object_fit="contain", buttons=["download", "fullscreen"],
+        gr.Gallery, format="png", columns=2, height=420, object_fit="contain", buttons=["download", "fullscreen"],
         show_download_button=True,
     )
-    with gr.Blocks(title=APP_TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=APP_TITLE, analytics_enabled=False, **_version_kwargs(gr.Blocks, css=GALLERY_CSS)) as demo:
         gr.Markdown(
             f"# {APP_TITLE}\n"
             "The same seed is rendered twice: on the left by the **base** path, which reads the prompt through CLIP "
@@ -452,9 +458,12 @@ def launch(
                      default_steps=default_steps)
     port = port or free_port(host)
     demo.queue(default_concurrency_limit=1)
+    import inspect
+
+    css = {"css": GALLERY_CSS} if "css" in inspect.signature(demo.launch).parameters else {}  # gradio 6; 5: Blocks
     _, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-        inbrowser=False,
+        inbrowser=False, **css,
     )
     url = share_url or local_url or f"http://{host}:{port}/"
     if block:
@@ -491,9 +500,10 @@ def drive_browser(
 ) -> dict[str, Any]:
     """Open the app at ``url`` in headless Chromium, type ``prompt``, click Generate and wait for both galleries.
 
-    Returns ``{"base": [PNG bytes, ...], "llm4gen": [...], "tokens": token line, "status": status line}``; saves a
-    screenshot of the page to ``screenshot`` when given. Raises ``RuntimeError`` with the page's error text if the
-    app shows an error, ``TimeoutError`` after ``timeout`` seconds.
+    Returns ``{"base": [PNG bytes, ...], "llm4gen": [...], "tokens": token line, "status": status line,
+    "images_fit": whether every result image is wholly visible in its gallery}``; saves a screenshot of the whole
+    page to ``screenshot`` when given (and adds its CSS height as ``"page_height"``). Raises ``RuntimeError`` with
+    the page's error text if the app shows an error, ``TimeoutError`` after ``timeout`` seconds.
     """
     import base64
     import urllib.request
@@ -553,8 +563,15 @@ def drive_browser(
             except Exception:  # a toast that already went away
                 pass
         time.sleep(1.0)  # let the thumbnails paint before the screenshot
+        # every result image lies wholly inside its gallery (none is cut off by the gallery's frame)
+        fits = driver.execute_script(
+            "return ['base-gallery', 'llm4gen-gallery'].every(id => {"
+            "  const box = document.getElementById(id).getBoundingClientRect();"
+            "  return [...document.querySelectorAll('#' + id + ' img')].every(img => {"
+            "    const r = img.getBoundingClientRect(); return r.top >= box.top - 1 && r.bottom <= box.bottom + 1; });"
+            "});")
         out: dict[str, Any] = {"tokens": driver.find_element(By.ID, "token-info").text,
-                               "status": driver.find_element(By.ID, "status").text}
+                               "status": driver.find_element(By.ID, "status").text, "images_fit": bool(fits)}
         for key, gallery in (("base", "base-gallery"), ("llm4gen", "llm4gen-gallery")):
             blobs = []
             for src in dict.fromkeys(img.get_attribute("src") for img in images(gallery)):
@@ -565,6 +582,13 @@ def drive_browser(
                         blobs.append(resp.read())
             out[key] = blobs
         if screenshot is not None:
+            # the whole page, not just the first window: grow the window to the page's height first
+            height = int(driver.execute_script(
+                "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"))
+            if height > window[1]:
+                driver.set_window_size(window[0], height + 20)
+                time.sleep(0.5)
+            out["page_height"] = height
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(os.fspath(screenshot))
         return out
