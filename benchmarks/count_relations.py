@@ -146,8 +146,10 @@ def main() -> None:
         for v in versions:
             for i in range(n):
                 cells.append(images[arm][v][i].resize((192, 192), Image.NEAREST))
-                captions.append(f"[{arm}, {v}] found {rows[arm][v][i]['num_found']} of {rows[arm][v][i]['num_asked']}: "
-                                + (items[i][0] if v == "with relations" else stripped[i]))
+                head = f"[{arm}, {v}] found {rows[arm][v][i]['num_found']} of {rows[arm][v][i]['num_asked']}."
+                # the prompts differ only in these sentences (the rest is in the JSON)
+                tail = " ".join(dropped[i]) if v == "with relations" else "(the same prompt without them)"
+                captions.append(f"{head} Relation sentences: {tail}")
     grid = out.with_suffix(".png")
     make_grid(cells, captions, cols=n, cell=192, caption_lines=9).save(grid)
     print(f"wrote {out} and {grid}")
