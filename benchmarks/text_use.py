@@ -28,7 +28,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -56,6 +55,7 @@ def main() -> None:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+    from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.trainer import ClipText, Denoiser
 
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))
@@ -116,7 +116,7 @@ def main() -> None:
         arms["base"] = (Denoiser(unet, None, False).eval(), pred_type, {
             "true": dict(clip=true), "shuffled": dict(clip=true.roll(1, 0)), "empty": dict(clip=empty)})
 
-    pixels = torch.tensor(np.stack([np.asarray(it.image) for it in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = pixels_from_uint8(uint8_tensor([it.image for it in items]))
     rows = []
     with torch.no_grad():
         z0 = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor

@@ -301,11 +301,12 @@ GALLERY_CSS = ("#base-gallery .thumbnail-lg, #llm4gen-gallery .thumbnail-lg "
                "{max-width: 360px; max-height: 360px; margin: 0 auto;}")
 
 
-def _version_kwargs(cls: Any, **candidates: Any) -> dict[str, Any]:
-    """Keep only the keyword arguments ``cls`` accepts (gradio 5 and 6 name a few differently)."""
+def _version_kwargs(target: Any, **candidates: Any) -> dict[str, Any]:
+    """Keep only the keyword arguments ``target`` (a class, or a function or method) accepts (gradio 5 and 6 name a
+    few differently and moved some, e.g. ``css`` from ``Blocks`` to ``launch``)."""
     import inspect
 
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(target.__init__ if isinstance(target, type) else target).parameters
     return {k: v for k, v in candidates.items() if k in params}
 
 
@@ -458,12 +459,9 @@ def launch(
                      default_steps=default_steps)
     port = port or free_port(host)
     demo.queue(default_concurrency_limit=1)
-    import inspect
-
-    css = {"css": GALLERY_CSS} if "css" in inspect.signature(demo.launch).parameters else {}  # gradio 6; 5: Blocks
     _, local_url, share_url = demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-        inbrowser=False, **css,
+        inbrowser=False, **_version_kwargs(demo.launch, css=GALLERY_CSS),  # gradio 6 (gradio 5 took it in Blocks)
     )
     url = share_url or local_url or f"http://{host}:{port}/"
     if block:

@@ -16,6 +16,7 @@ back identically.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -417,6 +418,7 @@ def caption_scene(scene: Scene, style: str, rng: np.random.Generator) -> str:
     return " ".join(sentences)
 
 
+@functools.lru_cache(maxsize=1)
 def _relation_sentence_regex() -> re.Pattern[str]:
     name = "(?:" + "|".join(f"{c} {s}" for c in COLOURS for s in SHAPES) + ")"
     rel = "(?:" + "|".join(re.escape(w) for w in _REL_WORDS.values()) + ")"
