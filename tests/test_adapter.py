@@ -163,6 +163,29 @@ def test_save_and_load_roundtrip(tmp_path):
     assert loaded.adapter_config == adapter.adapter_config
 
 
+def test_set_scale_matches_the_equations_and_is_saved(tmp_path):
+    torch.manual_seed(4)
+    adapter = CrossAdapter(clip_dim=24, llm_dim=20, num_heads=3).double()
+    _randomize(adapter, seed=5)
+    clip = torch.randn(2, 7, 24, dtype=torch.float64)
+    llm = torch.randn(2, 5, 20, dtype=torch.float64)
+    adapter.set_scale(0.4)
+    want = reference_cam(adapter.state_dict(), clip, llm, 3, 1, 0.4, "clip_first")
+    torch.testing.assert_close(adapter(clip, llm)[0], want, rtol=1e-10, atol=1e-10)
+    adapter.set_scale(0)  # only CLIP's tokens carry information
+    got = adapter(clip, llm)[0]
+    torch.testing.assert_close(got[:, :7], clip)
+    assert got[:, 7:].abs().max() == 0
+    adapter.set_scale(1.5)
+    adapter.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["scale"] == 1.5
+    assert CrossAdapter.from_pretrained(tmp_path).adapter_config.scale == 1.5
+    for bad in (-1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            adapter.set_scale(bad)
+    assert adapter.adapter_config.scale == adapter.config.scale == 1.5  # a refused value changes nothing
+
+
 def test_from_adapter_config_and_return_dict():
     cfg = CrossAdapterConfig(clip_dim=8, llm_dim=4, num_heads=2)
     adapter = CrossAdapter.from_adapter_config(cfg)
@@ -176,6 +199,9 @@ def test_from_adapter_config_and_return_dict():
         ({"clip_dim": 10, "num_heads": 4}, "divisible by num_heads"),
         ({"concat_order": "middle"}, "concat_order"),
         ({"num_layers": 0}, "num_layers"),
+        ({"scale": -0.5}, "balance factor"),
+        ({"scale": float("nan")}, "balance factor"),
+        ({"scale": "1"}, "balance factor"),
     ],
 )
 def test_bad_config(kwargs, match):

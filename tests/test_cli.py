@@ -36,6 +36,20 @@ def test_generate_writes_pngs(tiny_sd_dir, tmp_path):
     assert Image.open(again / "seed3_0000.png").tobytes() == Image.open(paths[0]).tobytes()
 
 
+def test_generate_adapter_scale(tiny_sd_dir, tmp_path):
+    def render(out, *extra):
+        result = runner.invoke(app, ["generate", "a red circle and a blue square", "--model", tiny_sd_dir, "--out",
+                                     str(out), "--steps", "2", *extra])
+        assert result.exit_code == 0, result.output
+        return Image.open(out / "seed0_0000.png").tobytes()
+
+    trained = render(tmp_path / "a")
+    assert render(tmp_path / "b", "--adapter-scale", "1") == trained
+    assert render(tmp_path / "c", "--adapter-scale", "0.2") != trained
+    result = runner.invoke(app, ["generate", "a cat", "--model", tiny_sd_dir, "--adapter-scale", "-1"])
+    assert result.exit_code == 2 and "--adapter-scale" in result.output
+
+
 def test_generate_errors_are_messages(tmp_path, monkeypatch):
     result = runner.invoke(app, ["generate", "a cat", "--model", str(tmp_path)])
     assert result.exit_code == 1
@@ -98,3 +112,12 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     assert report["arms"] == ["base", "llm4gen"] and len(report["results"]["llm4gen"]) == 3
     assert report["config"]["num_inference_steps"] == 2
     assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()
+    result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "s"), "--prompts", "3", "--steps", "2",
+                                 "--batch-size", "2", "--adapter-scale", "0"])
+    assert result.exit_code == 0, result.output
+    zero = json.loads((tmp_path / "s" / "results.json").read_text())["results"]
+    # the base arm is untouched; the llm4gen arm now renders other images from the same noise
+    assert [r["file_name"] for r in zero["base"]] == [r["file_name"] for r in report["results"]["base"]]
+    for name in ("base/00000.png", "llm4gen/00000.png"):
+        same = (tmp_path / "s" / name).read_bytes() == (tmp_path / "o" / name).read_bytes()
+        assert same == name.startswith("base")

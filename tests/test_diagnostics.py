@@ -2,7 +2,8 @@
 
 benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
 benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
-benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects.
+benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects;
+benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ.
 """
 
 from __future__ import annotations
@@ -22,12 +23,25 @@ def _run_text_use(monkeypatch, *args: str) -> None:
     _run_script("text_use", monkeypatch, *args)
 
 
-def _run_script(name: str, monkeypatch, *args: str) -> None:
+def _load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _run_script(name: str, monkeypatch, *args: str) -> None:
+    module = _load_script(name)
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
     module.main()
+
+
+@pytest.fixture
+def bundled_model() -> Path:
+    model = ROOT / "models" / "default"
+    if not (model / "base_unet" / "config.json").is_file():
+        pytest.skip("models/default is missing")
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +123,8 @@ def test_vae_ceiling_names_a_folder_without_a_vae(tmp_path, monkeypatch):
         _run_script("vae_ceiling", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
 
 
-def test_count_relations_renders_both_versions_of_the_same_prompts(tmp_path, monkeypatch):
-    model = ROOT / "models" / "default"
-    if not (model / "base_unet" / "config.json").is_file():
-        pytest.skip("models/default is missing")
+def test_count_relations_renders_both_versions_of_the_same_prompts(tmp_path, monkeypatch, bundled_model):
+    model = bundled_model
     out = tmp_path / "count.json"
     _run_script("count_relations", monkeypatch, "--model", str(model), "--prompts", "6", "--steps", "4",
                 "--bootstrap", "200", "--out", str(out))
@@ -138,3 +150,32 @@ def test_count_relations_renders_both_versions_of_the_same_prompts(tmp_path, mon
 def test_count_relations_names_a_folder_that_is_not_a_pipeline(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="model_index.json"):
         _run_script("count_relations", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
+
+
+def test_adapter_scale_renders_each_scale_and_compares_it_to_one(tmp_path, monkeypatch, bundled_model):
+    model = bundled_model
+    out = tmp_path / "scale.json"
+    _run_script("adapter_scale", monkeypatch, "--model", str(model), "--prompts", "3", "--steps", "3",
+                "--scales", "1,0", "--bootstrap", "200", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["scales"] == [0.0, 1.0] and report["trained_scale"] == 1.0 and report["prompts"] == 3
+    rows = report["per_prompt"]
+    for arm in ("base", "0.0", "1.0"):
+        s = report["base"] if arm == "base" else report["summary"][arm]
+        assert s["count"]["mean"] + s["too_many"]["mean"] + s["too_few"]["mean"] == pytest.approx(1.0)
+        assert s["too_many"]["mean"] == pytest.approx(
+            sum(r[f"{arm}/num_found"] > r["num_asked"] for r in rows) / len(rows))
+        assert s["binding"]["mean"] == pytest.approx(sum(r[f"{arm}/binding"] for r in rows) / len(rows))
+    for m, d in report["differences_to_1"]["0.0"].items():
+        assert d["mean"] == pytest.approx(report["summary"]["0.0"][m]["mean"] - report["summary"]["1.0"][m]["mean"])
+    assert all(d["mean"] == 0 for d in report["differences_to_1"]["1.0"].values())
+    assert out.with_suffix(".png").is_file() and (tmp_path / "scale_samples.png").is_file()
+
+
+@pytest.mark.parametrize("scales,match", [("0,0.5", "must include 1"), ("1,1", "distinct"), ("1,-1", "distinct"),
+                                          ("1,x", "comma-separated numbers")])
+def test_adapter_scale_refuses_bad_scales(scales, match):
+    module = _load_script("adapter_scale")
+    assert module.parse_scales(" 1.5, 0,1") == [0.0, 1.0, 1.5]
+    with pytest.raises(SystemExit, match=match):
+        module.parse_scales(scales)

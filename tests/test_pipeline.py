@@ -58,6 +58,23 @@ def test_fused_embeddings_are_clip_then_cam_of_llm(sd):
     assert (fused.prompt_embeds[0, 77:] - fused.prompt_embeds[1, 77:]).abs().max() > 1e-4
 
 
+def test_set_adapter_scale_scales_only_the_llm_tokens(tiny_sd_dir):
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    one = pipe.encode_fused_prompt(LONG_A, device="cpu").prompt_embeds
+    image = _gen(pipe, LONG_A)
+    pipe.set_adapter_scale(0.25)
+    quarter = pipe.encode_fused_prompt(LONG_A, device="cpu").prompt_embeds
+    torch.testing.assert_close(quarter[:, :77], one[:, :77])
+    torch.testing.assert_close(quarter[:, 77:], 0.25 * one[:, 77:])
+    assert np.abs(_gen(pipe, LONG_A) - image).max() > 1e-4
+    pipe.set_adapter_scale(0)  # the prompts differ beyond CLIP's window only: now the UNet cannot tell them apart
+    np.testing.assert_array_equal(_gen(pipe, LONG_A), _gen(pipe, LONG_B))
+    pipe.set_adapter_scale(1.0)
+    np.testing.assert_array_equal(_gen(pipe, LONG_A), image)
+    with pytest.raises(ValueError, match="balance factor"):
+        pipe.set_adapter_scale(-1)
+
+
 def test_llm_changes_the_image_beyond_clip_window(sd):
     assert np.abs(_gen(sd, LONG_A) - _gen(sd, LONG_B)).max() > 1e-4
 

@@ -18,6 +18,7 @@ depend on how many padding tokens follow it; the returned attention mask lets th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,10 +72,18 @@ class CrossAdapterConfig:
             raise ValueError(
                 f"CrossAdapterConfig.concat_order must be one of {CONCAT_ORDERS}, got {self.concat_order!r}."
             )
-        self.scale = float(self.scale)
+        self.scale = _check_scale(self.scale, "CrossAdapterConfig.scale")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_scale(value: Any, name: str) -> float:
+    """λ as a float; a bool, a non-number, a negative or a non-finite value is an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} (the balance factor λ) must be a finite number >= 0, got {value!r}; "
+                         "1.0 is what the adapter was trained with.")
+    return float(value)
 
 
 def _divisor_hint(dim: int, heads: int) -> int:
@@ -166,6 +175,14 @@ class CrossAdapter(ModelMixin, ConfigMixin):
     @classmethod
     def from_adapter_config(cls, config: CrossAdapterConfig) -> CrossAdapter:
         return cls(**config.to_dict())
+
+    def set_scale(self, scale: float) -> None:
+        """Set the balance factor λ that multiplies the LLM branch (the trained value is in ``config.scale``).
+
+        It also updates ``config``, so a later ``save_pretrained`` stores the new λ."""
+        scale = _check_scale(scale, "scale")
+        self.adapter_config.scale = scale
+        self.register_to_config(scale=scale)
 
     def forward(
         self,

@@ -104,6 +104,9 @@ def generate(
     width: int | None = typer.Option(None, "--width", help="Image width in pixels (default: the model's)."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda, cuda:1, mps."),
     xl: bool | None = typer.Option(None, "--xl/--sd", help="Force SDXL or SD1.x (default: read from the model)."),
+    adapter_scale: float | None = typer.Option(
+        None, "--adapter-scale", min=0.0,
+        help="The CAM's balance factor λ for the LLM tokens (default: the adapter's, 1.0 as trained)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
 ) -> None:
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
@@ -112,6 +115,8 @@ def generate(
     model = _model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
+        if adapter_scale is not None:
+            pipe.set_adapter_scale(adapter_scale)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         result = pipe(
             prompt,
@@ -451,6 +456,9 @@ def bench_quality(
     guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="Prompts rendered per batch."),
     seed: int = typer.Option(0, "--seed", help="Image i starts from noise seeded seed + i in every arm."),
+    adapter_scale: float | None = typer.Option(
+        None, "--adapter-scale", min=0.0,
+        help="The CAM's balance factor λ in the llm4gen arm (default: the adapter's, 1.0 as trained)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps."),
 ) -> None:
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
@@ -469,6 +477,10 @@ def bench_quality(
     try:
         base = load_arm(base_model, device=device) if base_model else load_arm(model, unet=base_unet, device=device)
         arms = {"base": base, "llm4gen": load_arm(model, device=device)}
+        if adapter_scale is not None:
+            if not hasattr(arms["llm4gen"], "set_adapter_scale"):
+                raise ValueError(f"--adapter-scale needs an LLM4GEN pipeline as --model; {model} has no CAM.")
+            arms["llm4gen"].set_adapter_scale(adapter_scale)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise typer.BadParameter(str(err)) from None
     run_quality_benchmark(arms, out, cfg)

@@ -143,6 +143,12 @@ class _LLM4GenMixin:
                 neg, neg_mask = self.adapter(clip_neg.to(adapter_dtype), feats[b:], mask[b:])
         return pos.to(out_dtype), None if neg is None else neg.to(out_dtype), pos_mask, neg_mask
 
+    def set_adapter_scale(self, scale: float) -> None:
+        """Set the CAM's balance factor λ (how strongly the LLM tokens enter the UNet's cross-attention) for the
+        following calls, as diffusers' ``set_ip_adapter_scale``; 1.0 is the trained value, 0 leaves the UNet only
+        CLIP's tokens (plus zeros in the LLM slots). Stored in ``adapter.config``, so ``save_pretrained`` keeps it."""
+        self.adapter.set_scale(scale)
+
     def enable_prompt_cache(self, max_entries: int = 256, cache_dir: str | os.PathLike | None = None) -> None:
         """Keep the LLM features of the last ``max_entries`` prompts (and all of them on disk in ``cache_dir``), so
         repeated prompts and negative prompts skip the LLM. Keys include the LLM's weights and settings."""
