@@ -159,6 +159,7 @@ def test_adapter_scale_renders_each_scale_and_compares_it_to_one(tmp_path, monke
                 "--scales", "1,0", "--bootstrap", "200", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["scales"] == [0.0, 1.0] and report["trained_scale"] == 1.0 and report["prompts"] == 3
+    assert report["prompt_seed"] == 1007  # other held-out scenes than the headline benchmark's
     rows = report["per_prompt"]
     for arm in ("base", "0.0", "1.0"):
         s = report["base"] if arm == "base" else report["summary"][arm]
