@@ -104,6 +104,7 @@ def main() -> None:
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json): give --model.")
 
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from llm4gen.eval.shapes_bench import (
@@ -122,26 +123,27 @@ def main() -> None:
     items = benchmark_prompts(cfg)
     prompts, scenes = [t for t, _ in items], [s for _, s in items]
     console = Console(width=None if sys.stdout.isatty() else 160)
-    rows: dict[str, list[dict]] = {}
-    images: dict[str, list[Image.Image]] = {}
-    seconds: dict[str, float] = {}
-    if base_unet_dir(args.model) is not None:
-        console.print(f"[bold]base[/bold]: rendering {len(prompts)} prompts")
-        t0 = time.perf_counter()
-        imgs = render_arm(load_arm(args.model, unet=base_unet_dir(args.model)), prompts, cfg)
-        seconds["base"] = time.perf_counter() - t0
-        rows["base"], images["base"] = score_rows(imgs, scenes), imgs
     pipe = load_arm(args.model)
     if not hasattr(pipe, "set_adapter_scale"):
         raise SystemExit(f"{args.model} is not an LLM4GEN pipeline (no CAM whose λ could be set).")
     trained = pipe.adapter.config.scale
-    for s in scales:
-        console.print(f"[bold]llm4gen λ={s:g}[/bold]: rendering {len(prompts)} prompts")
-        pipe.set_adapter_scale(s)
-        t0 = time.perf_counter()
-        imgs = render_arm(pipe, prompts, cfg)
-        seconds[str(s)] = time.perf_counter() - t0
-        rows[str(s)], images[str(s)] = score_rows(imgs, scenes), imgs
+    runs = ([("base", None)] if base_unet_dir(args.model) is not None else []) + [(str(s), s) for s in scales]
+    rows: dict[str, list[dict]] = {}
+    images: dict[str, list[Image.Image]] = {}
+    seconds: dict[str, float] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        for name, scale in runs:
+            task = bar.add_task("base arm" if scale is None else f"llm4gen λ={scale:g}", total=len(prompts))
+            if scale is None:
+                arm = load_arm(args.model, unet=base_unet_dir(args.model))
+            else:
+                pipe.set_adapter_scale(scale)
+                arm = pipe
+            t0 = time.perf_counter()
+            imgs = render_arm(arm, prompts, cfg, lambda n, t=task: bar.update(t, advance=n))
+            seconds[name] = time.perf_counter() - t0
+            rows[name], images[name] = score_rows(imgs, scenes), imgs
     pipe.set_adapter_scale(trained)
 
     def stats(rs: list[dict], m: str) -> dict:

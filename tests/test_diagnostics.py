@@ -180,3 +180,8 @@ def test_adapter_scale_refuses_bad_scales(scales, match):
     assert module.parse_scales(" 1.5, 0,1") == [0.0, 1.0, 1.5]
     with pytest.raises(SystemExit, match=match):
         module.parse_scales(scales)
+
+
+def test_adapter_scale_names_a_folder_that_is_not_a_pipeline(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="model_index.json"):
+        _run_script("adapter_scale", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
