@@ -41,19 +41,6 @@ def parse_scales(text: str) -> list[float]:
     return sorted(scales)
 
 
-def score_rows(images: list[Image.Image], scenes: list) -> list[dict]:
-    """The ShapesWorld scores of each image, with ``too_many`` / ``too_few`` (1.0 or 0.0) from its object count."""
-    from llm4gen.eval.shapes import score_image
-
-    rows = []
-    for img, scene in zip(images, scenes):
-        row = score_image(img, scene)
-        surplus = row["num_found"] - row["num_asked"]
-        row.update(too_many=float(surplus > 0), too_few=float(surplus < 0))
-        rows.append(row)
-    return rows
-
-
 def plot_scales(summary: dict, base: dict | None, path: Path, title: str) -> None:
     """Accuracy against λ, one line per metric with its 95% interval; the base arm as dashed lines."""
     import matplotlib
@@ -111,10 +98,11 @@ def main() -> None:
         QualityConfig,
         base_unet_dir,
         benchmark_prompts,
-        bootstrap_ci,
         load_arm,
+        metric_summary,
         paired_difference,
         render_arm,
+        score_with_count_errors,
     )
     from llm4gen.images import make_grid
 
@@ -143,17 +131,11 @@ def main() -> None:
             t0 = time.perf_counter()
             imgs = render_arm(arm, prompts, cfg, lambda n, t=task: bar.update(t, advance=n))
             seconds[name] = time.perf_counter() - t0
-            rows[name], images[name] = score_rows(imgs, scenes), imgs
+            rows[name], images[name] = score_with_count_errors(imgs, scenes), imgs
     pipe.set_adapter_scale(trained)
 
-    def stats(rs: list[dict], m: str) -> dict:
-        vals = [r[m] for r in rs if r.get(m) is not None]
-        if not vals:
-            return {"mean": None, "ci95": None, "n": 0}
-        return {"mean": sum(vals) / len(vals), "ci95": list(bootstrap_ci(vals, args.bootstrap)), "n": len(vals)}
-
-    summary = {str(s): {m: stats(rows[str(s)], m) for m in METRICS} for s in scales}
-    base = {m: stats(rows["base"], m) for m in METRICS} if "base" in rows else None
+    summary = {str(s): {m: metric_summary(rows[str(s)], m, args.bootstrap) for m in METRICS} for s in scales}
+    base = {m: metric_summary(rows["base"], m, args.bootstrap) for m in METRICS} if "base" in rows else None
     diffs = {str(s): {m: paired_difference(rows["1.0"], rows[str(s)], m, args.bootstrap) for m in METRICS}
              for s in scales}
 

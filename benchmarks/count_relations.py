@@ -27,18 +27,6 @@ from PIL import Image
 METRICS = ("count", "too_many", "too_few", "surplus", "colour", "shape", "binding", "all_correct")
 
 
-def _score(images, items) -> list[dict]:
-    from llm4gen.eval.shapes import score_image
-
-    rows = []
-    for img, (_, scene) in zip(images, items):
-        row = score_image(img, scene)
-        surplus = row["num_found"] - row["num_asked"]
-        row.update(too_many=float(surplus > 0), too_few=float(surplus < 0), surplus=float(surplus))
-        rows.append(row)
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (base_unet/ optional)")
@@ -64,6 +52,7 @@ def main() -> None:
         load_arm,
         paired_difference,
         render_arm,
+        score_with_count_errors,
     )
     from llm4gen.images import make_grid
 
@@ -89,6 +78,7 @@ def main() -> None:
         arms["base"] = lambda: load_arm(args.model, unet=base_unet_dir(args.model))
     arms["llm4gen"] = lambda: load_arm(args.model)
     versions = {"with relations": [t for t, _ in items], "without relations": stripped}
+    scenes = [s for _, s in items]
     rows: dict[str, dict[str, list[dict]]] = {}
     images: dict[str, dict[str, list]] = {}
     seconds: dict[str, float] = {}
@@ -99,7 +89,7 @@ def main() -> None:
         for version, prompts in versions.items():
             Console().print(f"[bold]{arm}[/bold]: rendering {len(prompts)} prompts {version}")
             imgs = render_arm(pipe, prompts, cfg)
-            rows[arm][version], images[arm][version] = _score(imgs, items), imgs
+            rows[arm][version], images[arm][version] = score_with_count_errors(imgs, scenes), imgs
         seconds[arm] = time.perf_counter() - t0
         t0 = time.perf_counter()
 

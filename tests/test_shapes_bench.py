@@ -174,3 +174,25 @@ def test_clip_only_pipeline_uses_the_same_clip_and_the_given_unet(tmp_path):
     wide = build_tiny_pipeline(llm=None, clip_dim=48)
     with pytest.raises(ValueError, match="cross_attention_dim"):
         clip_only_pipeline(pipe, wide.unet)
+
+
+def test_count_errors_against_scenes_with_an_object_more_or_less():
+    from llm4gen.data.shapes import Scene, SceneObject, render_scene
+    from llm4gen.eval.shapes_bench import score_with_count_errors
+
+    two = Scene([SceneObject("red", "circle", "large", 0.3, 0.3), SceneObject("blue", "square", "large", 0.7, 0.7)],
+                background="black")
+    one = Scene(two.objects[:1], background="black")
+    rows = score_with_count_errors([render_scene(two), render_scene(one), render_scene(two)], [two, two, one])
+    assert [(r["too_many"], r["too_few"], r["surplus"]) for r in rows] == [(0.0, 0.0, 0.0), (0.0, 1.0, -1.0),
+                                                                            (1.0, 0.0, 1.0)]
+    assert rows[0]["all_correct"] == 1.0  # the extra keys leave the scorer's own untouched
+
+
+def test_metric_summary_by_hand():
+    from llm4gen.eval.shapes_bench import metric_summary
+
+    rows = [{"spatial": 1.0}, {"spatial": None}, {"spatial": 0.0}, {"spatial": 1.0}, {}]
+    s = metric_summary(rows, "spatial", n_boot=500)
+    assert s["mean"] == pytest.approx(2 / 3) and s["n"] == 3 and 0.0 <= s["ci95"][0] <= s["ci95"][1] <= 1.0
+    assert metric_summary([{"spatial": None}], "spatial") == {"mean": None, "ci95": None, "n": 0}

@@ -39,11 +39,13 @@ __all__ = [
     "bootstrap_ci",
     "clip_only_pipeline",
     "load_arm",
+    "metric_summary",
     "paired_difference",
     "plot_quality",
     "quality_bars",
     "render_arm",
     "run_quality_benchmark",
+    "score_with_count_errors",
     "summarize_arm",
 ]
 
@@ -201,17 +203,29 @@ def _values(results: list[dict[str, Any]], metric: str) -> np.ndarray:
     return np.array([r[metric] for r in results if r.get(metric) is not None], dtype=np.float64)
 
 
+def metric_summary(results: list[dict[str, Any]], metric: str, n_boot: int = 2000) -> dict[str, Any]:
+    """``{"mean", "ci95", "n"}`` of ``metric`` over the rows scored on it (``mean`` and ``ci95`` None if none is)."""
+    v = _values(results, metric)
+    return {"mean": float(v.mean()) if v.size else None,
+            "ci95": list(bootstrap_ci(v, n_boot)) if v.size else None, "n": int(v.size)}
+
+
 def summarize_arm(results: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
     """``{bucket: {metric: {"mean", "ci95", "n"}}}`` for one arm's per-prompt results (with ``clip_tokens``)."""
-    out: dict[str, dict[str, Any]] = {}
-    for bucket in LENGTH_BUCKETS:
-        rows = length_bucket(results, bucket)
-        out[bucket] = {}
-        for m in METRICS:
-            v = _values(rows, m)
-            out[bucket][m] = {"mean": float(v.mean()) if v.size else None,
-                              "ci95": list(bootstrap_ci(v, n_boot)) if v.size else None, "n": int(v.size)}
-    return out
+    return {bucket: {m: metric_summary(length_bucket(results, bucket), m, n_boot) for m in METRICS}
+            for bucket in LENGTH_BUCKETS}
+
+
+def score_with_count_errors(images: list[Image.Image], scenes: list[Any]) -> list[dict[str, Any]]:
+    """:func:`~llm4gen.eval.shapes.score_image` of each image against its scene, plus ``too_many`` / ``too_few``
+    (1.0 or 0.0) and ``surplus`` (objects found - objects asked)."""
+    rows = []
+    for img, scene in zip(images, scenes):
+        row = score_image(img, scene)
+        surplus = row["num_found"] - row["num_asked"]
+        row.update(too_many=float(surplus > 0), too_few=float(surplus < 0), surplus=float(surplus))
+        rows.append(row)
+    return rows
 
 
 def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str,
