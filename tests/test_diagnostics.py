@@ -147,6 +147,28 @@ def test_count_relations_renders_both_versions_of_the_same_prompts(tmp_path, mon
     assert out.with_suffix(".png").is_file()
 
 
+def test_count_relations_can_drop_the_count_sentence_instead(tmp_path, monkeypatch, bundled_model):
+    out = tmp_path / "sentence.json"
+    _run_script("count_relations", monkeypatch, "--model", str(bundled_model), "--drop", "count", "--prompts", "3",
+                "--steps", "3", "--bootstrap", "200", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["dropped"] == "a count sentence" and report["prompts"] == 3
+    for row in report["per_prompt"]:
+        # exactly the sentence that states the total is gone; the relation sentences stay
+        assert len(row["dropped"]) == 1 and "figure" in row["dropped"][0]
+        assert row["without_count"] == row["text"].replace(row["dropped"][0] + " ", "")
+    assert set(report["summary"]["llm4gen"]) == {"with count", "without count"}
+    for version, split in report["by_objects"]["llm4gen"].items():
+        # the split by objects asked for partitions the prompts and averages back to the overall count
+        rows = report["per_prompt"]
+        assert sum(c["prompts"] for c in split.values()) == len(rows)
+        right = sum(r[f"llm4gen/{version}/num_found"] == r["num_asked"] for r in rows)
+        assert sum(c["prompts"] * c["count"] for c in split.values()) == pytest.approx(right)
+        for n, c in split.items():
+            found = [r[f"llm4gen/{version}/num_found"] - r["num_asked"] for r in rows if r["num_asked"] == int(n)]
+            assert c["surplus"] == pytest.approx(sum(found) / len(found))
+
+
 def test_count_relations_names_a_folder_that_is_not_a_pipeline(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="model_index.json"):
         _run_script("count_relations", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))

@@ -19,6 +19,7 @@ from llm4gen.data.shapes import (
     ShapesWorld,
     ShapesWorldConfig,
     corrupt_scene,
+    drop_count_sentence,
     drop_relation_sentences,
     read_dataset,
     relations_from_positions,
@@ -134,6 +135,24 @@ def test_drop_relation_sentences_removes_exactly_the_relations(train_items):
     assert drop_relation_sentences(train_items[0].captions["short"]) == (train_items[0].captions["short"], [])
     with pytest.raises(TypeError, match="string"):
         drop_relation_sentences(None)
+
+
+def test_drop_count_sentence_removes_exactly_the_stated_number(train_items):
+    """Every dense caption states its number of objects once; dropping it keeps every other sentence verbatim and
+    in order, and leaves no statement of the total behind."""
+    words = ["one", "two", "three", "four"]
+    for it in train_items:
+        dense = it.captions["dense"]
+        kept, dropped = drop_count_sentence(dense)
+        assert len(dropped) == 1
+        n = len(it.scene.objects)
+        assert re.search(rf"\b{words[n - 1]} figures?\b", dropped[0]), (n, dropped)
+        assert [x for x in re.split(r"(?<=\.) ", dense) if x != dropped[0]] == re.split(r"(?<=\.) ", kept)
+        assert "in the scene." not in kept and "In total" not in kept
+    short = train_items[0].captions["short"]
+    assert drop_count_sentence(short) == (short, [])
+    with pytest.raises(TypeError, match="string"):
+        drop_count_sentence(3)
 
 
 def test_render_colours_and_positions():

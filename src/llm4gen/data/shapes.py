@@ -46,6 +46,7 @@ __all__ = [
     "ShapesWorldConfig",
     "caption_scene",
     "corrupt_scene",
+    "drop_count_sentence",
     "drop_relation_sentences",
     "read_dataset",
     "render_scene",
@@ -439,6 +440,20 @@ def drop_relation_sentences(caption: str) -> tuple[str, list[str]]:
     dropped: list[str] = []
     for sentence in re.split(r"(?<=[.!?])\s+", caption.strip()):
         (dropped if pattern.fullmatch(sentence) else kept).append(sentence)
+    return " ".join(kept), dropped
+
+
+def drop_count_sentence(caption: str) -> tuple[str, list[str]]:
+    """Split a ``dense`` caption into the caption without the sentence that states how many objects there are ("In
+    total there are three figures in the scene.") and that sentence (a list: empty when the caption has none, as
+    ``short`` and ``relational`` captions). Every other sentence is kept verbatim and in order."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a string, got {type(caption).__name__}.")
+    stated = {_count_sentence(n) for n in _NUMBER_WORDS}
+    kept: list[str] = []
+    dropped: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", caption.strip()):
+        (dropped if sentence in stated else kept).append(sentence)
     return " ".join(kept), dropped
 
 
