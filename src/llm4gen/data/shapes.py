@@ -21,7 +21,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,27 +433,25 @@ def drop_relation_sentences(caption: str) -> tuple[str, list[str]]:
     square.") and those sentences. Every other sentence (count, background, objects, filler) is kept verbatim and in
     order, so the result describes the same scene minus the explicit relations (the positions stay in the object
     sentences)."""
-    if not isinstance(caption, str):
-        raise TypeError(f"caption must be a string, got {type(caption).__name__}.")
-    pattern = _relation_sentence_regex()
-    kept: list[str] = []
-    dropped: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", caption.strip()):
-        (dropped if pattern.fullmatch(sentence) else kept).append(sentence)
-    return " ".join(kept), dropped
+    return _split_sentences(caption, _relation_sentence_regex().fullmatch)
 
 
 def drop_count_sentence(caption: str) -> tuple[str, list[str]]:
     """Split a ``dense`` caption into the caption without the sentence that states how many objects there are ("In
     total there are three figures in the scene.") and that sentence (a list: empty when the caption has none, as
     ``short`` and ``relational`` captions). Every other sentence is kept verbatim and in order."""
+    stated = {_count_sentence(n) for n in _NUMBER_WORDS}
+    return _split_sentences(caption, stated.__contains__)
+
+
+def _split_sentences(caption: str, drop: Callable[[str], object]) -> tuple[str, list[str]]:
+    """``caption`` without the sentences for which ``drop`` is true, and those sentences, both in order."""
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a string, got {type(caption).__name__}.")
-    stated = {_count_sentence(n) for n in _NUMBER_WORDS}
     kept: list[str] = []
     dropped: list[str] = []
     for sentence in re.split(r"(?<=[.!?])\s+", caption.strip()):
-        (dropped if sentence in stated else kept).append(sentence)
+        (dropped if drop(sentence) else kept).append(sentence)
     return " ".join(kept), dropped
 
 
