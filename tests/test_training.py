@@ -562,3 +562,44 @@ def test_preprocess_image_against_hand_computation():
     assert torch.equal(flipped, centre.flip(-1))
     big = preprocess_image(Image.new("RGB", (16, 16), (255, 255, 255)), 8)
     assert big.shape == (3, 8, 8) and torch.allclose(big, torch.ones_like(big))
+
+
+def test_shapes_source_drop_count_sentence():
+    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+    from llm4gen.training.config import DataConfig
+    from llm4gen.training.data import make_source
+
+    n = 400
+    world = ShapesWorld("train", 3, n, ShapesWorldConfig(size=32, caption_style="mixed"))
+    plain = make_source(DataConfig(seed=3, num_items=n), 32)
+    half = make_source(DataConfig(seed=3, num_items=n, drop_count_sentence=0.5), 32)
+    stated = ("In total there are", "There is only one figure")
+    dropped = 0
+    for i in range(n):
+        caption, _ = world.caption_of(i)
+        a, b = plain[i], half[i]
+        assert a.caption == caption and a.key == b.key  # same image, same latent-cache key
+        if half.drops_count(i):
+            dropped += 1
+            assert not any(s in b.caption for s in stated)
+            # exactly the stated-count sentence is gone, every other sentence stays in order
+            sentences = [s for s in caption.split(". ") if not any(s.startswith(t) for t in stated)]
+            assert b.caption.rstrip(".") == ". ".join(sentences).rstrip(".")
+        else:
+            assert b.caption == caption
+    # a fixed share of items, drawn per item: 200 +- 3 sd of Binomial(400, 0.5)
+    assert 170 <= dropped <= 230
+    assert [half.drops_count(i) for i in range(n)] == [half.drops_count(i) for i in range(n)]
+    every = make_source(DataConfig(seed=3, num_items=n, drop_count_sentence=1.0), 32)
+    assert not any(s in every[i].caption for i in range(n) for s in stated)
+    assert sum(any(s in plain[i].caption for s in stated) for i in range(n)) > n // 2  # dense captions state it
+
+
+@pytest.mark.parametrize("kw, match", [({"drop_count_sentence": 1.5}, "share of items"),
+                                      ({"type": "imagefolder", "path": "x", "drop_count_sentence": 0.5},
+                                       "ShapesWorld captions only")])
+def test_drop_count_sentence_bad_config(kw, match):
+    from llm4gen.training.config import DataConfig
+
+    with pytest.raises(ValueError, match=match):
+        DataConfig(**kw)

@@ -41,6 +41,10 @@ class DataConfig:
       ``split``; ``image_column`` / ``caption_column``). Needs ``pip install llm4gen[hf]``.
     - ``webdataset``: tar shards (``path`` = ``"shards/train-{000000..000009}.tar"``, a glob, or one tar) whose
       members share a key: ``KEY.jpg|jpeg|png|webp`` and ``KEY.txt`` (or ``KEY.json`` with ``caption_column``).
+
+    ``drop_count_sentence`` (ShapesWorld only): the share of items whose caption loses the sentence that states the
+    number of objects ("In total there are three figures in the scene."), so the model has to count the objects the
+    caption describes instead of reading one number. The choice is fixed per item (seeded by ``seed`` and the index).
     """
 
     type: str = "shapesworld"
@@ -53,6 +57,7 @@ class DataConfig:
     caption_style: str = "mixed"
     center_crop: bool = True
     random_flip: bool = False
+    drop_count_sentence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.type not in DATA_TYPES:
@@ -61,6 +66,13 @@ class DataConfig:
             raise ValueError(f"data.path is required for data.type: {self.type}.")
         if self.random_flip and self.type == "shapesworld":
             raise ValueError("data.random_flip would contradict ShapesWorld's left/right captions; leave it off.")
+        if not 0.0 <= self.drop_count_sentence <= 1.0:
+            raise ValueError(f"data.drop_count_sentence is a share of items in [0, 1], got {self.drop_count_sentence}.")
+        if self.drop_count_sentence and self.type != "shapesworld":
+            raise ValueError(
+                "data.drop_count_sentence edits ShapesWorld captions only; set it to 0 for "
+                f"data.type: {self.type} (edit those captions in the dataset itself)."
+            )
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.shapes import ShapesWorld, ShapesWorldConfig, render_scene
+from ..data.shapes import SPLITS, ShapesWorld, ShapesWorldConfig, drop_count_sentence, render_scene
 from ..utils import read_jsonl
 from .config import DataConfig
 
@@ -96,9 +96,20 @@ class ShapesSource:
 
     def __getitem__(self, index: int) -> Example:
         caption, scene = self.world.caption_of(index)
+        if self.drops_count(index):
+            caption = drop_count_sentence(caption)[0]
         c = self.world.config
-        key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"
+        key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"  # the image only
         return Example(lambda: render_scene(scene, c.size), caption, key)
+
+    def drops_count(self, index: int) -> bool:
+        """Whether item ``index`` loses its stated object count (``data.drop_count_sentence``); a draw of its own,
+        so the scenes and captions stay those of ``ShapesWorld``."""
+        p = self.cfg.drop_count_sentence
+        if p <= 0.0:
+            return False
+        draw = np.random.default_rng([int(self.cfg.seed), SPLITS.index(self.cfg.split), int(index), 0xC0947])
+        return bool(draw.random() < p)
 
 
 class HFSource:
