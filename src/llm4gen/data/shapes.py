@@ -174,10 +174,11 @@ class ShapesWorldConfig:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES + ('mixed',)}, got {self.caption_style!r}.")
 
 
-def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def _item_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+    """Item ``index``'s generator; ``stream`` numbers give independent draws of the same item for other purposes."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    return np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
+    return np.random.default_rng([int(seed), SPLITS.index(split), int(index), *stream])
 
 
 def _pairs_for(split: str) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.shapes import SPLITS, ShapesWorld, ShapesWorldConfig, drop_count_sentence, render_scene
+from ..data.shapes import ShapesWorld, ShapesWorldConfig, _item_rng, drop_count_sentence, render_scene
 from ..utils import read_jsonl
 from .config import DataConfig
 
@@ -108,8 +108,7 @@ class ShapesSource:
         p = self.cfg.drop_count_sentence
         if p <= 0.0:
             return False
-        draw = np.random.default_rng([int(self.cfg.seed), SPLITS.index(self.cfg.split), int(index), 0xC0947])
-        return bool(draw.random() < p)
+        return bool(_item_rng(self.cfg.seed, self.cfg.split, index, 0xC0947).random() < p)
 
 
 class HFSource:
