@@ -111,6 +111,8 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert report["arms"] == ["base", "llm4gen"] and len(report["results"]["llm4gen"]) == 3
     assert report["config"]["num_inference_steps"] == 2
+    assert sum(b["prompts"] for b in report["binding_breakdown"]["llm4gen"].values()) == 3
+    assert "Binding by objects asked" in result.output
     assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "s"), "--prompts", "3", "--steps", "2",
                                  "--batch-size", "2", "--adapter-scale", "0"])

@@ -196,3 +196,34 @@ def test_metric_summary_by_hand():
     s = metric_summary(rows, "spatial", n_boot=500)
     assert s["mean"] == pytest.approx(2 / 3) and s["n"] == 3 and 0.0 <= s["ci95"][0] <= s["ci95"][1] <= 1.0
     assert metric_summary([{"spatial": None}], "spatial") == {"mean": None, "ci95": None, "n": 0}
+
+
+def test_binding_breakdown_counts_swapped_pairs_and_held_out_pairs_by_hand():
+    from llm4gen.data.shapes import HELD_OUT_PAIRS, Scene, SceneObject, render_scene
+    from llm4gen.eval.shapes import score_image
+    from llm4gen.eval.shapes_bench import binding_breakdown
+
+    assert ("red", "star") in HELD_OUT_PAIRS and ("blue", "circle") not in HELD_OUT_PAIRS
+    asked = Scene([SceneObject("red", "star", "large", 0.3, 0.3), SceneObject("blue", "circle", "large", 0.7, 0.7)],
+                  background="white")
+    # the same two colours and shapes, each colour on the other shape: colour and shape right, binding wrong
+    swapped = Scene([SceneObject("red", "circle", "large", 0.3, 0.3), SceneObject("blue", "star", "large", 0.7, 0.7)],
+                    background="white")
+    alone = Scene([SceneObject("red", "star", "large", 0.5, 0.5)], background="white")
+    missing = Scene(asked.objects[1:], background="white")  # the held-out red star left out
+    drawn = [swapped, asked, alone, missing]
+    scenes = [asked, asked, alone, asked]
+    rows = [score_image(render_scene(d), s) for d, s in zip(drawn, scenes)]
+    assert (rows[0]["colour"], rows[0]["shape"], rows[0]["binding"]) == (1.0, 1.0, 0.0)  # the scorer agrees
+    b = binding_breakdown(rows, [s.to_dict() for s in scenes])  # scene dicts are accepted too
+    assert list(b) == ["1", "2"]
+    assert b["1"] == {"prompts": 1, "held_out_pairs": {"n": 1, "found": 1.0}, "seen_pairs": {"n": 0, "found": None},
+                      "parts_right": 1, "pairs_wrong": 0}
+    # two-object prompts: red star found once of three, blue circle twice of three; two prompts have every colour
+    # and shape (the swapped and the exact one), and one of them pairs them wrongly
+    assert b["2"] == {"prompts": 3, "held_out_pairs": {"n": 3, "found": pytest.approx(1 / 3)},
+                      "seen_pairs": {"n": 3, "found": pytest.approx(2 / 3)}, "parts_right": 2, "pairs_wrong": 1}
+    with pytest.raises(ValueError, match="one scene per result row"):
+        binding_breakdown(rows, scenes[:2])
+    with pytest.raises(ValueError, match="'found'"):
+        binding_breakdown([{"colour": 1.0, "shape": 1.0, "binding": 1.0}], [alone])

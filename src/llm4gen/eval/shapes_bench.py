@@ -12,7 +12,8 @@ ShapesWorld scorer checks each image against the scene graph its prompt describe
 - statistics: per arm the mean with a 95% percentile-bootstrap interval over prompts; between each arm and the first
   (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
 
-Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, per-prompt scores, summary),
+Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, per-prompt scores, summary,
+:func:`binding_breakdown`),
 ``quality.png`` (bar chart with the intervals) and ``samples.png`` (a few prompts, the arms side by side).
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "QualityConfig",
     "base_unet_dir",
     "benchmark_prompts",
+    "binding_breakdown",
     "bootstrap_ci",
     "clip_only_pipeline",
     "load_arm",
@@ -228,6 +230,50 @@ def score_with_count_errors(images: list[Image.Image], scenes: list[Any]) -> lis
     return rows
 
 
+def binding_breakdown(results: list[dict[str, Any]], scenes: list[Any]) -> dict[str, dict[str, Any]]:
+    """Where binding fails, by the number of objects asked (``{"1": {...}, "2": {...}, ...}``).
+
+    For each count: ``prompts``; ``held_out_pairs`` / ``seen_pairs``: how many asked (colour, shape) pairs are of a
+    kind held out of training (:data:`~llm4gen.data.shapes.HELD_OUT_PAIRS`) or seen in it, and the fraction of them
+    drawn (``found``: an object found with that colour and shape, each found object used once); ``parts_right``:
+    prompts whose every asked colour and every asked shape is in the image (``colour`` and ``shape`` both 1), and
+    ``pairs_wrong``: how many of those still miss a pair, i.e. put a right colour on a wrong shape. ``results`` are
+    :func:`~llm4gen.eval.shapes.score_image` rows (with ``found``), in the order of ``scenes``.
+    """
+    from collections import Counter
+
+    from ..data.shapes import HELD_OUT_PAIRS, Scene
+
+    if len(results) != len(scenes):
+        raise ValueError(f"binding_breakdown needs one scene per result row: {len(results)} rows, "
+                         f"{len(scenes)} scenes.")
+    tally: dict[int, dict[str, int]] = {}
+    for row, scene in zip(results, scenes):
+        if isinstance(scene, dict):
+            scene = Scene.from_dict(scene)
+        if "found" not in row:
+            raise ValueError("binding_breakdown needs score_image rows with their 'found' objects.")
+        t = tally.setdefault(len(scene.objects), dict.fromkeys(
+            ("prompts", "held_out", "held_out_found", "seen", "seen_found", "parts_right", "pairs_wrong"), 0))
+        t["prompts"] += 1
+        left = Counter((f["colour"], f["shape"]) for f in row["found"])
+        for o in scene.objects:
+            kind = "held_out" if (o.colour, o.shape) in HELD_OUT_PAIRS else "seen"
+            t[kind] += 1
+            if left[(o.colour, o.shape)] > 0:
+                left[(o.colour, o.shape)] -= 1
+                t[f"{kind}_found"] += 1
+        if row["colour"] == 1 and row["shape"] == 1:
+            t["parts_right"] += 1
+            t["pairs_wrong"] += row["binding"] < 1
+    def share(kind: str, t: dict[str, int]) -> dict[str, Any]:
+        return {"n": t[kind], "found": t[f"{kind}_found"] / t[kind] if t[kind] else None}
+
+    return {str(n): {"prompts": t["prompts"], "held_out_pairs": share("held_out", t), "seen_pairs": share("seen", t),
+                     "parts_right": t["parts_right"], "pairs_wrong": t["pairs_wrong"]}
+            for n, t in sorted(tally.items())}
+
+
 def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str,
                       n_boot: int = 2000) -> dict[str, Any]:
     """Mean of ``b - a`` over prompts scored in both (same order = same prompt), with a paired bootstrap interval."""
@@ -328,6 +374,19 @@ def _print_table(report: dict[str, Any]) -> None:
             table.add_row(f"{bucket} (n={n})" if m == "colour" else "", m, *cells)
         table.add_section()
     Console().print(table)
+    pairs = Table(title="Binding by objects asked: pairs drawn % (held out of training / seen in it); prompts with "
+                        "every colour and shape drawn, and of those how many still pair them wrongly")
+    for col in ("arm", "objects", "prompts", "held-out pairs", "seen pairs", "colours+shapes all drawn",
+                "of those, pairs wrong"):
+        pairs.add_column(col, justify="left" if col == "arm" else "right")
+    for arm in arms:
+        for n, b in report["binding_breakdown"][arm].items():
+            pct = ["-" if b[k]["found"] is None else f"{100 * b[k]['found']:.1f} (n={b[k]['n']})"
+                   for k in ("held_out_pairs", "seen_pairs")]
+            pairs.add_row(arm if n == next(iter(report["binding_breakdown"][arm])) else "", n, str(b["prompts"]),
+                          *pct, str(b["parts_right"]), str(b["pairs_wrong"]))
+        pairs.add_section()
+    Console().print(pairs)
 
 
 def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg: QualityConfig | None = None,
@@ -377,8 +436,11 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
                         for m in METRICS} for bucket in LENGTH_BUCKETS}
         for name in names[1:]
     }
+    scenes = [scene for _, scene in items]
     report = {"config": asdict(cfg), "arms": names, "render_seconds": timings, "summary": summary,
-              "differences": differences, "results": per_arm}
+              "differences": differences,
+              "binding_breakdown": {name: binding_breakdown(per_arm[name], scenes) for name in names},
+              "results": per_arm}
     (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     plot_quality(summary, out / "quality.png")
     _sample_grid(images, prompts, samples).save(out / "samples.png")
