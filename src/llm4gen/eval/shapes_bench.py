@@ -266,6 +266,7 @@ def binding_breakdown(results: list[dict[str, Any]], scenes: list[Any]) -> dict[
         if row["colour"] == 1 and row["shape"] == 1:
             t["parts_right"] += 1
             t["pairs_wrong"] += row["binding"] < 1
+
     def share(kind: str, t: dict[str, int]) -> dict[str, Any]:
         return {"n": t[kind], "found": t[f"{kind}_found"] / t[kind] if t[kind] else None}
 
