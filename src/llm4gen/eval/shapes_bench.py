@@ -381,11 +381,11 @@ def _print_table(report: dict[str, Any]) -> None:
                 "of those, pairs wrong"):
         pairs.add_column(col, justify="left" if col == "arm" else "right")
     for arm in arms:
-        for n, b in report["binding_breakdown"][arm].items():
+        for j, (n, b) in enumerate(report["binding_breakdown"][arm].items()):
             pct = ["-" if b[k]["found"] is None else f"{100 * b[k]['found']:.1f} (n={b[k]['n']})"
                    for k in ("held_out_pairs", "seen_pairs")]
-            pairs.add_row(arm if n == next(iter(report["binding_breakdown"][arm])) else "", n, str(b["prompts"]),
-                          *pct, str(b["parts_right"]), str(b["pairs_wrong"]))
+            pairs.add_row(arm if j == 0 else "", n, str(b["prompts"]), *pct, str(b["parts_right"]),
+                          str(b["pairs_wrong"]))
         pairs.add_section()
     Console().print(pairs)
 
