@@ -14,7 +14,7 @@ import torch
 
 from llm4gen.training.cache import FeatureCache, model_fingerprint
 from llm4gen.training.config import load_config
-from llm4gen.training.data import batch_indices, parse_entities, token_pairs
+from llm4gen.training.data import batch_indices, parse_entities, token_bindings, token_pairs
 from llm4gen.training.losses import diffusion_loss, entity_loss
 from llm4gen.training.trainer import TrainingDivergedError, train
 
@@ -122,6 +122,35 @@ def test_entity_parser():
     assert names == [("small", "circle"), ("red", "circle"), ("blue", "square")]
 
 
+def test_token_bindings_negatives_join_mentions_of_different_colours():
+    from transformers import AutoTokenizer
+
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+
+    def words(text):
+        enc = tok(text, return_offsets_mapping=True)
+        pairs, negatives = token_bindings(text, enc["offset_mapping"])
+        name = tok.convert_ids_to_tokens(enc["input_ids"])
+        return [(name[a], name[b]) for a, b in pairs], {(name[a], name[b]) for a, b in negatives}, negatives
+
+    pairs, neg, raw = words("A small red circle and a blue square, while the star is green.")
+    assert pairs == [("small", "circle"), ("red", "circle"), ("blue", "square")]
+    # every token of the red circle's mention against every token of the blue square's; the star names no colour
+    assert neg == {(x, y) for x in ("circle", "small", "red") for y in ("square", "blue")} and len(raw) == 6
+    # a second mention sharing a colour may be the same object: no negatives between the two red-circle mentions
+    _, neg, _ = words("A small red circle is left of a blue square. The red circle is above a grey line.")
+    red_mentions = {"small", "red", "circle"}
+    assert not any(x in red_mentions and y in red_mentions for x, y in neg)
+    assert ("red", "blue") in neg and ("red", "grey") in neg and ("blue", "grey") in neg
+    # mentions without colours, or with the same colour, give none; "gray" and "grey" are one colour
+    assert words("a small circle and a large square")[1] == set()
+    assert words("a red circle and a red square")[1] == set()
+    assert words("a gray circle and a grey square")[1] == set()
+
+
 def test_entity_parser_precision_on_shapesworld():
     from llm4gen.data.shapes import ShapesWorld
 
@@ -159,6 +188,40 @@ def test_entity_loss_decreases_when_optimised_alone():
         loss.backward()
         opt.step()
     assert values[-1] < 0.3 * values[0]
+
+
+def test_entity_loss_negatives_values():
+    m = torch.tensor([[[0.2, 0.8, 0.2, 0.5], [0.8, 0.2, 0.8, 0.5]]])  # [B=1, HW=2, T=4]; token 2 == token 0
+    # push term 1 - TV: tokens 0 and 1 differ by TV 0.6 -> 0.4; tokens 0 and 2 coincide -> 1
+    assert entity_loss([m], [[]], [[(0, 1)]]).item() == pytest.approx(0.4)
+    assert entity_loss([m], [[]], [[(0, 2)]]).item() == pytest.approx(1.0)
+    assert entity_loss([m], [[(0, 1)]], [[(0, 2)]]).item() == pytest.approx(0.6 + 1.0)  # pull + push
+    assert entity_loss([m], [[(0, 1)]], [[]]).item() == pytest.approx(entity_loss([m], [[(0, 1)]]).item())
+    # maps that are all alike satisfy the pull term alone but not the push term
+    alike = torch.full((2, 9, 5), 0.2)
+    assert entity_loss([alike], [[(0, 1)], [(2, 3)]]).item() == pytest.approx(0.0, abs=1e-6)
+    assert entity_loss([alike], [[(0, 1)], [(2, 3)]], [[(0, 4)], []]).item() == pytest.approx(1.0)
+    # the mean over layers, each layer pull mean + push mean
+    assert entity_loss([m, alike[:1, :2]], [[(0, 1)]], [[(0, 1)]]).item() == pytest.approx(((0.6 + 0.4) + 1.0) / 2)
+
+
+def test_entity_loss_with_negatives_separates_objects_when_optimised():
+    torch.manual_seed(0)
+    logits = torch.zeros(1, 16, 4, requires_grad=True)  # every token attends everywhere alike at the start
+    with torch.no_grad():
+        logits += 0.01 * torch.randn_like(logits)
+    pairs = [[(0, 1), (2, 3)]]  # (red, circle), (blue, square)
+    negatives = [[(0, 2), (0, 3), (1, 2), (1, 3)]]
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        loss = entity_loss([logits.softmax(1)], pairs, negatives)  # each token's map over the 16 positions
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = logits.detach().softmax(1)[0].T  # [T, HW]
+    tv = lambda i, j: 0.5 * (p[i] - p[j]).abs().sum().item()  # noqa: E731
+    assert tv(0, 1) < 0.1 and tv(2, 3) < 0.1  # each attribute with its entity
+    assert min(tv(0, 2), tv(0, 3), tv(1, 2), tv(1, 3)) > 0.9  # the two objects apart
 
 
 def test_snr_weighting_matches_hand_computation():
@@ -211,6 +274,39 @@ def test_full_mode_with_everything(base, tiny_llm_dirs, tmp_path):
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and logs[-1]["loss_entity"] > 0
     pipe = LLM4GenPipeline.from_pretrained(out)
     assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+
+def test_entity_loss_negatives_reach_the_training_loss(base, tiny_llm_dirs, tmp_path):
+    logged = {}
+    for neg in (False, True):
+        out = tmp_path / f"neg-{neg}"
+        train(_cfg(base, tiny_llm_dirs["bert"], out, max_train_steps=1, caption_dropout=0.0, entity_loss_weight=0.5,
+                   entity_loss_negatives=neg), progress=False)
+        logged[neg] = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])
+    # same batch, noise and weights at step 1: the two runs differ by the push term alone, in (0, 1] for a tiny
+    # untrained UNet whose maps are nearly alike, so close to 1
+    assert logged[True]["loss_diffusion"] == pytest.approx(logged[False]["loss_diffusion"])
+    assert 0.5 < logged[True]["loss_entity"] - logged[False]["loss_entity"] <= 1.0
+    with pytest.raises(ValueError, match="entity_loss_negatives needs entity_loss_weight"):
+        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", entity_loss_negatives=True)
+
+
+def test_entity_loss_on_the_base_arm_keeps_to_the_clip_window(base, tmp_path):
+    """Without an LLM the loss reads CLIP tokens; ShapesWorld's dense captions run past the tiny CLIP's window, and
+    words beyond it have no token to attend to, so they must be left out rather than indexed."""
+    from transformers import CLIPTokenizer
+
+    from llm4gen.training.data import make_source
+
+    tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    out = tmp_path / "base-arm"
+    cfg = _cfg(base, None, out, max_train_steps=2, caption_dropout=0.0, entity_loss_weight=0.5,
+               entity_loss_negatives=True, data={"type": "shapesworld", "num_items": 64, "caption_style": "dense"})
+    captions = [make_source(cfg.data, cfg.resolution)[i].caption for i in range(8)]
+    assert max(len(tok(c).input_ids) for c in captions) > tok.model_max_length  # the case this test is about
+    train(cfg, progress=False)
+    logs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["loss_entity"] <= 2 for r in logs)
 
 
 @pytest.mark.parametrize("mode", ["lora", "frozen"])

@@ -124,6 +124,7 @@ class TrainConfig:
     entity_loss_weight: float = 0.0
     entity_loss_max_resolution: int = 16  # cross-attention maps at or below this side length are used
     entity_parser: str = "rule"  # rule (documented lexicon rule) | spacy (dependency parse; llm4gen[spacy])
+    entity_loss_negatives: bool = False  # also push apart the maps of mentions naming different colours
     # frozen-feature cache
     cache_dir: str | None = None
     # bookkeeping
@@ -154,6 +155,8 @@ class TrainConfig:
             (self.resolution >= 8 and self.resolution % 8 == 0,
              f"resolution must be a multiple of 8, got {self.resolution}."),
             (self.entity_loss_weight >= 0, "entity_loss_weight must be >= 0 (0 disables it)."),
+            (not self.entity_loss_negatives or self.entity_loss_weight > 0,
+             "entity_loss_negatives needs entity_loss_weight > 0 (the push term is part of the entity loss)."),
             (self.report_to in (None, "tensorboard"),
              f"report_to must be null or tensorboard, got {self.report_to!r}."),
             (self.entity_parser in ENTITY_PARSERS,

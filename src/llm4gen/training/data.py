@@ -28,7 +28,8 @@ from ..utils import read_jsonl
 from .config import DataConfig
 
 __all__ = ["Example", "HFSource", "ImageFolderSource", "ShapesSource", "WebDatasetSource", "batch_indices",
-           "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image", "token_pairs"]
+           "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image",
+           "token_bindings", "token_pairs"]
 
 
 @dataclass
@@ -384,27 +385,61 @@ def parse_entities_spacy(text: str) -> list[tuple[tuple[int, int], tuple[int, in
     return pairs
 
 
+_COLOURS_NORMALISED = {c.replace("gray", "grey") for c in COLOUR_WORDS}
+
+
+def _span_to_token(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_len: int) -> int | None:
+    s, e = span[0] + prefix_len, span[1] + prefix_len
+    for i, (a, b) in enumerate(offsets):
+        if b > a and a < e and b > s:
+            return i
+    return None
+
+
+def token_bindings(
+    text: str, offsets: list[tuple[int, int]], prefix_len: int = 0, parser: str = "rule"
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Attribute -> entity token pairs (as :func:`token_pairs`) and *negative* token pairs, from one parse.
+
+    Negatives join the tokens (entity and attributes) of two entity mentions that name different colours and share
+    none: in "a red circle and a blue square" every token of (red, circle) is paired with every token of
+    (blue, square), since those are different objects. Mentions without a colour word, or sharing one ("the red
+    circle" after "a small red circle"), may be the same object and give no negatives (precision over recall).
+    """
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
+        groups.setdefault(ent, []).append(attr)
+    pairs: list[tuple[int, int]] = []
+    mentions: list[tuple[set[str], list[int]]] = []
+    for ent, attrs in groups.items():
+        te = _span_to_token(offsets, ent, prefix_len)
+        if te is None:
+            continue
+        tokens = [te]
+        for attr in attrs:
+            ta = _span_to_token(offsets, attr, prefix_len)
+            if ta is not None and ta != te:
+                pairs.append((ta, te))
+                tokens.append(ta)
+        colours = {text[a[0]:a[1]].lower().replace("gray", "grey") for a in attrs}
+        mentions.append((colours & _COLOURS_NORMALISED, tokens))
+    negatives: list[tuple[int, int]] = []
+    for i, (ci, ti) in enumerate(mentions):
+        for cj, tj in mentions[i + 1:]:
+            if ci and cj and not ci & cj:
+                negatives.extend((x, y) for x in ti for y in tj if x != y)
+    return pairs, list(dict.fromkeys(negatives))
+
+
 def token_pairs(
     text: str, offsets: list[tuple[int, int]], prefix_len: int = 0, parser: str = "rule"
 ) -> list[tuple[int, int]]:
     """Map :func:`parse_entities` pairs to token positions using a fast tokenizer's ``offset_mapping``.
 
     ``prefix_len`` is the number of characters prepended to ``text`` before tokenizing (e.g. RankGen's "pre ").
+    Pairs come grouped by entity, in the order the entities are first named.
     """
-
-    def token_at(span: tuple[int, int]) -> int | None:
-        s, e = span[0] + prefix_len, span[1] + prefix_len
-        for i, (a, b) in enumerate(offsets):
-            if b > a and a < e and b > s:
-                return i
-        return None
-
-    out = []
-    for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
-        ta, te = token_at(attr), token_at(ent)
-        if ta is not None and te is not None and ta != te:
-            out.append((ta, te))
-    return out
+    return token_bindings(text, offsets, prefix_len, parser)[0]
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

@@ -9,7 +9,14 @@ distance between the attribute's and the entity's distributions:
     L_entity = mean_{l, (a, e)}  1/2 * sum_xy | P_a(x, y) - P_e(x, y) |        in [0, 1]
 
 It is zero exactly when every attribute attends where its entity does, and pulls "red" towards the cube rather than
-the ball. The training loss is ``L_diffusion + entity_loss_weight * L_entity``.
+the ball. It is also zero when every token attends everywhere alike, which binds nothing; with
+``entity_loss_negatives`` the loss adds a push term over token pairs (i, j) of mentions that name different colours
+(``llm4gen.training.data.token_bindings``: "red" / "cube" against "blue" / "ball"):
+
+    L_push = mean_{l, (i, j)}  1 - 1/2 * sum_xy | P_i(x, y) - P_j(x, y) |      in [0, 1]
+
+which is zero only when the two objects' tokens attend to disjoint places. The training loss is
+``L_diffusion + entity_loss_weight * (L_entity [+ L_push])``.
 """
 
 from __future__ import annotations
@@ -44,24 +51,35 @@ def diffusion_loss(
     return (per_sample * weights).mean()
 
 
-def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]], eps: float = 1e-8) -> torch.Tensor:
+def _tv_rows(m: torch.Tensor, pairs: list[tuple[int, int, int]], eps: float) -> torch.Tensor:
+    """Total-variation distance between the spatial distributions of token pairs ``(b, i, j)`` of one layer."""
+    b_idx = torch.tensor([p[0] for p in pairs], device=m.device)
+    i_idx = torch.tensor([p[1] for p in pairs], device=m.device)
+    j_idx = torch.tensor([p[2] for p in pairs], device=m.device)
+    pi, pj = m[b_idx, :, i_idx], m[b_idx, :, j_idx]  # [P, HW]
+    pi = pi / pi.sum(-1, keepdim=True).clamp_min(eps)
+    pj = pj / pj.sum(-1, keepdim=True).clamp_min(eps)
+    return 0.5 * (pi - pj).abs().sum(-1)
+
+
+def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
+                negatives: list[list[tuple[int, int]]] | None = None, eps: float = 1e-8) -> torch.Tensor:
     """The entity-guided loss above. ``maps``: per layer ``[B, HW, T]`` attention probabilities; ``pairs[b]``:
-    (attribute token, entity token) positions into ``T`` for sample ``b``. Returns 0 when there is nothing to bind."""
+    (attribute token, entity token) positions into ``T`` for sample ``b``. With ``negatives[b]`` (token pairs that
+    name different objects) the loss adds, per layer, the mean of ``1 - TV`` over them, so it is no longer minimised
+    by making every map alike. Returns 0 when there is nothing to bind."""
     device = maps[0].device if maps else torch.device("cpu")
     flat = [(b, a, e) for b, plist in enumerate(pairs) for a, e in plist]
-    if not maps or not flat:
+    neg = [(b, x, y) for b, nlist in enumerate(negatives or []) for x, y in nlist]
+    if not maps or not (flat or neg):
         return torch.zeros((), device=device)
-    b_idx = torch.tensor([p[0] for p in flat], device=device)
-    a_idx = torch.tensor([p[1] for p in flat], device=device)
-    e_idx = torch.tensor([p[2] for p in flat], device=device)
     total = torch.zeros((), device=device)
     for m in maps:
         m = m.float()
-        pa = m[b_idx, :, a_idx]  # [P, HW]
-        pe = m[b_idx, :, e_idx]
-        pa = pa / pa.sum(-1, keepdim=True).clamp_min(eps)
-        pe = pe / pe.sum(-1, keepdim=True).clamp_min(eps)
-        total = total + 0.5 * (pa - pe).abs().sum(-1).mean()
+        if flat:
+            total = total + _tv_rows(m, flat, eps).mean()
+        if neg:
+            total = total + (1.0 - _tv_rows(m, neg, eps)).mean()
     return total / len(maps)
 
 

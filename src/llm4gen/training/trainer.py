@@ -33,7 +33,7 @@ from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output
 from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
 from .config import TrainConfig
-from .data import batch_indices, make_source, preprocess_image, step_generator, token_pairs
+from .data import batch_indices, make_source, preprocess_image, step_generator, token_bindings
 from .losses import AttentionStore, diffusion_loss, entity_loss, install_attention_store
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
@@ -449,6 +449,12 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def _fused_positions(token_pairs_: list[tuple[int, int]], shift: int, limit: int) -> list[tuple[int, int]]:
+    """Token pairs moved into the fused (CLIP + LLM) sequence, keeping only tokens below ``limit`` (the length of
+    the token sequence they index)."""
+    return [(a + shift, b + shift) for a, b in token_pairs_ if max(a, b) < limit]
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -628,12 +634,14 @@ def train(
                             offsets = parse_tok([(cfg.llm_prefix if llm is not None else "") + c for c in captions],
                                                 return_offsets_mapping=True)["offset_mapping"]
                             shift = llm_offset if llm is not None else 0
-                            pairs = [[(a + shift, e + shift) for a, e in token_pairs(c, o, prefix_len, parser)]
-                                     for c, o in zip(captions, offsets)]
-                            if llm is not None:  # only tokens that exist in this batch's padded LLM sequence
-                                limit = llm_feats.shape[1]
-                                pairs = [[(a, e) for a, e in p if max(a, e) - shift < limit] for p in pairs]
-                            loss_e = entity_loss(store.maps, pairs)
+                            found = [token_bindings(c, o, prefix_len, parser) for c, o in zip(captions, offsets)]
+                            # only tokens the UNet sees: this batch's padded LLM sequence, or CLIP's window
+                            limit = llm_feats.shape[1] if llm is not None else text.num_tokens
+                            pairs = [_fused_positions(p, shift, limit) for p, _ in found]
+                            negatives = None
+                            if cfg.entity_loss_negatives:
+                                negatives = [_fused_positions(n, shift, limit) for _, n in found]
+                            loss_e = entity_loss(store.maps, pairs, negatives)
                             loss = loss + cfg.entity_loss_weight * loss_e
                             parts["entity"] += loss_e.item() / A
                             store.active = False
