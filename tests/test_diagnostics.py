@@ -3,7 +3,8 @@
 benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
 benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
 benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects;
-benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ.
+benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
+benchmarks/attention_separation.py: whether different objects' words attend to different places.
 """
 
 from __future__ import annotations
@@ -207,3 +208,86 @@ def test_adapter_scale_refuses_bad_scales(scales, match):
 def test_adapter_scale_names_a_folder_that_is_not_a_pipeline(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="model_index.json"):
         _run_script("adapter_scale", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
+
+
+# ---------------------------------------------------------------------- attention separation
+def test_attention_tv_matches_hand_values():
+    import torch
+
+    tv = _load_script("attention_separation")._tv
+    m = torch.tensor([[[0.2, 0.8, 1.0], [0.8, 0.2, 3.0]]])  # [B=1, HW=2, T=3]
+    # token maps (0.2, 0.8), (0.8, 0.2), (0.25, 0.75) once normalised over space
+    assert tv([m], [[(0, 1), (0, 2)]]) == pytest.approx([0.6, 0.05])
+    assert tv([m, m], [[(1, 0)]]) == pytest.approx([0.6, 0.6])  # one value per layer and pair
+
+
+def test_attention_separation_is_zero_when_keys_cannot_tell_tokens_apart(tiny_folder, tmp_path, monkeypatch):
+    """With every cross-attention key projection zeroed, each position attends to all tokens alike, so every
+    token's spatial map is the same and both distances are exactly 0; the trained weights give positive ones."""
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_folder, folder)
+    args = ("--prompts", "12", "--timesteps", "300,800")
+    _run_script("attention_separation", monkeypatch, "--model", str(folder), *args, "--out", str(tmp_path / "a.json"))
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    for name, module in unet.named_modules():
+        if name.endswith("attn2.to_k"):
+            module.weight.data.zero_()
+    unet.save_pretrained(folder / "unet")
+    shutil.copytree(folder / "unet", folder / "base_unet")
+    _run_script("attention_separation", monkeypatch, "--model", str(folder), *args, "--out", str(tmp_path / "z.json"))
+    before, zeroed = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "z.json"))
+    assert {(r["arm"], r["tokens"]) for r in before["rows"]} == {("llm4gen", "CLIP"), ("llm4gen", "LLM")}
+    assert {(r["arm"], r["tokens"]) for r in zeroed["rows"]} == {("llm4gen", "CLIP"), ("llm4gen", "LLM"),
+                                                                  ("base (CLIP only)", "CLIP")}
+    # the tiny CLIP's window is short: its rows may have no pairs to compare (null), the LLM rows have many
+    assert all(r["negative_pairs"] > 10 and r["attribute_pairs"] > 10 for r in zeroed["rows"] if r["tokens"] == "LLM")
+    for r in zeroed["rows"]:
+        for key, n in (("separation", "negative_pairs"), ("cohesion_gap", "attribute_pairs")):
+            assert (r[key] is None) == (r[n] == 0)
+            assert r[key] is None or r[key] == pytest.approx(0, abs=1e-6)
+        # an even map puts on each object exactly its share of the area
+        assert (r["on_object"] is None) == (r["chance"] is None)
+        assert r["on_object"] is None or r["on_object"] == pytest.approx(r["chance"], abs=1e-6)
+    assert all(r["separation"] > 1e-3 for r in before["rows"] if r["tokens"] == "LLM")
+
+
+def test_object_cover_is_the_disc_area():
+    import math
+
+    from llm4gen.data.shapes import SceneObject
+
+    cover = _load_script("attention_separation").object_cover
+    large = SceneObject("red", "circle", "large", 0.5, 0.25)  # radius 0.2, centred in the upper half
+    for side in (8, 16):
+        c = cover(large, side, supersample=8).view(side, side)
+        assert float(c.sum()) / side**2 == pytest.approx(math.pi * 0.2**2, rel=0.03)  # the disc's area share
+        assert c[side // 4, side // 2] == 1.0 and c[-1, 0] == 0.0  # inside at its centre; the far corner empty
+        assert c[: side // 2].sum() > c[side // 2:].sum()  # rows run top to bottom (y down)
+
+
+def test_object_mentions_match_colour_and_noun_to_one_object():
+    from transformers import AutoTokenizer
+
+    from llm4gen.data.shapes import Scene, SceneObject
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    mentions = _load_script("attention_separation").object_mentions
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    scene = Scene([SceneObject("red", "circle", "small", 0.2, 0.5), SceneObject("blue", "square", "large", 0.7, 0.5),
+                   SceneObject("blue", "cross", "small", 0.5, 0.2)])
+    text = "A small red round disc sits on the left. The blue square is right of the red circle. A cross is blue."
+    enc = tok(text, return_offsets_mapping=True)
+    names = tok.convert_ids_to_tokens(enc["input_ids"])
+    found = [([names[t] for t in tokens], k) for tokens, k in mentions(text, scene, enc["offset_mapping"], 0, 512)]
+    # "a cross is blue" names no colour for the rule parser's noun: no mention matched
+    assert found == [(["round", "small", "red"], 0), (["square", "blue"], 1), (["circle", "red"], 0)]
+    # tokens beyond the window are dropped, mentions without tokens left out
+    assert [k for _, k in mentions(text, scene, enc["offset_mapping"], 0, 14)] == [0, 1]
+
+
+def test_attention_separation_names_a_folder_without_a_pipeline(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="model_index.json"):
+        _run_script("attention_separation", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))

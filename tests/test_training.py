@@ -14,7 +14,7 @@ import torch
 
 from llm4gen.training.cache import FeatureCache, model_fingerprint
 from llm4gen.training.config import load_config
-from llm4gen.training.data import batch_indices, parse_entities, token_bindings, token_pairs
+from llm4gen.training.data import batch_indices, parse_entities, token_at_span, token_bindings, token_pairs
 from llm4gen.training.losses import diffusion_loss, entity_loss
 from llm4gen.training.trainer import TrainingDivergedError, train
 
@@ -136,6 +136,10 @@ def test_token_bindings_negatives_join_mentions_of_different_colours():
         name = tok.convert_ids_to_tokens(enc["input_ids"])
         return [(name[a], name[b]) for a, b in pairs], {(name[a], name[b]) for a, b in negatives}, negatives
 
+    text = "pre a five-pointed star"
+    offsets = tok(text, return_offsets_mapping=True)["offset_mapping"]  # [CLS] pre a five - pointed star [SEP]
+    assert token_at_span(offsets, (2, 13), prefix_len=4) == 3  # "five-pointed": its first token
+    assert token_at_span(offsets, (14, 18), prefix_len=4) == 6 and token_at_span(offsets, (30, 34)) is None
     pairs, neg, raw = words("A small red circle and a blue square, while the star is green.")
     assert pairs == [("small", "circle"), ("red", "circle"), ("blue", "square")]
     # every token of the red circle's mention against every token of the blue square's; the star names no colour

@@ -29,7 +29,7 @@ from .config import DataConfig
 
 __all__ = ["Example", "HFSource", "ImageFolderSource", "ShapesSource", "WebDatasetSource", "batch_indices",
            "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image",
-           "token_bindings", "token_pairs"]
+           "token_at_span", "token_bindings", "token_pairs"]
 
 
 @dataclass
@@ -388,7 +388,9 @@ def parse_entities_spacy(text: str) -> list[tuple[tuple[int, int], tuple[int, in
 _COLOURS_NORMALISED = {c.replace("gray", "grey") for c in COLOUR_WORDS}
 
 
-def _span_to_token(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_len: int) -> int | None:
+def token_at_span(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_len: int = 0) -> int | None:
+    """The first token (by a fast tokenizer's ``offset_mapping``) overlapping the character ``span`` of the text
+    (``prefix_len`` characters were prepended before tokenizing); None if no token covers it (e.g. truncated)."""
     s, e = span[0] + prefix_len, span[1] + prefix_len
     for i, (a, b) in enumerate(offsets):
         if b > a and a < e and b > s:
@@ -412,12 +414,12 @@ def token_bindings(
     pairs: list[tuple[int, int]] = []
     mentions: list[tuple[set[str], list[int]]] = []
     for ent, attrs in groups.items():
-        te = _span_to_token(offsets, ent, prefix_len)
+        te = token_at_span(offsets, ent, prefix_len)
         if te is None:
             continue
         tokens = [te]
         for attr in attrs:
-            ta = _span_to_token(offsets, attr, prefix_len)
+            ta = token_at_span(offsets, attr, prefix_len)
             if ta is not None and ta != te:
                 pairs.append((ta, te))
                 tokens.append(ta)

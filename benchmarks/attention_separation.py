@@ -1,0 +1,232 @@
+"""Do the words of different objects attend to different places? A cross-attention diagnostic for ShapesWorld models.
+
+For held-out scenes with two or more objects (the headline benchmark's test prompts), the true image is encoded,
+noised to timestep t and passed through the UNet (with the CAM first, exactly as in training) while every
+cross-attention layer's probabilities are recorded (``llm4gen.training.losses.AttentionStore``: mean over heads,
+layers at or below 16 x 16). The caption is parsed as the entity-guided loss parses it
+(``llm4gen.training.data.token_bindings``), once with the LLM tokenizer and once with the CLIP tokenizer, and per
+token space the script reports, over all layers and prompts:
+
+- **separation**: the mean total-variation distance between the spatial attention maps of tokens of two mentions
+  that name different colours ("red" / "circle" against "blue" / "square"). 0: both objects' words attend
+  everywhere alike, so the maps cannot tell which colour belongs where; 1: they attend to disjoint places.
+  Compare it with the cohesion gap: if tokens of different objects are no further apart than an attribute and its
+  own entity, the maps carry no object identity.
+- **cohesion gap**: the mean total-variation distance between each attribute's map and its entity's (0: "red"
+  attends where "circle" does).
+
+- **on object**: where a mention can be matched to its object in the scene (its colour word and its noun name
+  exactly one object: "red" + "circle" / "round disc"), the share of each of its tokens' attention that falls on
+  that object's bounding disc, against **chance**, the share a map spread evenly would put there.
+
+The CLIP row of an LLM4GEN pipeline reads the first 77 fused tokens (the CLIP window), the LLM row the CAM's tokens;
+the base arm (``base_unet/``, CLIP only) has a CLIP row. Pairs beyond a window are left out (a row without pairs
+shows "-", null in the JSON).
+
+    python benchmarks/attention_separation.py --model models/default
+
+Prints a table and writes JSON (default benchmarks/results/attention_separation.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _tv(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]]) -> list[float]:
+    """Per layer and pair, the total-variation distance between the two tokens' spatial distributions."""
+    out = []
+    for m in maps:
+        for b, plist in enumerate(pairs):
+            for i, j in plist:
+                pi = m[b, :, i] / m[b, :, i].sum().clamp_min(1e-8)
+                pj = m[b, :, j] / m[b, :, j].sum().clamp_min(1e-8)
+                out.append(0.5 * float((pi - pj).abs().sum()))
+    return out
+
+
+# the nouns ShapesWorld captions use for each shape (data/shapes.py's phrases, as the rule parser picks the noun)
+_NOUN_SHAPES = {"circle": "circle", "round": "circle", "disc": "circle", "square": "square", "triangle": "triangle",
+                "star": "star", "ring": "ring", "cross": "cross", "plus": "cross"}
+
+
+def object_mentions(text: str, scene, offsets: list, prefix_len: int, limit: int) -> list[tuple[list[int], int]]:
+    """(token positions, object index) for each mention of ``text`` whose colour word and noun name exactly one
+    object of ``scene``; tokens at or beyond ``limit`` are left out."""
+    from llm4gen.training.data import parse_entities, token_at_span
+
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for attr, ent in parse_entities(text):
+        groups.setdefault(ent, []).append(attr)
+    out = []
+    for ent, attrs in groups.items():
+        shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
+        colours = {text[a[0]:a[1]].lower() for a in attrs}
+        match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
+        if len(match) != 1:
+            continue
+        tokens = [token_at_span(offsets, span, prefix_len) for span in (ent, *attrs)]
+        tokens = [t for t in tokens if t is not None and t < limit]
+        if tokens:
+            out.append((tokens, match[0]))
+    return out
+
+
+def object_cover(obj, side: int, supersample: int = 4) -> torch.Tensor:
+    """Per cell of a ``side`` x ``side`` map (row-major, y down), the fraction of the cell inside the object's
+    bounding disc."""
+    grid = (torch.arange(side * supersample, dtype=torch.float32) + 0.5) / (side * supersample)
+    inside = ((grid[None, :] - obj.x) ** 2 + (grid[:, None] - obj.y) ** 2) <= obj.radius ** 2
+    return inside.float().view(side, supersample, side, supersample).mean((1, 3)).flatten()
+
+
+def _on_object(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], int]]], scenes: list
+               ) -> tuple[list[float], list[float]]:
+    """Per layer, mention and token: the share of the token's spatial attention on its object, and chance."""
+    mass, chance = [], []
+    for m in maps:
+        side = int(round(m.shape[1] ** 0.5))
+        for b, found in enumerate(mentions):
+            for tokens, k in found:
+                cover = object_cover(scenes[b].objects[k], side)
+                for t in tokens:
+                    p = m[b, :, t] / m[b, :, t].sum().clamp_min(1e-8)
+                    mass.append(float((p * cover).sum()))
+                    chance.append(float(cover.mean()))
+    return mass, chance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (ShapesWorld)")
+    ap.add_argument("--prompts", type=int, default=200, help="held-out prompts to draw (one-object ones are skipped)")
+    ap.add_argument("--timesteps", default="250,500,750")
+    ap.add_argument("--out", default="benchmarks/results/attention_separation.json")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from rich.console import Console
+    from rich.table import Table
+    from transformers import AutoTokenizer
+
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.data.shapes import render_scene
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+    from llm4gen.images import pixels_from_uint8, uint8_tensor
+    from llm4gen.training.data import token_bindings
+    from llm4gen.training.losses import AttentionStore, install_attention_store
+    from llm4gen.training.trainer import ClipText, Denoiser
+
+    src = Path(args.model)
+    if not (src / "model_index.json").is_file():
+        raise SystemExit(f"{src} is not a pipeline folder (no model_index.json); give --model an LLM4GEN pipeline.")
+    pipe = LLM4GenPipeline.from_pretrained(src)
+    items = [(text, scene) for text, scene in benchmark_prompts(QualityConfig(num_prompts=args.prompts))
+             if len(scene.objects) >= 2]
+    if not items:
+        raise SystemExit(f"None of the first {args.prompts} held-out prompts has two objects; raise --prompts.")
+    captions = [text for text, _ in items]
+    clip_tok = AutoTokenizer.from_pretrained(src / "tokenizer")
+    llm_tok = pipe.llm_encoder.tokenizer
+    if not (clip_tok.is_fast and llm_tok.is_fast):
+        raise SystemExit("Both tokenizers must be fast tokenizers (offset mappings) to map words to tokens.")
+    n_clip = clip_tok.model_max_length
+    prefix = pipe.llm_encoder.config.prefix
+    clip_offsets = clip_tok(captions, return_offsets_mapping=True, truncation=True,
+                            max_length=n_clip)["offset_mapping"]  # the window CLIP reads
+    llm_offsets = llm_tok([prefix + c for c in captions], return_offsets_mapping=True)["offset_mapping"]
+
+    text = ClipText([pipe.tokenizer], [pipe.text_encoder.eval()])
+    with torch.no_grad():
+        clip = text(captions)[0]
+        enc = pipe.llm_encoder.encode(captions)
+    feats, mask = enc.embeds.float(), enc.attention_mask
+    n_llm = feats.shape[1]
+
+    def parsed(offsets: list, prefix_len: int, limit: int) -> tuple[list, list]:
+        """(attribute pairs, negative pairs) per caption, in the tokenizer's positions, inside its window."""
+        found = [token_bindings(c, o, prefix_len) for c, o in zip(captions, offsets)]
+        return tuple([[(a, b) for a, b in pairs if max(a, b) < limit] for pairs in lists]
+                     for lists in zip(*found))
+
+    def shifted(lists: tuple[list, list], shift: int) -> tuple[list, list]:
+        return tuple([[(a + shift, b + shift) for a, b in pairs] for pairs in group] for group in lists)
+
+    clip_pairs, llm_pairs = parsed(clip_offsets, 0, n_clip), parsed(llm_offsets, len(prefix), n_llm)
+    scenes = [scene for _, scene in items]
+    clip_mentions = [object_mentions(c, sc, o, 0, n_clip) for c, sc, o in zip(captions, scenes, clip_offsets)]
+    llm_mentions = [object_mentions(c, sc, o, len(prefix), n_llm) for c, sc, o in zip(captions, scenes, llm_offsets)]
+
+    def moved(mentions: list, shift: int) -> list:
+        return [[([t + shift for t in tokens], k) for tokens, k in found] for found in mentions]
+
+    # where each window sits in the fused sequence (as in training)
+    clip_first = getattr(pipe.adapter.config, "concat_order", "clip_first") == "clip_first"
+    clip_shift, llm_shift = (0, n_clip) if clip_first else (n_llm, 0)
+    fused = {"CLIP": (*shifted(clip_pairs, clip_shift), moved(clip_mentions, clip_shift)),
+             "LLM": (*shifted(llm_pairs, llm_shift), moved(llm_mentions, llm_shift))}
+    arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
+                        dict(clip=clip, llm=feats, llm_mask=mask), fused)}
+    if (src / "base_unet" / "config.json").is_file():
+        base = UNet2DConditionModel.from_pretrained(src / "base_unet")
+        arms["base (CLIP only)"] = (Denoiser(base, None, False), dict(clip=clip),
+                                    {"CLIP": (*clip_pairs, clip_mentions)})
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    size = pipe.unet.config.sample_size * factor  # the resolution the model was trained at
+    pixels = pixels_from_uint8(uint8_tensor([render_scene(scene, size) for _, scene in items]))
+    rows = []
+    with torch.no_grad():
+        z0 = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        for arm, (model, inputs, token_spaces) in arms.items():
+            model.eval()
+            store = AttentionStore(16)
+            install_attention_store(model.unet, store)
+            g = torch.Generator().manual_seed(0)
+            for t in [int(x) for x in args.timesteps.split(",")]:
+                noise = torch.randn(z0.shape, generator=g)
+                steps = torch.full((len(items),), t)
+                store.reset()
+                store.active = True
+                model(sched.add_noise(z0, noise, steps), steps, **inputs)
+                store.active = False
+                if not store.maps:
+                    raise SystemExit(f"{arm}: no cross-attention layer at or below 16 x 16 recorded anything.")
+                for space, (pairs, negatives, mentions) in token_spaces.items():
+                    sep, coh = _tv(store.maps, negatives), _tv(store.maps, pairs)
+                    mass, chance = _on_object(store.maps, mentions, scenes)
+                    rows.append({"arm": arm, "tokens": space, "timestep": t,
+                                 "separation": float(np.mean(sep)) if sep else None,
+                                 "cohesion_gap": float(np.mean(coh)) if coh else None,
+                                 "on_object": float(np.mean(mass)) if mass else None,
+                                 "chance": float(np.mean(chance)) if chance else None,
+                                 "negative_pairs": sum(map(len, negatives)),
+                                 "attribute_pairs": sum(map(len, pairs))})
+
+    table = Table(title=f"Cross-attention maps of different objects' words: {src} ({len(items)} held-out prompts "
+                        "with 2+ objects)")
+    for col in ("arm", "tokens", "timestep", "separation (higher: apart)", "cohesion gap (lower: bound)",
+                "on object", "chance", "negative pairs", "attribute pairs"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["arm"], r["tokens"], str(r["timestep"]),
+                      *("-" if r[k] is None else f"{r[k]:.3f}"
+                        for k in ("separation", "cohesion_gap", "on_object", "chance")),
+                      str(r["negative_pairs"]), str(r["attribute_pairs"]))
+    Console(width=max(Console().width, 140)).print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"model": str(src), "prompts": len(items), "timesteps": args.timesteps, "rows": rows}
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
