@@ -51,50 +51,17 @@ def _tv(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]]) -> list[fl
     return out
 
 
-# the nouns ShapesWorld captions use for each shape (data/shapes.py's phrases, as the rule parser picks the noun)
-_NOUN_SHAPES = {"circle": "circle", "round": "circle", "disc": "circle", "square": "square", "triangle": "triangle",
-                "star": "star", "ring": "ring", "cross": "cross", "plus": "cross"}
-
-
-def object_mentions(text: str, scene, offsets: list, prefix_len: int, limit: int) -> list[tuple[list[int], int]]:
-    """(token positions, object index) for each mention of ``text`` whose colour word and noun name exactly one
-    object of ``scene``; tokens at or beyond ``limit`` are left out."""
-    from llm4gen.training.data import parse_entities, token_at_span
-
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for attr, ent in parse_entities(text):
-        groups.setdefault(ent, []).append(attr)
-    out = []
-    for ent, attrs in groups.items():
-        shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
-        colours = {text[a[0]:a[1]].lower() for a in attrs}
-        match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
-        if len(match) != 1:
-            continue
-        tokens = [token_at_span(offsets, span, prefix_len) for span in (ent, *attrs)]
-        tokens = [t for t in tokens if t is not None and t < limit]
-        if tokens:
-            out.append((tokens, match[0]))
-    return out
-
-
-def object_cover(obj, side: int, supersample: int = 4) -> torch.Tensor:
-    """Per cell of a ``side`` x ``side`` map (row-major, y down), the fraction of the cell inside the object's
-    bounding disc."""
-    grid = (torch.arange(side * supersample, dtype=torch.float32) + 0.5) / (side * supersample)
-    inside = ((grid[None, :] - obj.x) ** 2 + (grid[:, None] - obj.y) ** 2) <= obj.radius ** 2
-    return inside.float().view(side, supersample, side, supersample).mean((1, 3)).flatten()
-
-
 def _on_object(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], int]]], scenes: list
                ) -> tuple[list[float], list[float]]:
     """Per layer, mention and token: the share of the token's spatial attention on its object, and chance."""
+    from llm4gen.data.shapes import object_cover
+
     mass, chance = [], []
     for m in maps:
         side = int(round(m.shape[1] ** 0.5))
         for b, found in enumerate(mentions):
             for tokens, k in found:
-                cover = object_cover(scenes[b].objects[k], side)
+                cover = torch.from_numpy(object_cover(scenes[b].objects[k], side))
                 for t in tokens:
                     p = m[b, :, t] / m[b, :, t].sum().clamp_min(1e-8)
                     mass.append(float((p * cover).sum()))
@@ -120,7 +87,7 @@ def main() -> None:
     from llm4gen.data.shapes import render_scene
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.data import token_bindings
+    from llm4gen.training.data import scene_mentions, token_bindings
     from llm4gen.training.losses import AttentionStore, install_attention_store
     from llm4gen.training.trainer import ClipText, Denoiser
 
@@ -161,8 +128,8 @@ def main() -> None:
 
     clip_pairs, llm_pairs = parsed(clip_offsets, 0, n_clip), parsed(llm_offsets, len(prefix), n_llm)
     scenes = [scene for _, scene in items]
-    clip_mentions = [object_mentions(c, sc, o, 0, n_clip) for c, sc, o in zip(captions, scenes, clip_offsets)]
-    llm_mentions = [object_mentions(c, sc, o, len(prefix), n_llm) for c, sc, o in zip(captions, scenes, llm_offsets)]
+    clip_mentions = [scene_mentions(c, sc, o, 0, n_clip) for c, sc, o in zip(captions, scenes, clip_offsets)]
+    llm_mentions = [scene_mentions(c, sc, o, len(prefix), n_llm) for c, sc, o in zip(captions, scenes, llm_offsets)]
 
     def moved(mentions: list, shift: int) -> list:
         return [[([t + shift for t in tokens], k) for tokens, k in found] for found in mentions]

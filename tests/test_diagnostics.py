@@ -253,41 +253,6 @@ def test_attention_separation_is_zero_when_keys_cannot_tell_tokens_apart(tiny_fo
     assert all(r["separation"] > 1e-3 for r in before["rows"] if r["tokens"] == "LLM")
 
 
-def test_object_cover_is_the_disc_area():
-    import math
-
-    from llm4gen.data.shapes import SceneObject
-
-    cover = _load_script("attention_separation").object_cover
-    large = SceneObject("red", "circle", "large", 0.5, 0.25)  # radius 0.2, centred in the upper half
-    for side in (8, 16):
-        c = cover(large, side, supersample=8).view(side, side)
-        assert float(c.sum()) / side**2 == pytest.approx(math.pi * 0.2**2, rel=0.03)  # the disc's area share
-        assert c[side // 4, side // 2] == 1.0 and c[-1, 0] == 0.0  # inside at its centre; the far corner empty
-        assert c[: side // 2].sum() > c[side // 2:].sum()  # rows run top to bottom (y down)
-
-
-def test_object_mentions_match_colour_and_noun_to_one_object():
-    from transformers import AutoTokenizer
-
-    from llm4gen.data.shapes import Scene, SceneObject
-    from llm4gen.encoders import resolve_model_reference
-    from llm4gen.tiny import MINILM_REF
-
-    mentions = _load_script("attention_separation").object_mentions
-    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
-    scene = Scene([SceneObject("red", "circle", "small", 0.2, 0.5), SceneObject("blue", "square", "large", 0.7, 0.5),
-                   SceneObject("blue", "cross", "small", 0.5, 0.2)])
-    text = "A small red round disc sits on the left. The blue square is right of the red circle. A cross is blue."
-    enc = tok(text, return_offsets_mapping=True)
-    names = tok.convert_ids_to_tokens(enc["input_ids"])
-    found = [([names[t] for t in tokens], k) for tokens, k in mentions(text, scene, enc["offset_mapping"], 0, 512)]
-    # "a cross is blue" names no colour for the rule parser's noun: no mention matched
-    assert found == [(["round", "small", "red"], 0), (["square", "blue"], 1), (["circle", "red"], 0)]
-    # tokens beyond the window are dropped, mentions without tokens left out
-    assert [k for _, k in mentions(text, scene, enc["offset_mapping"], 0, 14)] == [0, 1]
-
-
 def test_attention_separation_names_a_folder_without_a_pipeline(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="model_index.json"):
         _run_script("attention_separation", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))

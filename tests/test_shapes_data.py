@@ -208,3 +208,16 @@ def test_bad_input(tmp_path):
         Scene.from_dict({"objects": [{"colour": "mauve", "shape": "circle", "size": "small", "x": 0.5, "y": 0.5}]})
     with pytest.raises(IndexError):
         ShapesWorld("train", num_items=3)[3]
+
+
+def test_object_cover_is_the_disc_area():
+    import math
+
+    from llm4gen.data.shapes import SceneObject, object_cover
+
+    large = SceneObject("red", "circle", "large", 0.5, 0.25)  # radius 0.2, centred in the upper half
+    for side in (8, 16):
+        c = object_cover(large, side, supersample=8).reshape(side, side)
+        assert float(c.sum()) / side**2 == pytest.approx(math.pi * 0.2**2, rel=0.03)  # the disc's area share
+        assert c[side // 4, side // 2] == 1.0 and c[-1, 0] == 0.0  # inside at its centre; the far corner empty
+        assert c[: side // 2].sum() > c[side // 2:].sum()  # rows run top to bottom (y down)

@@ -14,8 +14,15 @@ import torch
 
 from llm4gen.training.cache import FeatureCache, model_fingerprint
 from llm4gen.training.config import load_config
-from llm4gen.training.data import batch_indices, parse_entities, token_at_span, token_bindings, token_pairs
-from llm4gen.training.losses import diffusion_loss, entity_loss
+from llm4gen.training.data import (
+    batch_indices,
+    parse_entities,
+    scene_mentions,
+    token_at_span,
+    token_bindings,
+    token_pairs,
+)
+from llm4gen.training.losses import diffusion_loss, entity_loss, grounding_loss
 from llm4gen.training.trainer import TrainingDivergedError, train
 
 
@@ -155,6 +162,27 @@ def test_token_bindings_negatives_join_mentions_of_different_colours():
     assert words("a gray circle and a grey square")[1] == set()
 
 
+def test_scene_mentions_match_colour_and_noun_to_one_object():
+    from transformers import AutoTokenizer
+
+    from llm4gen.data.shapes import Scene, SceneObject
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    scene = Scene([SceneObject("red", "circle", "small", 0.2, 0.5), SceneObject("blue", "square", "large", 0.7, 0.5),
+                   SceneObject("blue", "cross", "small", 0.5, 0.2)])
+    text = "A small red round disc sits on the left. The blue square is right of the red circle. A cross is blue."
+    enc = tok(text, return_offsets_mapping=True)
+    names = tok.convert_ids_to_tokens(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    found = [([names[t] for t in tokens], k) for tokens, k in scene_mentions(text, scene, offsets, 0, 512)]
+    # "a cross is blue" names no colour for the rule parser's noun: no mention matched
+    assert found == [(["round", "small", "red"], 0), (["square", "blue"], 1), (["circle", "red"], 0)]
+    # tokens beyond the window are dropped, mentions without tokens left out
+    assert [k for _, k in scene_mentions(text, scene, offsets, 0, 14)] == [0, 1]
+
+
 def test_entity_parser_precision_on_shapesworld():
     from llm4gen.data.shapes import ShapesWorld
 
@@ -228,6 +256,42 @@ def test_entity_loss_with_negatives_separates_objects_when_optimised():
     assert min(tv(0, 2), tv(0, 3), tv(1, 2), tv(1, 3)) > 0.9  # the two objects apart
 
 
+def test_grounding_loss_values():
+    from llm4gen.data.shapes import SceneObject, object_cover
+
+    obj = SceneObject("red", "circle", "large", 0.25, 0.25)  # the upper-left quarter's cells of a 2 x 2 grid
+    cover = object_cover(obj, 2)
+    m = torch.zeros(1, 4, 3)
+    m[0, :, 0] = torch.tensor([2.0, 0.0, 0.0, 0.0])  # all of token 0 on cell 0 (unnormalised: normalised over space)
+    m[0, :, 1] = 0.25  # token 1 spread evenly
+    m[0, :, 2] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # token 2 on the far cell, outside the disc
+    assert grounding_loss([m], [[([0], obj)]]).item() == pytest.approx(1 - cover[0])
+    assert grounding_loss([m], [[([1], obj)]]).item() == pytest.approx(1 - cover.mean())  # chance
+    assert grounding_loss([m], [[([2], obj)]]).item() == pytest.approx(1.0)
+    assert grounding_loss([m], [[([0, 2], obj)]]).item() == pytest.approx(1 - cover[0] / 2)  # mean over tokens
+    assert grounding_loss([m], [[]]).item() == 0.0  # nothing to ground
+    with pytest.raises(ValueError, match="square"):
+        grounding_loss([torch.ones(1, 6, 3)], [[([0], obj)]])
+
+
+def test_grounding_loss_moves_attention_onto_the_object_when_optimised():
+    from llm4gen.data.shapes import SceneObject, object_cover
+
+    torch.manual_seed(0)
+    objs = [SceneObject("red", "circle", "large", 0.25, 0.3), SceneObject("blue", "square", "small", 0.75, 0.7)]
+    logits = (0.01 * torch.randn(1, 64, 4)).requires_grad_()  # an 8 x 8 grid, four tokens
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(200):
+        loss = grounding_loss([logits.softmax(1)], [[([0, 1], objs[0]), ([2, 3], objs[1])]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = logits.detach().softmax(1)[0].T  # [T, HW]
+    for tokens, obj in (([0, 1], objs[0]), ([2, 3], objs[1])):
+        cover = torch.from_numpy(object_cover(obj, 8))
+        assert all(float((p[t] * cover).sum()) > 0.9 for t in tokens)  # was about the disc's area share
+
+
 def test_snr_weighting_matches_hand_computation():
     from diffusers import DDPMScheduler
 
@@ -280,19 +344,25 @@ def test_full_mode_with_everything(base, tiny_llm_dirs, tmp_path):
     assert pipe("a red circle", num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
 
 
-def test_entity_loss_negatives_reach_the_training_loss(base, tiny_llm_dirs, tmp_path):
+@pytest.mark.parametrize("term", ["negatives", "grounding"])
+def test_entity_loss_terms_reach_the_training_loss(base, tiny_llm_dirs, tmp_path, term):
+    flag = f"entity_loss_{term}"
     logged = {}
-    for neg in (False, True):
-        out = tmp_path / f"neg-{neg}"
+    for on in (False, True):
+        out = tmp_path / f"{term}-{on}"
         train(_cfg(base, tiny_llm_dirs["bert"], out, max_train_steps=1, caption_dropout=0.0, entity_loss_weight=0.5,
-                   entity_loss_negatives=neg), progress=False)
-        logged[neg] = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])
-    # same batch, noise and weights at step 1: the two runs differ by the push term alone, in (0, 1] for a tiny
-    # untrained UNet whose maps are nearly alike, so close to 1
+                   **{flag: on}), progress=False)
+        logged[on] = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])
+    # same batch, noise and weights at step 1: the two runs differ by the term alone, in (0, 1]; for a tiny untrained
+    # UNet the maps are nearly alike (push term near 1) and near chance on the objects (grounding term near 1)
     assert logged[True]["loss_diffusion"] == pytest.approx(logged[False]["loss_diffusion"])
     assert 0.5 < logged[True]["loss_entity"] - logged[False]["loss_entity"] <= 1.0
-    with pytest.raises(ValueError, match="entity_loss_negatives needs entity_loss_weight"):
-        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", entity_loss_negatives=True)
+    with pytest.raises(ValueError, match=f"{flag} needs entity_loss_weight"):
+        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", **{flag: True})
+    if term == "grounding":  # it needs object positions
+        with pytest.raises(ValueError, match="data.type: shapesworld"):
+            _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", entity_loss_grounding=True, entity_loss_weight=0.1,
+                 data={"type": "imagefolder", "path": str(tmp_path)})
 
 
 def test_entity_loss_on_the_base_arm_keeps_to_the_clip_window(base, tmp_path):

@@ -48,6 +48,7 @@ __all__ = [
     "corrupt_scene",
     "drop_count_sentence",
     "drop_relation_sentences",
+    "object_cover",
     "read_dataset",
     "render_scene",
     "sample_scene",
@@ -240,6 +241,14 @@ def sample_scene(rng: np.random.Generator, split: str = "train", config: ShapesW
         positions = _place(rng, sizes)
     objects = [SceneObject(c, s, z, x, y) for (c, s), z, (x, y) in zip(pairs, sizes, positions)]
     return Scene(objects=objects, background=background, relations=relations_from_positions(objects))
+
+
+def object_cover(obj: SceneObject, side: int, supersample: int = 4) -> np.ndarray:
+    """Per cell of a ``side`` x ``side`` grid over the image (flattened row-major, y down, as a UNet's attention
+    positions), the fraction of the cell inside the object's bounding disc; float32, shape ``[side * side]``."""
+    grid = (np.arange(side * supersample, dtype=np.float32) + 0.5) / (side * supersample)
+    inside = ((grid[None, :] - obj.x) ** 2 + (grid[:, None] - obj.y) ** 2) <= obj.radius**2
+    return inside.astype(np.float32).reshape(side, supersample, side, supersample).mean((1, 3)).reshape(-1)
 
 
 # ---------------------------------------------------------------------- rendering

@@ -125,6 +125,7 @@ class TrainConfig:
     entity_loss_max_resolution: int = 16  # cross-attention maps at or below this side length are used
     entity_parser: str = "rule"  # rule (documented lexicon rule) | spacy (dependency parse; llm4gen[spacy])
     entity_loss_negatives: bool = False  # also push apart the maps of mentions naming different colours
+    entity_loss_grounding: bool = False  # ShapesWorld: also pull each mention's attention onto its object
     # frozen-feature cache
     cache_dir: str | None = None
     # bookkeeping
@@ -157,6 +158,10 @@ class TrainConfig:
             (self.entity_loss_weight >= 0, "entity_loss_weight must be >= 0 (0 disables it)."),
             (not self.entity_loss_negatives or self.entity_loss_weight > 0,
              "entity_loss_negatives needs entity_loss_weight > 0 (the push term is part of the entity loss)."),
+            (not self.entity_loss_grounding or self.entity_loss_weight > 0,
+             "entity_loss_grounding needs entity_loss_weight > 0 (the grounding term is part of the entity loss)."),
+            (not self.entity_loss_grounding or self.data.type == "shapesworld",
+             "entity_loss_grounding needs to know where each object is: use data.type: shapesworld."),
             (self.report_to in (None, "tensorboard"),
              f"report_to must be null or tensorboard, got {self.report_to!r}."),
             (self.entity_parser in ENTITY_PARSERS,

@@ -29,7 +29,7 @@ from .config import DataConfig
 
 __all__ = ["Example", "HFSource", "ImageFolderSource", "ShapesSource", "WebDatasetSource", "batch_indices",
            "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image",
-           "token_at_span", "token_bindings", "token_pairs"]
+           "scene_mentions", "token_at_span", "token_bindings", "token_pairs"]
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Example:
     load_image: Callable[[], Image.Image]  # called only when the latent is not cached
     caption: str
     key: str  # identifies the image content for the latent cache
+    scene: Any = None  # ShapesWorld's scene graph (object positions), for entity_loss_grounding
 
 
 class ImageFolderSource:
@@ -101,7 +102,7 @@ class ShapesSource:
             caption = drop_count_sentence(caption)[0]
         c = self.world.config
         key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"  # the image only
-        return Example(lambda: render_scene(scene, c.size), caption, key)
+        return Example(lambda: render_scene(scene, c.size), caption, key, scene)
 
     def drops_count(self, index: int) -> bool:
         """Whether item ``index`` loses its stated object count (``data.drop_count_sentence``); a draw of its own,
@@ -442,6 +443,33 @@ def token_pairs(
     Pairs come grouped by entity, in the order the entities are first named.
     """
     return token_bindings(text, offsets, prefix_len, parser)[0]
+
+
+# the nouns ShapesWorld captions use for each shape, as the rule parser picks the noun ("round disc" -> "round")
+_NOUN_SHAPES = {"circle": "circle", "round": "circle", "disc": "circle", "square": "square", "triangle": "triangle",
+                "star": "star", "ring": "ring", "cross": "cross", "plus": "cross"}
+
+
+def scene_mentions(text: str, scene: Any, offsets: list[tuple[int, int]], prefix_len: int = 0,
+                   limit: int | None = None) -> list[tuple[list[int], int]]:
+    """(token positions, object index) for each mention in a ShapesWorld caption whose colour word and noun name
+    exactly one object of ``scene`` ("a small red round disc" -> the red circle); the positions are the noun's and
+    its attributes' tokens (``offsets``: a fast tokenizer's offset mapping), those at or beyond ``limit`` left out."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for attr, ent in parse_entities(text):
+        groups.setdefault(ent, []).append(attr)
+    out = []
+    for ent, attrs in groups.items():
+        shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
+        colours = {text[a[0]:a[1]].lower() for a in attrs}
+        match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
+        if len(match) != 1:
+            continue
+        tokens = [token_at_span(offsets, span, prefix_len) for span in (ent, *attrs)]
+        tokens = [t for t in tokens if t is not None and (limit is None or t < limit)]
+        if tokens:
+            out.append((tokens, match[0]))
+    return out
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

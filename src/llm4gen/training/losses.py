@@ -15,8 +15,14 @@ the ball. It is also zero when every token attends everywhere alike, which binds
 
     L_push = mean_{l, (i, j)}  1 - 1/2 * sum_xy | P_i(x, y) - P_j(x, y) |      in [0, 1]
 
-which is zero only when the two objects' tokens attend to disjoint places. The training loss is
-``L_diffusion + entity_loss_weight * (L_entity [+ L_push])``.
+which is zero only when the two objects' tokens attend to disjoint places. Disjoint is not the same as *on the
+object*; when the data says where each object is (ShapesWorld scenes), ``entity_loss_grounding`` adds
+
+    L_ground = mean_{l, mentions m, tokens t of m}  1 - sum_xy P_t(x, y) * C_m(x, y)      in [0, 1]
+
+with ``C_m`` the fraction of each attention cell inside m's object (``llm4gen.data.shapes.object_cover``): zero when
+every word of a mention attends only inside its object. The training loss is
+``L_diffusion + entity_loss_weight * (L_entity [+ L_push] [+ L_ground])``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionStore", "diffusion_loss", "entity_loss", "install_attention_store"]
+__all__ = ["AttentionStore", "diffusion_loss", "entity_loss", "grounding_loss", "install_attention_store"]
 
 
 def diffusion_loss(
@@ -80,6 +86,34 @@ def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
             total = total + _tv_rows(m, flat, eps).mean()
         if neg:
             total = total + (1.0 - _tv_rows(m, neg, eps)).mean()
+    return total / len(maps)
+
+
+def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[int], Any]]],
+                   eps: float = 1e-8) -> torch.Tensor:
+    """The grounding term above. ``maps``: per layer ``[B, HW, T]`` attention probabilities (square grids);
+    ``groundings[b]``: (token positions, scene object) for sample ``b``'s mentions. Returns 0 with nothing to ground."""
+    from ..data.shapes import object_cover
+
+    device = maps[0].device if maps else torch.device("cpu")
+    rows = [(b, t, obj) for b, found in enumerate(groundings) for tokens, obj in found for t in tokens]
+    if not maps or not rows:
+        return torch.zeros((), device=device)
+    b_idx = torch.tensor([r[0] for r in rows], device=device)
+    t_idx = torch.tensor([r[1] for r in rows], device=device)
+    total = torch.zeros((), device=device)
+    for m in maps:
+        side = int(round(m.shape[1] ** 0.5))
+        if side * side != m.shape[1]:
+            raise ValueError(f"grounding_loss needs square attention grids, got {m.shape[1]} positions.")
+        covers = {}
+        for _, _, obj in rows:
+            if id(obj) not in covers:
+                covers[id(obj)] = torch.from_numpy(object_cover(obj, side))
+        cover = torch.stack([covers[id(obj)] for _, _, obj in rows]).to(device)  # [R, HW]
+        p = m.float()[b_idx, :, t_idx]
+        p = p / p.sum(-1, keepdim=True).clamp_min(eps)
+        total = total + (1.0 - (p * cover).sum(-1)).mean()
     return total / len(maps)
 
 

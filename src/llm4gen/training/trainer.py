@@ -33,8 +33,8 @@ from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output
 from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
 from .config import TrainConfig
-from .data import batch_indices, make_source, preprocess_image, step_generator, token_bindings
-from .losses import AttentionStore, diffusion_loss, entity_loss, install_attention_store
+from .data import batch_indices, make_source, preprocess_image, scene_mentions, step_generator, token_bindings
+from .losses import AttentionStore, diffusion_loss, entity_loss, grounding_loss, install_attention_store
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
@@ -642,6 +642,11 @@ def train(
                             if cfg.entity_loss_negatives:
                                 negatives = [_fused_positions(n, shift, limit) for _, n in found]
                             loss_e = entity_loss(store.maps, pairs, negatives)
+                            if cfg.entity_loss_grounding:
+                                grounded = [[([t + shift for t in tokens], ex.scene.objects[k])
+                                             for tokens, k in scene_mentions(c, ex.scene, o, prefix_len, limit)]
+                                            for c, o, ex in zip(captions, offsets, examples)]
+                                loss_e = loss_e + grounding_loss(store.maps, grounded)
                             loss = loss + cfg.entity_loss_weight * loss_e
                             parts["entity"] += loss_e.item() / A
                             store.active = False
