@@ -181,6 +181,11 @@ def test_scene_mentions_match_colour_and_noun_to_one_object():
     assert found == [(["round", "small", "red"], 0), (["square", "blue"], 1), (["circle", "red"], 0)]
     # tokens beyond the window are dropped, mentions without tokens left out
     assert [k for _, k in scene_mentions(text, scene, offsets, 0, 14)] == [0, 1]
+    # "gray" names ShapesWorld's grey, as in token_bindings
+    grey = Scene([SceneObject("grey", "star", "small", 0.5, 0.5), SceneObject("red", "star", "small", 0.2, 0.2)])
+    for text in ("A small gray star.", "A small grey star."):
+        enc = tok(text, return_offsets_mapping=True)
+        assert [k for _, k in scene_mentions(text, grey, enc["offset_mapping"])] == [0]
 
 
 def test_entity_parser_precision_on_shapesworld():

@@ -399,6 +399,19 @@ def token_at_span(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_
     return None
 
 
+def _mentions(text: str, parser: str = "rule") -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """The parse grouped by entity mention: ``{noun span: [its attribute spans]}``, in the order first named."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
+        groups.setdefault(ent, []).append(attr)
+    return groups
+
+
+def _colours_named(text: str, attrs: list[tuple[int, int]]) -> set[str]:
+    """The colour words among a mention's attribute spans, lower-case, "gray" spelt "grey" (ShapesWorld's name)."""
+    return {text[a[0]:a[1]].lower().replace("gray", "grey") for a in attrs} & _COLOURS_NORMALISED
+
+
 def token_bindings(
     text: str, offsets: list[tuple[int, int]], prefix_len: int = 0, parser: str = "rule"
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -409,12 +422,9 @@ def token_bindings(
     (blue, square), since those are different objects. Mentions without a colour word, or sharing one ("the red
     circle" after "a small red circle"), may be the same object and give no negatives (precision over recall).
     """
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
-        groups.setdefault(ent, []).append(attr)
     pairs: list[tuple[int, int]] = []
     mentions: list[tuple[set[str], list[int]]] = []
-    for ent, attrs in groups.items():
+    for ent, attrs in _mentions(text, parser).items():
         te = token_at_span(offsets, ent, prefix_len)
         if te is None:
             continue
@@ -424,8 +434,7 @@ def token_bindings(
             if ta is not None and ta != te:
                 pairs.append((ta, te))
                 tokens.append(ta)
-        colours = {text[a[0]:a[1]].lower().replace("gray", "grey") for a in attrs}
-        mentions.append((colours & _COLOURS_NORMALISED, tokens))
+        mentions.append((_colours_named(text, attrs), tokens))
     negatives: list[tuple[int, int]] = []
     for i, (ci, ti) in enumerate(mentions):
         for cj, tj in mentions[i + 1:]:
@@ -455,13 +464,10 @@ def scene_mentions(text: str, scene: Any, offsets: list[tuple[int, int]], prefix
     """(token positions, object index) for each mention in a ShapesWorld caption whose colour word and noun name
     exactly one object of ``scene`` ("a small red round disc" -> the red circle); the positions are the noun's and
     its attributes' tokens (``offsets``: a fast tokenizer's offset mapping), those at or beyond ``limit`` left out."""
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for attr, ent in parse_entities(text):
-        groups.setdefault(ent, []).append(attr)
     out = []
-    for ent, attrs in groups.items():
+    for ent, attrs in _mentions(text).items():
         shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
-        colours = {text[a[0]:a[1]].lower() for a in attrs}
+        colours = _colours_named(text, attrs)
         match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
         if len(match) != 1:
             continue
