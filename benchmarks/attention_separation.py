@@ -17,7 +17,9 @@ token space the script reports, over all layers and prompts:
 
 - **on object**: where a mention can be matched to its object in the scene (its colour word and its noun name
   exactly one object: "red" + "circle" / "round disc"), the share of each of its tokens' attention that falls on
-  that object's bounding disc, against **chance**, the share a map spread evenly would put there.
+  that object's bounding disc, against **chance**, the share a map spread evenly would put there; **on other
+  objects** the same for the other objects' discs (with its own chance). Bound words sit well above chance on their
+  own object and not on the others; a map drawn to every object alike is above chance on both.
 
 The CLIP row of an LLM4GEN pipeline reads the first 77 fused tokens (the CLIP window), the LLM row the CAM's tokens;
 the base arm (``base_unet/``, CLIP only) has a CLIP row. Pairs beyond a window are left out (a row without pairs
@@ -41,32 +43,40 @@ import torch
 
 def _tv(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]]) -> list[float]:
     """Per layer and pair, the total-variation distance between the two tokens' spatial distributions."""
-    out = []
-    for m in maps:
-        for b, plist in enumerate(pairs):
-            for i, j in plist:
-                pi = m[b, :, i] / m[b, :, i].sum().clamp_min(1e-8)
-                pj = m[b, :, j] / m[b, :, j].sum().clamp_min(1e-8)
-                out.append(0.5 * float((pi - pj).abs().sum()))
-    return out
+    from llm4gen.training.losses import token_tv
+
+    flat = [(b, i, j) for b, plist in enumerate(pairs) for i, j in plist]
+    return [float(x) for m in maps for x in token_tv(m.float(), flat)]
 
 
-def _on_object(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], int]]], scenes: list
-               ) -> tuple[list[float], list[float]]:
-    """Per layer, mention and token: the share of the token's spatial attention on its object, and chance."""
+def _on_objects(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], int]]], scenes: list
+                ) -> dict[str, list[float]]:
+    """Per layer, mention and token: the share of the token's spatial attention on its own object (``own``) and on
+    the scene's other objects (``others``: the cell-wise largest of their covers, 0 with one object), each with the
+    share an even map would put there (``own_chance``, ``others_chance``)."""
     from llm4gen.data.shapes import object_cover
+    from llm4gen.training.losses import cover_share, grid_side
 
-    mass, chance = [], []
+    out: dict[str, list[float]] = {"own": [], "own_chance": [], "others": [], "others_chance": []}
     for m in maps:
-        side = int(round(m.shape[1] ** 0.5))
+        side = grid_side(m, "attention_separation")
+        rows, own, others = [], [], []
         for b, found in enumerate(mentions):
+            covers = torch.stack([torch.from_numpy(object_cover(o, side)) for o in scenes[b].objects])
             for tokens, k in found:
-                cover = torch.from_numpy(object_cover(scenes[b].objects[k], side))
+                rest = torch.cat([covers[:k], covers[k + 1:]])
+                rest = rest.amax(0) if len(rest) else torch.zeros_like(covers[k])
                 for t in tokens:
-                    p = m[b, :, t] / m[b, :, t].sum().clamp_min(1e-8)
-                    mass.append(float((p * cover).sum()))
-                    chance.append(float(cover.mean()))
-    return mass, chance
+                    rows.append((b, t))
+                    own.append(covers[k])
+                    others.append(rest)
+        if rows:
+            own_c, others_c = torch.stack(own), torch.stack(others)
+            out["own"] += cover_share(m, rows, own_c).tolist()
+            out["own_chance"] += own_c.mean(-1).tolist()
+            out["others"] += cover_share(m, rows, others_c).tolist()
+            out["others_chance"] += others_c.mean(-1).tolist()
+    return out
 
 
 def main() -> None:
@@ -168,26 +178,28 @@ def main() -> None:
                     raise SystemExit(f"{arm}: no cross-attention layer at or below 16 x 16 recorded anything.")
                 for space, (pairs, negatives, mentions) in token_spaces.items():
                     sep, coh = _tv(store.maps, negatives), _tv(store.maps, pairs)
-                    mass, chance = _on_object(store.maps, mentions, scenes)
+                    share = _on_objects(store.maps, mentions, scenes)
+                    mean = {k: float(np.mean(v)) if v else None for k, v in share.items()}
                     rows.append({"arm": arm, "tokens": space, "timestep": t,
                                  "separation": float(np.mean(sep)) if sep else None,
                                  "cohesion_gap": float(np.mean(coh)) if coh else None,
-                                 "on_object": float(np.mean(mass)) if mass else None,
-                                 "chance": float(np.mean(chance)) if chance else None,
+                                 "on_object": mean["own"], "chance": mean["own_chance"],
+                                 "on_other_objects": mean["others"], "other_chance": mean["others_chance"],
                                  "negative_pairs": sum(map(len, negatives)),
                                  "attribute_pairs": sum(map(len, pairs))})
 
     table = Table(title=f"Cross-attention maps of different objects' words: {src} ({len(items)} held-out prompts "
                         "with 2+ objects)")
     for col in ("arm", "tokens", "timestep", "separation (higher: apart)", "cohesion gap (lower: bound)",
-                "on object", "chance", "negative pairs", "attribute pairs"):
+                "on object", "chance", "on other objects", "chance (others)", "negative pairs", "attribute pairs"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["arm"], r["tokens"], str(r["timestep"]),
                       *("-" if r[k] is None else f"{r[k]:.3f}"
-                        for k in ("separation", "cohesion_gap", "on_object", "chance")),
+                        for k in ("separation", "cohesion_gap", "on_object", "chance", "on_other_objects",
+                                  "other_chance")),
                       str(r["negative_pairs"]), str(r["attribute_pairs"]))
-    Console(width=max(Console().width, 140)).print(table)
+    Console(width=max(Console().width, 170)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(src), "prompts": len(items), "timesteps": args.timesteps, "rows": rows}

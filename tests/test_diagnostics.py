@@ -221,6 +221,31 @@ def test_attention_tv_matches_hand_values():
     assert tv([m, m], [[(1, 0)]]) == pytest.approx([0.6, 0.6])  # one value per layer and pair
 
 
+def test_on_objects_tells_a_words_own_object_from_the_others():
+    import torch
+
+    from llm4gen.data.shapes import Scene, SceneObject, object_cover
+
+    on_objects = _load_script("attention_separation")._on_objects
+    scene = Scene([SceneObject("red", "circle", "small", 0.25, 0.25),
+                   SceneObject("blue", "square", "small", 0.75, 0.75),
+                   SceneObject("green", "star", "small", 0.25, 0.75)])
+    side = 16
+    covers = [torch.from_numpy(object_cover(o, side)) for o in scene.objects]
+    inside0 = (covers[0] == 1).float()  # cells wholly inside object 0 (the objects are far apart)
+    both = ((covers[0] == 1) | (covers[1] == 1)).float()
+    # token 0: only inside object 0; token 1: object 0 and 1 alike; token 2: even over the image
+    m = torch.stack([inside0, both, torch.ones(side * side)], -1)[None]
+    out = on_objects([m], [[([0, 1, 2], 0)]], [scene])
+    assert out["own"] == pytest.approx([1.0, 0.5, float(covers[0].mean())])
+    assert out["others"] == pytest.approx([0.0, 0.5, float(torch.maximum(covers[1], covers[2]).mean())])
+    assert out["own_chance"] == pytest.approx([float(covers[0].mean())] * 3)
+    assert out["others_chance"] == pytest.approx([float(torch.maximum(covers[1], covers[2]).mean())] * 3)
+    # a scene of one object has no others
+    single = on_objects([m], [[([0], 0)]], [Scene(scene.objects[:1])])
+    assert single["others"] == [0.0] and single["others_chance"] == [0.0]
+
+
 def test_attention_separation_is_zero_when_keys_cannot_tell_tokens_apart(tiny_folder, tmp_path, monkeypatch):
     """With every cross-attention key projection zeroed, each position attends to all tokens alike, so every
     token's spatial map is the same and both distances are exactly 0; the trained weights give positive ones."""
@@ -250,6 +275,8 @@ def test_attention_separation_is_zero_when_keys_cannot_tell_tokens_apart(tiny_fo
         # an even map puts on each object exactly its share of the area
         assert (r["on_object"] is None) == (r["chance"] is None)
         assert r["on_object"] is None or r["on_object"] == pytest.approx(r["chance"], abs=1e-6)
+        assert (r["on_other_objects"] is None) == (r["on_object"] is None)
+        assert r["on_other_objects"] is None or r["on_other_objects"] == pytest.approx(r["other_chance"], abs=1e-6)
     assert all(r["separation"] > 1e-3 for r in before["rows"] if r["tokens"] == "LLM")
 
 

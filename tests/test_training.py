@@ -261,6 +261,22 @@ def test_entity_loss_with_negatives_separates_objects_when_optimised():
     assert min(tv(0, 2), tv(0, 3), tv(1, 2), tv(1, 3)) > 0.9  # the two objects apart
 
 
+def test_token_tv_and_cover_share_hand_values():
+    from llm4gen.training.losses import cover_share, grid_side, token_tv
+
+    m = torch.tensor([[[0.2, 0.8, 1.0], [0.8, 0.2, 3.0]]])  # [B=1, HW=2, T=3]
+    # token maps (0.2, 0.8), (0.8, 0.2), (0.25, 0.75) once normalised over space
+    assert token_tv(m, [(0, 0, 1), (0, 0, 2), (0, 2, 2)]).tolist() == pytest.approx([0.6, 0.05, 0.0])
+    assert token_tv(m, []).shape == (0,)
+    covers = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
+    assert cover_share(m, [(0, 0), (0, 2)], covers).tolist() == pytest.approx([0.2, 0.125 + 0.75])
+    with pytest.raises(ValueError, match="covers must be"):
+        cover_share(m, [(0, 0)], covers)
+    assert grid_side(torch.zeros(1, 16, 3)) == 4
+    with pytest.raises(ValueError, match="square attention grids"):
+        grid_side(torch.zeros(1, 6, 3))
+
+
 def test_grounding_loss_values():
     from llm4gen.data.shapes import SceneObject, object_cover
 

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionStore", "diffusion_loss", "entity_loss", "grounding_loss", "install_attention_store"]
+__all__ = ["AttentionStore", "cover_share", "diffusion_loss", "entity_loss", "grid_side", "grounding_loss",
+           "install_attention_store", "token_tv"]
 
 
 def diffusion_loss(
@@ -57,8 +58,11 @@ def diffusion_loss(
     return (per_sample * weights).mean()
 
 
-def _tv_rows(m: torch.Tensor, pairs: list[tuple[int, int, int]], eps: float) -> torch.Tensor:
-    """Total-variation distance between the spatial distributions of token pairs ``(b, i, j)`` of one layer."""
+def token_tv(m: torch.Tensor, pairs: list[tuple[int, int, int]], eps: float = 1e-8) -> torch.Tensor:
+    """Total-variation distance ``[P]`` between the spatial distributions of token pairs ``(b, i, j)`` of one layer's
+    attention ``m`` (``[B, HW, T]``); each token's column is normalised over positions first."""
+    if not pairs:
+        return torch.zeros(0, device=m.device)
     b_idx = torch.tensor([p[0] for p in pairs], device=m.device)
     i_idx = torch.tensor([p[1] for p in pairs], device=m.device)
     j_idx = torch.tensor([p[2] for p in pairs], device=m.device)
@@ -66,6 +70,28 @@ def _tv_rows(m: torch.Tensor, pairs: list[tuple[int, int, int]], eps: float) -> 
     pi = pi / pi.sum(-1, keepdim=True).clamp_min(eps)
     pj = pj / pj.sum(-1, keepdim=True).clamp_min(eps)
     return 0.5 * (pi - pj).abs().sum(-1)
+
+
+def cover_share(m: torch.Tensor, rows: list[tuple[int, int]], covers: torch.Tensor, eps: float = 1e-8
+                ) -> torch.Tensor:
+    """Share ``[R]`` of each token's spatial attention that falls on a region: ``rows`` are ``(b, t)`` into one
+    layer's attention ``m`` (``[B, HW, T]``), ``covers`` ``[R, HW]`` the fraction of each cell inside row r's region
+    (``llm4gen.data.shapes.object_cover``). A map spread evenly gives ``covers.mean(-1)`` (chance)."""
+    if covers.shape != (len(rows), m.shape[1]):
+        raise ValueError(f"covers must be [rows, positions] = [{len(rows)}, {m.shape[1]}], got {tuple(covers.shape)}.")
+    b_idx = torch.tensor([r[0] for r in rows], device=m.device, dtype=torch.long)
+    t_idx = torch.tensor([r[1] for r in rows], device=m.device, dtype=torch.long)
+    p = m.float()[b_idx, :, t_idx]
+    p = p / p.sum(-1, keepdim=True).clamp_min(eps)
+    return (p * covers.to(p.device, p.dtype)).sum(-1)
+
+
+def grid_side(m: torch.Tensor, what: str = "this") -> int:
+    """The side of a square attention grid ``[B, side * side, T]``; an error for any other shape."""
+    side = int(round(m.shape[1] ** 0.5))
+    if side * side != m.shape[1]:
+        raise ValueError(f"{what} needs square attention grids, got {m.shape[1]} positions.")
+    return side
 
 
 def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
@@ -83,9 +109,9 @@ def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
     for m in maps:
         m = m.float()
         if flat:
-            total = total + _tv_rows(m, flat, eps).mean()
+            total = total + token_tv(m, flat, eps).mean()
         if neg:
-            total = total + (1.0 - _tv_rows(m, neg, eps)).mean()
+            total = total + (1.0 - token_tv(m, neg, eps)).mean()
     return total / len(maps)
 
 
@@ -99,21 +125,15 @@ def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[in
     rows = [(b, t, obj) for b, found in enumerate(groundings) for tokens, obj in found for t in tokens]
     if not maps or not rows:
         return torch.zeros((), device=device)
-    b_idx = torch.tensor([r[0] for r in rows], device=device)
-    t_idx = torch.tensor([r[1] for r in rows], device=device)
     total = torch.zeros((), device=device)
     for m in maps:
-        side = int(round(m.shape[1] ** 0.5))
-        if side * side != m.shape[1]:
-            raise ValueError(f"grounding_loss needs square attention grids, got {m.shape[1]} positions.")
-        covers = {}
+        side = grid_side(m, "grounding_loss")
+        covers: dict[int, torch.Tensor] = {}
         for _, _, obj in rows:
             if id(obj) not in covers:
                 covers[id(obj)] = torch.from_numpy(object_cover(obj, side))
-        cover = torch.stack([covers[id(obj)] for _, _, obj in rows]).to(device)  # [R, HW]
-        p = m.float()[b_idx, :, t_idx]
-        p = p / p.sum(-1, keepdim=True).clamp_min(eps)
-        total = total + (1.0 - (p * cover).sum(-1)).mean()
+        cover = torch.stack([covers[id(obj)] for _, _, obj in rows])  # [R, HW]
+        total = total + (1.0 - cover_share(m, [(b, t) for b, t, _ in rows], cover, eps)).mean()
     return total / len(maps)
 
 
