@@ -386,6 +386,63 @@ def test_entity_loss_terms_reach_the_training_loss(base, tiny_llm_dirs, tmp_path
                  data={"type": "imagefolder", "path": str(tmp_path)})
 
 
+def test_entity_targets_point_at_the_words_in_each_token_space(base):
+    """Positions from both token spaces, read back in the fused (CLIP window + LLM) sequence, spell the words."""
+    from transformers import AutoTokenizer, CLIPTokenizerFast
+
+    from llm4gen.data.shapes import Scene, SceneObject
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+    from llm4gen.training.trainer import TokenSpace, entity_targets
+
+    clip_tok = CLIPTokenizerFast.from_pretrained(base, subfolder="tokenizer")
+    llm_tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    text = "a red circle and a blue square"
+    window, prefix = clip_tok.model_max_length, "pre "
+
+    def word_at(offsets, shift=0):  # the caption's word each token starts in ("" for special / padding tokens)
+        return [text[:s - shift].split(" ")[-1] + text[s - shift:].split(" ")[0] if e > s else "" for s, e in offsets]
+
+    clip_offsets = clip_tok(text, padding="max_length", max_length=window, return_offsets_mapping=True)
+    llm_offsets = llm_tok(prefix + text, return_offsets_mapping=True)["offset_mapping"]
+    fused = word_at(clip_offsets["offset_mapping"]) + word_at(llm_offsets, len(prefix))
+    assert len(fused) == window + len(llm_offsets) and "circle" in fused[:window] and "circle" in fused[window:]
+    spaces = [TokenSpace(clip_tok, "", 0, window), TokenSpace(llm_tok, prefix, window, len(llm_offsets))]
+    scene = Scene([SceneObject("blue", "square", "large", 0.7, 0.5), SceneObject("red", "circle", "small", 0.2, 0.5)])
+    pairs, negatives, grounded = entity_targets([text], spaces, negatives=True, scenes=[scene])
+    words = sorted((fused[a], fused[e], a < window) for a, e in pairs[0])
+    assert words == [("blue", "square", False), ("blue", "square", True), ("red", "circle", False),
+                     ("red", "circle", True)]
+    # push pairs join the two mentions within each space, never across spaces
+    assert {frozenset((fused[x], fused[y])) for x, y in negatives[0]} == {
+        frozenset(p) for p in [("red", "blue"), ("red", "square"), ("circle", "blue"), ("circle", "square")]}
+    assert all((x < window) == (y < window) for x, y in negatives[0])
+    assert sorted((sorted(fused[t] for t in tokens), obj.colour) for tokens, obj in grounded[0]) == [
+        (["blue", "square"], "blue"), (["blue", "square"], "blue"), (["circle", "red"], "red"),
+        (["circle", "red"], "red")]
+    # a short window keeps only the words inside it; no negatives or scenes asked, none given
+    short = [TokenSpace(clip_tok, "", 0, fused.index("circle") + 1)]
+    pairs, negatives, grounded = entity_targets([text], short)
+    assert [(fused[a], fused[e]) for a, e in pairs[0]] == [("red", "circle")] and negatives is None and grounded is None
+
+
+@pytest.mark.parametrize("tokens", ["clip", "both"])
+def test_entity_loss_tokens_choose_the_maps(base, tiny_llm_dirs, tmp_path, tokens):
+    logged = {}
+    for which in ("auto", tokens):
+        out = tmp_path / which
+        train(_cfg(base, tiny_llm_dirs["bert"], out, max_train_steps=1, caption_dropout=0.0, entity_loss_weight=0.5,
+                   entity_loss_tokens=which), progress=False)
+        logged[which] = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[0])
+    # same batch and weights: only the token positions the loss reads differ
+    assert logged[tokens]["loss_diffusion"] == pytest.approx(logged["auto"]["loss_diffusion"])
+    assert 0 < logged[tokens]["loss_entity"] <= 1 and logged[tokens]["loss_entity"] != logged["auto"]["loss_entity"]
+    with pytest.raises(ValueError, match="entity_loss_tokens: both needs an LLM"):
+        _cfg(base, None, tmp_path / "x", entity_loss_tokens="both")
+    with pytest.raises(ValueError, match="entity_loss_tokens must be one of"):
+        _cfg(base, None, tmp_path / "x", entity_loss_tokens="t5")
+
+
 def test_entity_loss_on_the_base_arm_keeps_to_the_clip_window(base, tmp_path):
     """Without an LLM the loss reads CLIP tokens; ShapesWorld's dense captions run past the tiny CLIP's window, and
     words beyond it have no token to attend to, so they must be left out rather than indexed."""

@@ -25,6 +25,7 @@ __all__ = ["DataConfig", "TrainConfig", "load_config"]
 
 DATA_TYPES = ("imagefolder", "shapesworld", "hf", "webdataset")
 ENTITY_PARSERS = ("rule", "spacy")
+ENTITY_LOSS_TOKENS = ("auto", "llm", "clip", "both")
 UNET_MODES = ("full", "lora", "frozen")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -126,6 +127,7 @@ class TrainConfig:
     entity_parser: str = "rule"  # rule (documented lexicon rule) | spacy (dependency parse; llm4gen[spacy])
     entity_loss_negatives: bool = False  # also push apart the maps of mentions naming different colours
     entity_loss_grounding: bool = False  # ShapesWorld: also pull each mention's attention onto its object
+    entity_loss_tokens: str = "auto"  # whose maps: auto (the LLM's; CLIP's without one) | llm | clip | both
     # frozen-feature cache
     cache_dir: str | None = None
     # bookkeeping
@@ -162,6 +164,10 @@ class TrainConfig:
              "entity_loss_grounding needs entity_loss_weight > 0 (the grounding term is part of the entity loss)."),
             (not self.entity_loss_grounding or self.data.type == "shapesworld",
              "entity_loss_grounding needs to know where each object is: use data.type: shapesworld."),
+            (self.entity_loss_tokens in ENTITY_LOSS_TOKENS,
+             f"entity_loss_tokens must be one of {ENTITY_LOSS_TOKENS}, got {self.entity_loss_tokens!r}."),
+            (self.llm or self.entity_loss_tokens not in ("llm", "both"),
+             f"entity_loss_tokens: {self.entity_loss_tokens} needs an LLM (set llm, or use clip / auto)."),
             (self.report_to in (None, "tensorboard"),
              f"report_to must be null or tensorboard, got {self.report_to!r}."),
             (self.entity_parser in ENTITY_PARSERS,

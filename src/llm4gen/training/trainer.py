@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ from .config import TrainConfig
 from .data import batch_indices, make_source, preprocess_image, scene_mentions, step_generator, token_bindings
 from .losses import AttentionStore, diffusion_loss, entity_loss, grounding_loss, install_attention_store
 
-__all__ = ["TrainResult", "TrainingDivergedError", "train"]
+__all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -455,6 +456,39 @@ def _fused_positions(token_pairs_: list[tuple[int, int]], shift: int, limit: int
     return [(a + shift, b + shift) for a, b in token_pairs_ if max(a, b) < limit]
 
 
+@dataclass
+class TokenSpace:
+    """One token sequence the entity loss reads: its tokenizer (fast, for offsets), the prefix put before each
+    caption, where its tokens start in the fused sequence the UNet attends to (``shift``), and how many of them the
+    UNet sees (``limit``: CLIP's window, or the batch's padded LLM length)."""
+
+    tokenizer: Any
+    prefix: str
+    shift: int
+    limit: int
+
+
+def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = "rule", negatives: bool = False,
+                   scenes: list[Any] | None = None) -> tuple[list, list | None, list | None]:
+    """Per caption, the entity loss's token pairs, push pairs (with ``negatives``) and grounded mentions (with
+    ``scenes``: ``(token positions, scene object)``), all in fused-sequence positions, pooled over ``spaces``."""
+    pairs: list[list[tuple[int, int]]] = [[] for _ in captions]
+    pushed: list[list[tuple[int, int]]] | None = [[] for _ in captions] if negatives else None
+    grounded: list[list[tuple[list[int], Any]]] | None = [[] for _ in captions] if scenes is not None else None
+    for sp in spaces:
+        offsets = sp.tokenizer([sp.prefix + c for c in captions], return_offsets_mapping=True)["offset_mapping"]
+        for i, (c, o) in enumerate(zip(captions, offsets)):
+            p, n = token_bindings(c, o, len(sp.prefix), parser)
+            pairs[i] += _fused_positions(p, sp.shift, sp.limit)
+            if pushed is not None:
+                pushed[i] += _fused_positions(n, sp.shift, sp.limit)
+            if grounded is not None:
+                scene = scenes[i]
+                grounded[i] += [([t + sp.shift for t in tokens], scene.objects[k])
+                                for tokens, k in scene_mentions(c, scene, o, len(sp.prefix), sp.limit)]
+    return pairs, pushed, grounded
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -545,15 +579,17 @@ def train(
     source = make_source(cfg.data, cfg.resolution)
     cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
     feats = Features(cfg, text, vae, llm, cache, device)
-    parse_tok = llm.tokenizer if llm is not None else text.tokenizers[0]
-    parser = cfg.entity_parser
-    prefix_len = len(cfg.llm_prefix) if llm is not None else 0
-    if store is not None and not getattr(parse_tok, "is_fast", False):
-        raise ValueError("The entity loss needs a fast tokenizer (offset mappings) for the conditioning tokens.")
-    # where the LLM tokens sit in the fused sequence: after the CLIP window (clip_first) or at the start
-    llm_offset = text.num_tokens
-    if adapter is not None and adapter.config.concat_order != "clip_first":
-        llm_offset = 0
+    # whose attention maps the entity loss reads: the LLM tokens by default, CLIP's window without an LLM
+    loss_spaces = {"auto": ("llm",) if llm is not None else ("clip",), "llm": ("llm",), "clip": ("clip",),
+                   "both": ("clip", "llm")}[cfg.entity_loss_tokens]
+    if store is not None:
+        for name in loss_spaces:
+            tok = llm.tokenizer if name == "llm" else text.tokenizers[0]
+            if not getattr(tok, "is_fast", False):
+                raise ValueError(f"The entity loss on the {name.upper()} tokens needs a fast tokenizer (offset "
+                                 f"mappings); {type(tok).__name__} is not one. Use entity_loss_tokens to pick another.")
+    # the fused sequence: the CLIP window then the LLM tokens (clip_first), or the other way round
+    clip_first = adapter is None or adapter.config.concat_order == "clip_first"
 
     logs = out / "logs" / "metrics.jsonl"
     writer = None
@@ -631,21 +667,16 @@ def train(
                         loss_d = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
                         loss = loss_d
                         if store is not None:
-                            offsets = parse_tok([(cfg.llm_prefix if llm is not None else "") + c for c in captions],
-                                                return_offsets_mapping=True)["offset_mapping"]
-                            shift = llm_offset if llm is not None else 0
-                            found = [token_bindings(c, o, prefix_len, parser) for c, o in zip(captions, offsets)]
-                            # only tokens the UNet sees: this batch's padded LLM sequence, or CLIP's window
-                            limit = llm_feats.shape[1] if llm is not None else text.num_tokens
-                            pairs = [_fused_positions(p, shift, limit) for p, _ in found]
-                            negatives = None
-                            if cfg.entity_loss_negatives:
-                                negatives = [_fused_positions(n, shift, limit) for _, n in found]
+                            n_llm = llm_feats.shape[1] if llm is not None else 0
+                            spaces = [TokenSpace(llm.tokenizer, cfg.llm_prefix, text.num_tokens if clip_first else 0,
+                                                 n_llm) if name == "llm" else
+                                      TokenSpace(text.tokenizers[0], "", 0 if clip_first else n_llm, text.num_tokens)
+                                      for name in loss_spaces]
+                            pairs, negatives, grounded = entity_targets(
+                                captions, spaces, cfg.entity_parser, cfg.entity_loss_negatives,
+                                [ex.scene for ex in examples] if cfg.entity_loss_grounding else None)
                             loss_e = entity_loss(store.maps, pairs, negatives)
-                            if cfg.entity_loss_grounding:
-                                grounded = [[([t + shift for t in tokens], ex.scene.objects[k])
-                                             for tokens, k in scene_mentions(c, ex.scene, o, prefix_len, limit)]
-                                            for c, o, ex in zip(captions, offsets, examples)]
+                            if grounded is not None:
                                 loss_e = loss_e + grounding_loss(store.maps, grounded)
                             loss = loss + cfg.entity_loss_weight * loss_e
                             parts["entity"] += loss_e.item() / A
