@@ -420,10 +420,12 @@ def test_entity_targets_point_at_the_words_in_each_token_space(base):
     assert sorted((sorted(fused[t] for t in tokens), obj.colour) for tokens, obj in grounded[0]) == [
         (["blue", "square"], "blue"), (["blue", "square"], "blue"), (["circle", "red"], "red"),
         (["circle", "red"], "red")]
-    # a short window keeps only the words inside it; no negatives or scenes asked, none given
-    short = [TokenSpace(clip_tok, "", 0, fused.index("circle") + 1)]
+    # a short window keeps only the words inside it (its last slot is the end token, as the encoder truncates);
+    # no negatives or scenes asked, none given
+    short = [TokenSpace(clip_tok, "", 0, fused.index("circle") + 2)]
     pairs, negatives, grounded = entity_targets([text], short)
     assert [(fused[a], fused[e]) for a, e in pairs[0]] == [("red", "circle")] and negatives is None and grounded is None
+    assert entity_targets([text], [TokenSpace(clip_tok, "", 0, fused.index("circle") + 1)])[0] == [[]]
 
 
 @pytest.mark.parametrize("tokens", ["clip", "both"])

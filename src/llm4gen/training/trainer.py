@@ -476,7 +476,9 @@ def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = 
     pushed: list[list[tuple[int, int]]] | None = [[] for _ in captions] if negatives else None
     grounded: list[list[tuple[list[int], Any]]] | None = [[] for _ in captions] if scenes is not None else None
     for sp in spaces:
-        offsets = sp.tokenizer([sp.prefix + c for c in captions], return_offsets_mapping=True)["offset_mapping"]
+        # truncated to the window as the encoder was, so the last slot holds its end token, not a word
+        offsets = sp.tokenizer([sp.prefix + c for c in captions], return_offsets_mapping=True, truncation=True,
+                               max_length=sp.limit)["offset_mapping"]
         for i, (c, o) in enumerate(zip(captions, offsets)):
             p, n = token_bindings(c, o, len(sp.prefix), parser)
             pairs[i] += _fused_positions(p, sp.shift, sp.limit)
