@@ -4,7 +4,7 @@ For held-out scenes with two or more objects (the headline benchmark's test prom
 noised to timestep t and passed through the UNet (with the CAM first, exactly as in training) while every
 cross-attention layer's probabilities are recorded (``llm4gen.training.losses.AttentionStore``: mean over heads,
 layers at or below 16 x 16). The caption is parsed as the entity-guided loss parses it
-(``llm4gen.training.data.token_bindings``), once with the LLM tokenizer and once with the CLIP tokenizer, and per
+(``llm4gen.training.trainer.entity_targets``), once with the LLM tokenizer and once with the CLIP tokenizer, and per
 token space the script reports, over all layers and prompts:
 
 - **separation**: the mean total-variation distance between the spatial attention maps of tokens of two mentions
@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +50,11 @@ def _tv(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]]) -> list[fl
     return [float(x) for m in maps for x in token_tv(m.float(), flat)]
 
 
-def _on_objects(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], int]]], scenes: list
+def _on_objects(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], Any]]], scenes: list
                 ) -> dict[str, list[float]]:
-    """Per layer, mention and token: the share of the token's spatial attention on its own object (``own``) and on
-    the scene's other objects (``others``: the cell-wise largest of their covers, 0 with one object), each with the
-    share an even map would put there (``own_chance``, ``others_chance``)."""
+    """Per layer, mention ``(tokens, scene object)`` and token: the share of the token's spatial attention on its own
+    object (``own``) and on the scene's other objects (``others``: the cell-wise largest of their covers, 0 with one
+    object), each with the share an even map would put there (``own_chance``, ``others_chance``)."""
     from llm4gen.data.shapes import object_cover
     from llm4gen.training.losses import cover_share, grid_side
 
@@ -62,13 +63,14 @@ def _on_objects(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], i
         side = grid_side(m, "attention_separation")
         rows, own, others = [], [], []
         for b, found in enumerate(mentions):
-            covers = torch.stack([torch.from_numpy(object_cover(o, side)) for o in scenes[b].objects])
-            for tokens, k in found:
-                rest = torch.cat([covers[:k], covers[k + 1:]])
-                rest = rest.amax(0) if len(rest) else torch.zeros_like(covers[k])
+            covers = [torch.from_numpy(object_cover(o, side)) for o in scenes[b].objects]
+            for tokens, obj in found:
+                mine = next(c for o, c in zip(scenes[b].objects, covers) if o is obj)
+                rest = [c for o, c in zip(scenes[b].objects, covers) if o is not obj]
+                rest = torch.stack(rest).amax(0) if rest else torch.zeros_like(mine)
                 for t in tokens:
                     rows.append((b, t))
-                    own.append(covers[k])
+                    own.append(mine)
                     others.append(rest)
         if rows:
             own_c, others_c = torch.stack(own), torch.stack(others)
@@ -97,9 +99,8 @@ def main() -> None:
     from llm4gen.data.shapes import render_scene
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.data import scene_mentions, token_bindings
     from llm4gen.training.losses import AttentionStore, install_attention_store
-    from llm4gen.training.trainer import ClipText, Denoiser
+    from llm4gen.training.trainer import ClipText, Denoiser, TokenSpace, entity_targets
 
     src = Path(args.model)
     if not (src / "model_index.json").is_file():
@@ -116,9 +117,6 @@ def main() -> None:
         raise SystemExit("Both tokenizers must be fast tokenizers (offset mappings) to map words to tokens.")
     n_clip = clip_tok.model_max_length
     prefix = pipe.llm_encoder.config.prefix
-    clip_offsets = clip_tok(captions, return_offsets_mapping=True, truncation=True,
-                            max_length=n_clip)["offset_mapping"]  # the window CLIP reads
-    llm_offsets = llm_tok([prefix + c for c in captions], return_offsets_mapping=True)["offset_mapping"]
 
     text = ClipText([pipe.tokenizer], [pipe.text_encoder.eval()])
     with torch.no_grad():
@@ -126,35 +124,24 @@ def main() -> None:
         enc = pipe.llm_encoder.encode(captions)
     feats, mask = enc.embeds.float(), enc.attention_mask
     n_llm = feats.shape[1]
-
-    def parsed(offsets: list, prefix_len: int, limit: int) -> tuple[list, list]:
-        """(attribute pairs, negative pairs) per caption, in the tokenizer's positions, inside its window."""
-        found = [token_bindings(c, o, prefix_len) for c, o in zip(captions, offsets)]
-        return tuple([[(a, b) for a, b in pairs if max(a, b) < limit] for pairs in lists]
-                     for lists in zip(*found))
-
-    def shifted(lists: tuple[list, list], shift: int) -> tuple[list, list]:
-        return tuple([[(a + shift, b + shift) for a, b in pairs] for pairs in group] for group in lists)
-
-    clip_pairs, llm_pairs = parsed(clip_offsets, 0, n_clip), parsed(llm_offsets, len(prefix), n_llm)
     scenes = [scene for _, scene in items]
-    clip_mentions = [scene_mentions(c, sc, o, 0, n_clip) for c, sc, o in zip(captions, scenes, clip_offsets)]
-    llm_mentions = [scene_mentions(c, sc, o, len(prefix), n_llm) for c, sc, o in zip(captions, scenes, llm_offsets)]
 
-    def moved(mentions: list, shift: int) -> list:
-        return [[([t + shift for t in tokens], k) for tokens, k in found] for found in mentions]
+    def targets(space: TokenSpace) -> tuple[list, list, list]:
+        """(attribute pairs, negative pairs, grounded mentions) per caption, as the trainer's entity loss reads
+        them: positions in the fused sequence, inside the window."""
+        return entity_targets(captions, [space], negatives=True, scenes=scenes)
 
     # where each window sits in the fused sequence (as in training)
     clip_first = getattr(pipe.adapter.config, "concat_order", "clip_first") == "clip_first"
     clip_shift, llm_shift = (0, n_clip) if clip_first else (n_llm, 0)
-    fused = {"CLIP": (*shifted(clip_pairs, clip_shift), moved(clip_mentions, clip_shift)),
-             "LLM": (*shifted(llm_pairs, llm_shift), moved(llm_mentions, llm_shift))}
+    fused = {"CLIP": targets(TokenSpace(clip_tok, "", clip_shift, n_clip)),
+             "LLM": targets(TokenSpace(llm_tok, prefix, llm_shift, n_llm))}
     arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
                         dict(clip=clip, llm=feats, llm_mask=mask), fused)}
     if (src / "base_unet" / "config.json").is_file():
         base = UNet2DConditionModel.from_pretrained(src / "base_unet")
         arms["base (CLIP only)"] = (Denoiser(base, None, False), dict(clip=clip),
-                                    {"CLIP": (*clip_pairs, clip_mentions)})
+                                    {"CLIP": targets(TokenSpace(clip_tok, "", 0, n_clip))})
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size * factor  # the resolution the model was trained at

@@ -236,13 +236,13 @@ def test_on_objects_tells_a_words_own_object_from_the_others():
     both = ((covers[0] == 1) | (covers[1] == 1)).float()
     # token 0: only inside object 0; token 1: object 0 and 1 alike; token 2: even over the image
     m = torch.stack([inside0, both, torch.ones(side * side)], -1)[None]
-    out = on_objects([m], [[([0, 1, 2], 0)]], [scene])
+    out = on_objects([m], [[([0, 1, 2], scene.objects[0])]], [scene])
     assert out["own"] == pytest.approx([1.0, 0.5, float(covers[0].mean())])
     assert out["others"] == pytest.approx([0.0, 0.5, float(torch.maximum(covers[1], covers[2]).mean())])
     assert out["own_chance"] == pytest.approx([float(covers[0].mean())] * 3)
     assert out["others_chance"] == pytest.approx([float(torch.maximum(covers[1], covers[2]).mean())] * 3)
     # a scene of one object has no others
-    single = on_objects([m], [[([0], 0)]], [Scene(scene.objects[:1])])
+    single = on_objects([m], [[([0], scene.objects[0])]], [Scene(scene.objects[:1])])
     assert single["others"] == [0.0] and single["others_chance"] == [0.0]
 
 

@@ -584,14 +584,22 @@ def train(
     # whose attention maps the entity loss reads: the LLM tokens by default, CLIP's window without an LLM
     loss_spaces = {"auto": ("llm",) if llm is not None else ("clip",), "llm": ("llm",), "clip": ("clip",),
                    "both": ("clip", "llm")}[cfg.entity_loss_tokens]
-    if store is not None:
-        for name in loss_spaces:
-            tok = llm.tokenizer if name == "llm" else text.tokenizers[0]
-            if not getattr(tok, "is_fast", False):
-                raise ValueError(f"The entity loss on the {name.upper()} tokens needs a fast tokenizer (offset "
-                                 f"mappings); {type(tok).__name__} is not one. Use entity_loss_tokens to pick another.")
     # the fused sequence: the CLIP window then the LLM tokens (clip_first), or the other way round
     clip_first = adapter is None or adapter.config.concat_order == "clip_first"
+
+    def loss_token_spaces(n_llm: int) -> dict[str, TokenSpace]:
+        """The token sequences the entity loss reads, for a batch whose padded LLM sequence has ``n_llm`` tokens."""
+        where = {"clip": TokenSpace(text.tokenizers[0], "", 0 if clip_first else n_llm, text.num_tokens)}
+        if llm is not None:
+            where["llm"] = TokenSpace(llm.tokenizer, cfg.llm_prefix, text.num_tokens if clip_first else 0, n_llm)
+        return {name: where[name] for name in loss_spaces}
+
+    if store is not None:
+        for name, space in loss_token_spaces(0).items():
+            if not getattr(space.tokenizer, "is_fast", False):
+                raise ValueError(f"The entity loss on the {name.upper()} tokens needs a fast tokenizer (offset "
+                                 f"mappings); {type(space.tokenizer).__name__} is not one. Use entity_loss_tokens "
+                                 "to pick another.")
 
     logs = out / "logs" / "metrics.jsonl"
     writer = None
@@ -669,13 +677,9 @@ def train(
                         loss_d = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
                         loss = loss_d
                         if store is not None:
-                            n_llm = llm_feats.shape[1] if llm is not None else 0
-                            spaces = [TokenSpace(llm.tokenizer, cfg.llm_prefix, text.num_tokens if clip_first else 0,
-                                                 n_llm) if name == "llm" else
-                                      TokenSpace(text.tokenizers[0], "", 0 if clip_first else n_llm, text.num_tokens)
-                                      for name in loss_spaces]
+                            spaces = loss_token_spaces(llm_feats.shape[1] if llm is not None else 0)
                             pairs, negatives, grounded = entity_targets(
-                                captions, spaces, cfg.entity_parser, cfg.entity_loss_negatives,
+                                captions, list(spaces.values()), cfg.entity_parser, cfg.entity_loss_negatives,
                                 [ex.scene for ex in examples] if cfg.entity_loss_grounding else None)
                             loss_e = entity_loss(store.maps, pairs, negatives)
                             if grounded is not None:
