@@ -16,6 +16,7 @@ from llm4gen.training.cache import FeatureCache, model_fingerprint
 from llm4gen.training.config import load_config
 from llm4gen.training.data import (
     batch_indices,
+    mention_words,
     parse_entities,
     scene_mentions,
     token_at_span,
@@ -188,6 +189,29 @@ def test_scene_mentions_match_colour_and_noun_to_one_object():
         assert [k for _, k in scene_mentions(text, grey, enc["offset_mapping"])] == [0]
 
 
+def test_mention_words_give_each_mentions_noun_and_colour_token():
+    from transformers import AutoTokenizer
+
+    from llm4gen.data.shapes import Scene, SceneObject
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    scene = Scene([SceneObject("red", "circle", "small", 0.2, 0.5), SceneObject("blue", "square", "large", 0.7, 0.5),
+                   SceneObject("grey", "star", "small", 0.5, 0.2)])
+    text = "A small red round disc sits on the left. The large blue square is right of the red circle. A gray star."
+    enc = tok("llm: " + text, return_offsets_mapping=True)  # a prefix shifts the offsets
+    names = tok.convert_ids_to_tokens(enc["input_ids"])
+    found = mention_words(text, scene, enc["offset_mapping"], prefix_len=5)
+    assert [(names[n], names[c], k) for n, c, k in found] == [("round", "red", 0), ("square", "blue", 1),
+                                                               ("circle", "red", 0), ("star", "gray", 2)]
+    # a word at or beyond the window has no token; its mention stays, so its other word is still read
+    limit = names.index("square")
+    cut = mention_words(text, scene, enc["offset_mapping"], prefix_len=5, limit=limit)
+    assert [(n is None, c is None, k) for n, c, k in cut] == [(False, False, 0), (True, False, 1), (True, True, 0),
+                                                               (True, True, 2)]
+
+
 def test_entity_parser_precision_on_shapesworld():
     from llm4gen.data.shapes import ShapesWorld
 
@@ -293,6 +317,19 @@ def test_grounding_loss_values():
     assert grounding_loss([m], [[]]).item() == 0.0  # nothing to ground
     with pytest.raises(ValueError, match="square"):
         grounding_loss([torch.ones(1, 6, 3)], [[([0], obj)]])
+
+
+def test_grounding_loss_averages_layers_of_several_resolutions():
+    from llm4gen.data.shapes import SceneObject, object_cover
+
+    obj = SceneObject("red", "circle", "large", 0.25, 0.25)
+    m2 = torch.zeros(1, 4, 1)
+    m2[0, 0, 0] = 1.0  # all on cell 0 of a 2 x 2 grid
+    m4 = torch.full((1, 16, 1), 1.0 / 16)  # spread over a 4 x 4 grid: chance
+    want2, want4 = 1 - object_cover(obj, 2)[0], 1 - object_cover(obj, 4).mean()
+    assert want2 != pytest.approx(want4)  # the two grids' covers differ, so a cover reused across sides would show
+    got = grounding_loss([m2, m4, m2], [[([0], obj)]]).item()
+    assert got == pytest.approx((2 * want2 + want4) / 3)
 
 
 def test_grounding_loss_moves_attention_onto_the_object_when_optimised():

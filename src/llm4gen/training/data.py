@@ -14,7 +14,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,8 @@ from ..utils import read_jsonl
 from .config import DataConfig
 
 __all__ = ["Example", "HFSource", "ImageFolderSource", "ShapesSource", "WebDatasetSource", "batch_indices",
-           "expand_shards", "make_source", "parse_entities", "parse_entities_spacy", "preprocess_image",
-           "scene_mentions", "token_at_span", "token_bindings", "token_pairs"]
+           "expand_shards", "make_source", "mention_words", "parse_entities", "parse_entities_spacy",
+           "preprocess_image", "scene_mentions", "token_at_span", "token_bindings", "token_pairs"]
 
 
 @dataclass
@@ -459,22 +459,46 @@ _NOUN_SHAPES = {"circle": "circle", "round": "circle", "disc": "circle", "square
                 "star": "star", "ring": "ring", "cross": "cross", "plus": "cross"}
 
 
+def _scene_matches(text: str, scene: Any) -> Iterator[tuple[tuple[int, int], list[tuple[int, int]], int]]:
+    """(noun span, attribute spans, object index) for each mention whose colour word and noun name exactly one object
+    of a ShapesWorld ``scene``."""
+    for ent, attrs in _mentions(text).items():
+        shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
+        colours = _colours_named(text, attrs)
+        match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
+        if len(match) == 1:
+            yield ent, attrs, match[0]
+
+
 def scene_mentions(text: str, scene: Any, offsets: list[tuple[int, int]], prefix_len: int = 0,
                    limit: int | None = None) -> list[tuple[list[int], int]]:
     """(token positions, object index) for each mention in a ShapesWorld caption whose colour word and noun name
     exactly one object of ``scene`` ("a small red round disc" -> the red circle); the positions are the noun's and
     its attributes' tokens (``offsets``: a fast tokenizer's offset mapping), those at or beyond ``limit`` left out."""
     out = []
-    for ent, attrs in _mentions(text).items():
-        shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
-        colours = _colours_named(text, attrs)
-        match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
-        if len(match) != 1:
-            continue
+    for ent, attrs, k in _scene_matches(text, scene):
         tokens = [token_at_span(offsets, span, prefix_len) for span in (ent, *attrs)]
         tokens = [t for t in tokens if t is not None and (limit is None or t < limit)]
         if tokens:
-            out.append((tokens, match[0]))
+            out.append((tokens, k))
+    return out
+
+
+def mention_words(text: str, scene: Any, offsets: list[tuple[int, int]], prefix_len: int = 0,
+                  limit: int | None = None) -> list[tuple[int | None, int | None, int]]:
+    """(noun token, colour token, object index) for each mention :func:`scene_mentions` matches: "a small red round
+    disc" gives the tokens of "disc" and "red" and the red circle's index. A word's token is None when the tokenizer
+    did not reach it or it lies at or beyond ``limit``."""
+
+    def token(span: tuple[int, int] | None) -> int | None:
+        t = None if span is None else token_at_span(offsets, span, prefix_len)
+        return None if t is None or (limit is not None and t >= limit) else t
+
+    out = []
+    for ent, attrs, k in _scene_matches(text, scene):
+        colour = scene.objects[k].colour
+        span = next((a for a in attrs if _colours_named(text, [a]) == {colour}), None)
+        out.append((token(ent), token(span), k))
     return out
 
 

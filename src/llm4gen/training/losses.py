@@ -126,14 +126,16 @@ def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[in
     if not maps or not rows:
         return torch.zeros((), device=device)
     total = torch.zeros((), device=device)
+    stacked: dict[int, torch.Tensor] = {}  # side -> [R, HW]: layers of one resolution share their covers
     for m in maps:
         side = grid_side(m, "grounding_loss")
-        covers: dict[int, torch.Tensor] = {}
-        for _, _, obj in rows:
-            if id(obj) not in covers:
-                covers[id(obj)] = torch.from_numpy(object_cover(obj, side))
-        cover = torch.stack([covers[id(obj)] for _, _, obj in rows])  # [R, HW]
-        total = total + (1.0 - cover_share(m, [(b, t) for b, t, _ in rows], cover, eps)).mean()
+        if side not in stacked:
+            covers: dict[int, torch.Tensor] = {}
+            for _, _, obj in rows:
+                if id(obj) not in covers:
+                    covers[id(obj)] = torch.from_numpy(object_cover(obj, side))
+            stacked[side] = torch.stack([covers[id(obj)] for _, _, obj in rows]).to(device)
+        total = total + (1.0 - cover_share(m, [(b, t) for b, t, _ in rows], stacked[side], eps)).mean()
     return total / len(maps)
 
 
