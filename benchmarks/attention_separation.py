@@ -93,28 +93,23 @@ def main() -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from rich.console import Console
     from rich.table import Table
-    from transformers import AutoTokenizer
 
-    from llm4gen import LLM4GenPipeline
     from llm4gen.data.shapes import render_scene
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.losses import AttentionStore, install_attention_store
     from llm4gen.training.trainer import ClipText, Denoiser, TokenSpace, entity_targets
 
     src = Path(args.model)
-    if not (src / "model_index.json").is_file():
-        raise SystemExit(f"{src} is not a pipeline folder (no model_index.json); give --model an LLM4GEN pipeline.")
-    pipe = LLM4GenPipeline.from_pretrained(src)
+    try:
+        pipe, clip_tok, llm_tok = load_with_tokenizers(src)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"--model: {err}") from None
     items = [(text, scene) for text, scene in benchmark_prompts(QualityConfig(num_prompts=args.prompts))
              if len(scene.objects) >= 2]
     if not items:
         raise SystemExit(f"None of the first {args.prompts} held-out prompts has two objects; raise --prompts.")
     captions = [text for text, _ in items]
-    clip_tok = AutoTokenizer.from_pretrained(src / "tokenizer")
-    llm_tok = pipe.llm_encoder.tokenizer
-    if not (clip_tok.is_fast and llm_tok.is_fast):
-        raise SystemExit("Both tokenizers must be fast tokenizers (offset mappings) to map words to tokens.")
     n_clip = clip_tok.model_max_length
     prefix = pipe.llm_encoder.config.prefix
 

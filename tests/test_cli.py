@@ -114,6 +114,8 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     assert sum(b["prompts"] for b in report["binding_breakdown"]["llm4gen"].values()) == 3
     assert "Binding by objects asked" in result.output
     assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()
+    result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "v"), "--split", "val"])
+    assert result.exit_code != 0 and "split must be one of" in result.output
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "s"), "--prompts", "3", "--steps", "2",
                                  "--batch-size", "2", "--adapter-scale", "0"])
     assert result.exit_code == 0, result.output

@@ -75,6 +75,22 @@ def test_paired_difference_and_buckets_by_hand():
     assert summary["all"]["spatial"]["n"] == 2
 
 
+def test_benchmark_prompts_come_from_the_asked_split():
+    from llm4gen.data.shapes import HELD_OUT_PAIRS
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+
+    def held(items):
+        return [any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects) for _, scene in items]
+
+    test = benchmark_prompts(QualityConfig(num_prompts=40))
+    train = benchmark_prompts(QualityConfig(num_prompts=40, split="train"))
+    assert all(held(test)) and not any(held(train))
+    assert {t for t, _ in test}.isdisjoint(t for t, _ in train)
+    assert "held-out" in QualityConfig().prompt_set and "seen pairs" in QualityConfig(split="train").prompt_set
+    with pytest.raises(ValueError, match="split must be one of"):
+        QualityConfig(split="val")
+
+
 def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
 

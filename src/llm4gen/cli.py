@@ -459,6 +459,10 @@ def bench_quality(
     adapter_scale: float | None = typer.Option(
         None, "--adapter-scale", min=0.0,
         help="The CAM's balance factor λ in the llm4gen arm (default: the adapter's, 1.0 as trained)."),
+    split: str = typer.Option(
+        "test", "--split",
+        help="test: the held-out prompts (each asks for a colour-shape pair never trained on); train: new scenes "
+             "made only of pairs seen in training (a control: does a failure come from the unseen pairs?)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps."),
 ) -> None:
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
@@ -472,8 +476,11 @@ def bench_quality(
             raise typer.BadParameter(
                 f"Give the base arm with --base-unet or --base-model ({Path(model) / 'base_unet'} is absent).")
         base_unet = str(base_unet_dir(model))
-    cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
-                        guidance_scale=guidance, batch_size=batch_size, image_seed=seed)
+    try:
+        cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
+                            guidance_scale=guidance, batch_size=batch_size, image_seed=seed, split=split)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     try:
         base = load_arm(base_model, device=device) if base_model else load_arm(model, unet=base_unet, device=device)
         arms = {"base": base, "llm4gen": load_arm(model, device=device)}

@@ -4,7 +4,9 @@ Two (or more) arms render the same held-out ShapesWorld prompts with the same in
 ShapesWorld scorer checks each image against the scene graph its prompt describes:
 
 - prompts: the first ``num_prompts`` scenes of the ``test`` split (``prompt_seed``), captioned ``dense`` (40-140
-  words). Every test scene contains a (colour, shape) pair that never occurs in training.
+  words). Every test scene contains a (colour, shape) pair that never occurs in training. ``split="train"`` draws
+  scenes made only of pairs seen in training instead (new ones: the bundled recipe trains on seed 0 of that split,
+  the prompts come from ``prompt_seed``): a control for whether a failure comes from the unseen pairs.
 - images: image ``i`` of every arm starts from the same noise (``torch.Generator`` seeded ``image_seed + i``) and
   uses the same scheduler, steps and guidance.
 - metrics: count, colour, shape, binding, size, spatial, background and all-correct (``llm4gen.eval.shapes``),
@@ -41,6 +43,7 @@ __all__ = [
     "bootstrap_ci",
     "clip_only_pipeline",
     "load_arm",
+    "load_with_tokenizers",
     "metric_summary",
     "paired_difference",
     "plot_quality",
@@ -69,19 +72,31 @@ class QualityConfig:
     batch_size: int = 50
     size: int = 64
     bootstrap: int = 2000
+    split: str = "test"  # test: every prompt asks for a pair held out of training; train: new scenes of seen pairs
 
     def __post_init__(self) -> None:
+        from ..data.shapes import SPLITS
+
         if self.num_prompts < 1 or self.batch_size < 1 or self.num_inference_steps < 1 or self.bootstrap < 100:
             raise ValueError("num_prompts, batch_size and num_inference_steps must be >= 1, bootstrap >= 100.")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}.")
+
+    @property
+    def prompt_set(self) -> str:
+        """How tables and charts name the prompts."""
+        return ("ShapesWorld held-out dense prompts" if self.split == "test"
+                else f"ShapesWorld {self.split}-split dense prompts (new scenes, seen pairs)")
 
 
 def benchmark_prompts(cfg: QualityConfig) -> list[tuple[str, Any]]:
-    """The held-out prompts and their scene graphs: ``[(caption, scene), ...]``."""
+    """The prompts and their scene graphs: ``[(caption, scene), ...]``, the first ``num_prompts`` of ``cfg.split``
+    (``test``: the held-out prompts)."""
     from ..data.shapes import ShapesWorld, ShapesWorldConfig
 
-    world = ShapesWorld("test", seed=cfg.prompt_seed,
+    world = ShapesWorld(cfg.split, seed=cfg.prompt_seed,
                         config=ShapesWorldConfig(size=cfg.size, caption_style=cfg.caption_style))
     return [world.caption_of(i) for i in range(cfg.num_prompts)]
 
@@ -121,6 +136,24 @@ def base_unet_dir(model: str | os.PathLike) -> Path | None:
     """``model/base_unet`` (the base arm's UNet that ``llm4gen shapes package`` puts beside the model), if present."""
     folder = Path(model) / "base_unet"
     return folder if (folder / "config.json").is_file() else None
+
+
+def load_with_tokenizers(folder: str | os.PathLike) -> tuple[Any, Any, Any]:
+    """An LLM4GEN pipeline folder with its CLIP and LLM tokenizers, both fast (their offset mappings tie words to
+    tokens), for the diagnostics that read particular words' tokens: ``(pipeline, clip_tokenizer, llm_tokenizer)``."""
+    from transformers import AutoTokenizer
+
+    from ..pipeline import LLM4GenPipeline
+
+    src = Path(folder)
+    if not (src / "model_index.json").is_file():
+        raise FileNotFoundError(f"{src} is not a pipeline folder (no model_index.json); give an LLM4GEN pipeline.")
+    pipe = LLM4GenPipeline.from_pretrained(src)
+    clip_tok = AutoTokenizer.from_pretrained(src / "tokenizer")
+    llm_tok = pipe.llm_encoder.tokenizer
+    if not (clip_tok.is_fast and llm_tok.is_fast):
+        raise ValueError("Both tokenizers must be fast tokenizers (offset mappings) to map words to tokens.")
+    return pipe, clip_tok, llm_tok
 
 
 def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, device: str = "cpu") -> Any:
@@ -353,7 +386,8 @@ def _print_table(report: dict[str, Any]) -> None:
 
     arms = list(report["summary"])
     ref = arms[0]
-    table = Table(title=f"ShapesWorld held-out dense prompts: accuracy % [95% CI]; diff = arm - {ref} (paired)")
+    prompt_set = QualityConfig(split=report.get("config", {}).get("split", "test")).prompt_set
+    table = Table(title=f"{prompt_set}: accuracy % [95% CI]; diff = arm - {ref} (paired)")
     table.add_column("prompts")
     table.add_column("metric")
     for arm in arms:
@@ -443,7 +477,7 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
               "binding_breakdown": {name: binding_breakdown(per_arm[name], scenes) for name in names},
               "results": per_arm}
     (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    plot_quality(summary, out / "quality.png")
+    plot_quality(summary, out / "quality.png", title=cfg.prompt_set)
     _sample_grid(images, prompts, samples).save(out / "samples.png")
     if progress:
         _print_table(report)
