@@ -4,7 +4,8 @@ benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trai
 benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
 benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects;
 benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
-benchmarks/attention_separation.py: whether different objects' words attend to different places.
+benchmarks/attention_separation.py: whether different objects' words attend to different places;
+benchmarks/binding_probe.py: whether the text features say which colour goes with which shape.
 """
 
 from __future__ import annotations
@@ -283,3 +284,169 @@ def test_attention_separation_is_zero_when_keys_cannot_tell_tokens_apart(tiny_fo
 def test_attention_separation_names_a_folder_without_a_pipeline(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="model_index.json"):
         _run_script("attention_separation", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
+
+
+# ---------------------------------------------------------------------- binding probe
+def test_probe_separates_classes_a_feature_carries_and_not_those_it_lacks():
+    import torch
+
+    module = _load_script("binding_probe")
+    g = torch.Generator().manual_seed(0)
+    n, classes = 600, 4
+    y = torch.randint(0, classes, (n,), generator=g)
+    signal = torch.nn.functional.one_hot(y, classes).float() * 3 + torch.randn(n, classes, generator=g)
+    noise = torch.randn(n, 8, generator=g)
+    carries = module.fit_probe(torch.cat([signal, noise], 1)[:400], y[:400], classes)
+    acc = (carries(torch.cat([signal, noise], 1)[400:]).argmax(1) == y[400:]).float().mean()
+    assert acc > 0.9
+    lacks = module.fit_probe(noise[:400], y[:400], classes)
+    acc = (lacks(noise[400:]).argmax(1) == y[400:]).float().mean()
+    assert 0.1 < acc < 0.45  # chance is 0.25
+    with pytest.raises(ValueError, match=r"rows \[N, D\]"):
+        module.fit_probe(torch.zeros(3), torch.zeros(3, dtype=torch.long), 2)
+
+
+def test_pick_among_only_considers_the_scenes_values():
+    import torch
+
+    pick = _load_script("binding_probe").pick_among
+    logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [9.0, 0.0, 1.0, -1.0]])
+    assert pick(logits, [[0, 2, 3], [1, 3]]) == [3, 1]  # the best overall (1, 0) is not in the scene
+    with pytest.raises(ValueError, match="allowed classes per row"):
+        pick(logits, [[0], []])
+
+
+def test_score_probe_splits_accuracy_by_held_out_pairs():
+    """Class = sign of the feature on seen pairs; the held-out rows carry the opposite sign for their class, as a
+    pairing never seen in training would: all seen right, all held-out wrong."""
+    import torch
+
+    score = _load_script("binding_probe").score_probe
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=g)
+    x = (2.0 * y - 1)[:, None] * (1 + torch.rand(300, 1, generator=g))
+    held = [k >= 200 for k in range(300)]
+    x[200:] = -x[200:]
+    rows = {"x": list(x), "y": y.tolist(), "allowed": [[0, 1]] * 250 + [[0, 1, 2]] * 50, "held_out": held,
+            "prompt": list(range(300))}
+    train = {k: v[:200] for k, v in rows.items()}
+    got = score(train, rows, 3)
+    assert got["accuracy_seen_pairs"] == 100.0 and got["accuracy_held_out_pairs"] == 0.0
+    assert got["accuracy"] == pytest.approx(100 * 200 / 300) and got["train_accuracy"] == 100.0
+    assert got["chance"] == pytest.approx(100 * (250 / 2 + 50 / 3) / 300)
+    assert (got["train_rows"], got["test_rows"], got["test_rows_held_out"]) == (200, 300, 100)
+
+
+def test_colour_swap_trades_two_colours_in_caption_and_scene():
+    from transformers import AutoTokenizer
+
+    from llm4gen.data.shapes import Scene, SceneObject, ShapesWorld
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+    from llm4gen.training.data import mention_words
+
+    swap = _load_script("binding_probe").colour_swap
+    scene = Scene([SceneObject("orange", "circle", "small", 0.2, 0.5), SceneObject("red", "square", "large", 0.7, 0.5),
+                   SceneObject("blue", "star", "small", 0.5, 0.2)], background="grey", relations=[(0, "left of", 1)])
+    text = "An orange circle sits left. The red square, coloured red, is right of the orange circle. A blue star."
+    got, swapped = swap(text, scene)
+    assert got == "A red circle sits left. The orange square, coloured orange, is right of the red circle. A blue star."
+    assert [o.colour for o in swapped.objects] == ["red", "orange", "blue"]
+    assert [(o.shape, o.x) for o in swapped.objects] == [(o.shape, o.x) for o in scene.objects]
+    assert swapped.background == "grey" and swapped.relations == scene.relations
+    assert [o.colour for o in scene.objects] == ["orange", "red", "blue"]  # the original is untouched
+    assert swap("A red circle and a red square.", Scene([SceneObject("red", "circle", "small", 0.2, 0.5),
+                                                        SceneObject("red", "square", "small", 0.7, 0.5)])) is None
+    # on generated dense captions the twin parses to the same objects, recoloured (a colour may take more or fewer
+    # word pieces, so token positions can move)
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    world, matched = ShapesWorld("train", seed=3), 0
+    for k in range(40):
+        text, scene = world.caption_of(k)
+        twin = swap(text, scene)
+        if twin is None:
+            continue
+        found = []
+        for t, sc in ((text, scene), twin):
+            enc = tok(t, return_offsets_mapping=True)
+            names = tok.convert_ids_to_tokens(enc["input_ids"])
+            found.append([(names[n], k) for n, _, k in mention_words(t, sc, enc["offset_mapping"])])
+        assert found[0] == found[1]  # the same nouns matched to the same (recoloured) objects
+        matched += len(found[0])
+    assert matched > 40
+
+
+def test_probe_rows_read_each_mentions_words_at_their_tokens():
+    """An encoder whose feature is the token's position shows which token each row was read at."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from llm4gen.data.shapes import COLOURS, SHAPES, Scene, SceneObject
+    from llm4gen.encoders import resolve_model_reference
+    from llm4gen.tiny import MINILM_REF
+
+    module = _load_script("binding_probe")
+    tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
+    obj = SceneObject
+    scenes = [Scene([obj("red", "circle", "small", 0.2, 0.5), obj("blue", "square", "large", 0.7, 0.5)]),
+              Scene([obj("red", "star", "small", 0.5, 0.5), obj("red", "ring", "small", 0.2, 0.2)])]
+    captions = ["A red circle and a blue square.", "A red star beside a red ring."]
+
+    def positions(batch):
+        return torch.arange(20.0)[None, :, None].expand(len(batch), 20, 1)  # feature = position, window of 20
+
+    rows = module.probe_rows(captions, scenes, {"LLM": (tok, "x: ", positions)})
+    names = [tok.convert_ids_to_tokens(tok("x: " + c)["input_ids"]) for c in captions]
+    nc = rows[("LLM", "noun -> colour")]
+    assert [names[0][int(x)] for x in nc["x"]] == ["circle", "square"]  # scene 2 has one colour: no rows
+    assert nc["y"] == [list(COLOURS).index("red"), list(COLOURS).index("blue")]
+    assert nc["allowed"] == [sorted([list(COLOURS).index("red"), list(COLOURS).index("blue")])] * 2
+    cs = rows[("LLM", "colour -> shape")]
+    assert [names[b][int(x)] for b, x in zip([0, 0, 1, 1], cs["x"])] == ["red", "blue", "red", "red"]
+    assert cs["y"] == [SHAPES.index(s) for s in ("circle", "square", "star", "ring")]
+    # the caption mean: one feature per caption (the mean position of its own tokens), a row per mention and role
+    mean = rows[("caption mean", "colour -> shape")]
+    words = [[t for t, (a, b) in enumerate(tok("x: " + c, return_offsets_mapping=True)["offset_mapping"])
+              if b > a and a >= 3] for c in captions]
+    assert [float(x) for x in mean["x"]] == pytest.approx([np.mean(words[0])] * 2 + [np.mean(words[1])] * 2)
+    assert "held_out" in nc and len(nc["held_out"]) == 2
+
+
+def test_binding_probe_runs_on_a_pipeline_and_reports_every_space(tiny_folder, tmp_path, monkeypatch):
+    out = tmp_path / "probe.json"
+    _run_script("binding_probe", monkeypatch, "--model", str(tiny_folder), "--train-prompts", "80", "--prompts",
+                "30", "--out", str(out))
+    report = json.loads(out.read_text())
+    got = {(r["fit"], r["tokens"], r["role"]) for r in report["rows"]}
+    for fit in ("train captions", "train captions + colour swaps"):
+        for role in ("noun -> colour", "colour -> shape"):
+            assert {(fit, "LLM", role), (fit, "CAM", role), (fit, "caption mean", role)} <= got
+    assert 0 < report["swapped"]["train"] <= 80 and 0 < report["swapped"]["test"] <= 30
+    for r in report["rows"]:
+        assert 25.0 <= r["chance"] <= 50.0  # two to four objects: 1/4 .. 1/2
+        assert r["test_rows"] > 0 and r["train_rows"] > 0
+        assert 0.0 <= r["accuracy"] <= 100.0
+    plain = {(r["tokens"], r["role"]): r for r in report["rows"] if r["fit"] == "train captions"}
+    twins = {(r["tokens"], r["role"]): r for r in report["rows"] if r["fit"] != "train captions"}
+    for key, r in twins.items():  # originals that have a twin, and the twins: more rows than the originals alone
+        assert plain[key]["train_rows"] < r["train_rows"] <= 2 * plain[key]["train_rows"]
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_binding_probe_names_a_folder_without_a_pipeline_and_bad_settings(tiny_folder, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="model_index.json"):
+        _run_script("binding_probe", monkeypatch, "--model", str(tmp_path), "--out", str(tmp_path / "x.json"))
+    with pytest.raises(SystemExit, match="--l2 at least 0"):
+        _run_script("binding_probe", monkeypatch, "--model", str(tiny_folder), "--l2", "-1", "--out",
+                    str(tmp_path / "x.json"))
+
+
+def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_folder, tmp_path):
+    from llm4gen.eval.shapes_bench import load_with_tokenizers
+
+    pipe, clip_tok, llm_tok = load_with_tokenizers(tiny_folder)
+    assert clip_tok.is_fast and llm_tok.is_fast and llm_tok is pipe.llm_encoder.tokenizer
+    assert clip_tok("a red circle")["input_ids"] == pipe.tokenizer("a red circle")["input_ids"]
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_with_tokenizers(tmp_path)
