@@ -77,7 +77,7 @@ def colour_swap(text: str, scene: Any) -> tuple[str, Any] | None:
     return out, Scene(objects=objects, background=scene.background, relations=list(scene.relations))
 
 
-def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-2, max_iter: int = 300
+def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-4, max_iter: int = 300
               ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A multinomial logistic regression fitted to rows ``x`` ``[N, D]`` and labels ``y`` ``[N]`` (full batch,
     L-BFGS, features standardised with the training rows' statistics, ``l2`` on the weights); returns the function
@@ -183,7 +183,7 @@ def _subset(rows: dict[str, list], keep: Sequence[bool]) -> dict[str, list]:
     return {k: [v for v, on in zip(vals, keep) if on] for k, vals in rows.items()}
 
 
-def score_probe(train: dict[str, list], test: dict[str, list], num_classes: int, l2: float = 1e-2
+def score_probe(train: dict[str, list], test: dict[str, list], num_classes: int, l2: float = 1e-4
                 ) -> dict[str, Any]:
     """Fit on ``train`` rows, pick among each test row's scene values: :func:`_accuracy` on ``test`` plus the
     probe's accuracy on its own training rows and their count."""
@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (ShapesWorld)")
     ap.add_argument("--train-prompts", type=int, default=2000, help="train-split captions to fit the probe on")
     ap.add_argument("--prompts", type=int, default=500, help="held-out benchmark prompts to score it on")
-    ap.add_argument("--l2", type=float, default=1e-2, help="the probe's weight penalty (features standardised)")
+    ap.add_argument("--l2", type=float, default=1e-4, help="the probe's weight penalty (features standardised)")
     ap.add_argument("--out", default="benchmarks/results/binding_probe.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
