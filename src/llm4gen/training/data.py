@@ -486,9 +486,9 @@ def scene_mentions(text: str, scene: Any, offsets: list[tuple[int, int]], prefix
 
 def mention_words(text: str, scene: Any, offsets: list[tuple[int, int]], prefix_len: int = 0,
                   limit: int | None = None) -> list[tuple[int | None, int | None, int]]:
-    """(noun token, colour token, object index) for each mention :func:`scene_mentions` matches: "a small red round
-    disc" gives the tokens of "disc" and "red" and the red circle's index. A word's token is None when the tokenizer
-    did not reach it or it lies at or beyond ``limit``."""
+    """(noun token, colour token, object index) for each mention :func:`scene_mentions` matches: "a small red circle"
+    gives the tokens of "circle" and "red" and the red circle's index. A word's token is None when the tokenizer did
+    not reach it or it lies at or beyond ``limit``."""
 
     def token(span: tuple[int, int] | None) -> int | None:
         t = None if span is None else token_at_span(offsets, span, prefix_len)
