@@ -9,12 +9,13 @@ same samples as two processes with batch ``B``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -399,15 +400,17 @@ def token_at_span(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_
     return None
 
 
-def _mentions(text: str, parser: str = "rule") -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """The parse grouped by entity mention: ``{noun span: [its attribute spans]}``, in the order first named."""
+@functools.lru_cache(maxsize=8192)
+def _mentions(text: str, parser: str) -> tuple[tuple[tuple[int, int], tuple[tuple[int, int], ...]], ...]:
+    """The parse grouped by entity mention: ``((noun span, (its attribute spans...)), ...)``, in the order first
+    named. Cached: the entity loss reads each caption once per token space and per term, every epoch."""
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for attr, ent in (parse_entities_spacy(text) if parser == "spacy" else parse_entities(text)):
         groups.setdefault(ent, []).append(attr)
-    return groups
+    return tuple((ent, tuple(attrs)) for ent, attrs in groups.items())
 
 
-def _colours_named(text: str, attrs: list[tuple[int, int]]) -> set[str]:
+def _colours_named(text: str, attrs: Sequence[tuple[int, int]]) -> set[str]:
     """The colour words among a mention's attribute spans, lower-case, "gray" spelt "grey" (ShapesWorld's name)."""
     return {text[a[0]:a[1]].lower().replace("gray", "grey") for a in attrs} & _COLOURS_NORMALISED
 
@@ -424,7 +427,7 @@ def token_bindings(
     """
     pairs: list[tuple[int, int]] = []
     mentions: list[tuple[set[str], list[int]]] = []
-    for ent, attrs in _mentions(text, parser).items():
+    for ent, attrs in _mentions(text, parser):
         te = token_at_span(offsets, ent, prefix_len)
         if te is None:
             continue
@@ -459,10 +462,17 @@ _NOUN_SHAPES = {"circle": "circle", "round": "circle", "disc": "circle", "square
                 "star": "star", "ring": "ring", "cross": "cross", "plus": "cross"}
 
 
-def _scene_matches(text: str, scene: Any) -> Iterator[tuple[tuple[int, int], list[tuple[int, int]], int]]:
+def _window_token(offsets: list[tuple[int, int]], span: tuple[int, int], prefix_len: int, limit: int | None
+                  ) -> int | None:
+    """:func:`token_at_span`, None also when the token lies at or beyond ``limit`` (outside the window read)."""
+    t = token_at_span(offsets, span, prefix_len)
+    return None if t is None or (limit is not None and t >= limit) else t
+
+
+def _scene_matches(text: str, scene: Any) -> Iterator[tuple[tuple[int, int], tuple[tuple[int, int], ...], int]]:
     """(noun span, attribute spans, object index) for each mention whose colour word and noun name exactly one object
     of a ShapesWorld ``scene``."""
-    for ent, attrs in _mentions(text).items():
+    for ent, attrs in _mentions(text, "rule"):
         shape = _NOUN_SHAPES.get(text[ent[0]:ent[1]].lower())
         colours = _colours_named(text, attrs)
         match = [k for k, o in enumerate(scene.objects) if o.shape == shape and o.colour in colours]
@@ -477,8 +487,8 @@ def scene_mentions(text: str, scene: Any, offsets: list[tuple[int, int]], prefix
     its attributes' tokens (``offsets``: a fast tokenizer's offset mapping), those at or beyond ``limit`` left out."""
     out = []
     for ent, attrs, k in _scene_matches(text, scene):
-        tokens = [token_at_span(offsets, span, prefix_len) for span in (ent, *attrs)]
-        tokens = [t for t in tokens if t is not None and (limit is None or t < limit)]
+        tokens = [_window_token(offsets, span, prefix_len, limit) for span in (ent, *attrs)]
+        tokens = [t for t in tokens if t is not None]
         if tokens:
             out.append((tokens, k))
     return out
@@ -489,16 +499,12 @@ def mention_words(text: str, scene: Any, offsets: list[tuple[int, int]], prefix_
     """(noun token, colour token, object index) for each mention :func:`scene_mentions` matches: "a small red circle"
     gives the tokens of "circle" and "red" and the red circle's index. A word's token is None when the tokenizer did
     not reach it or it lies at or beyond ``limit``."""
-
-    def token(span: tuple[int, int] | None) -> int | None:
-        t = None if span is None else token_at_span(offsets, span, prefix_len)
-        return None if t is None or (limit is not None and t >= limit) else t
-
     out = []
     for ent, attrs, k in _scene_matches(text, scene):
         colour = scene.objects[k].colour
         span = next((a for a in attrs if _colours_named(text, [a]) == {colour}), None)
-        out.append((token(ent), token(span), k))
+        out.append((_window_token(offsets, ent, prefix_len, limit),
+                    None if span is None else _window_token(offsets, span, prefix_len, limit), k))
     return out
 
 
