@@ -26,12 +26,15 @@ row is that control: the mean LLM feature over the caption, the same for every m
   reads its own object's colour in context gets both.
 
 Feature spaces: ``CLIP`` (the frozen CLIP text encoder's last hidden state; words beyond its 77-token window have no
-token), ``LLM`` (the LLM's hidden states) and ``CAM`` (the CAM's output tokens, what the llm4gen UNet attends to next
-to the CLIP tokens).
+token), ``LLM`` (the LLM's hidden states), ``CAM input`` (the first CAM layer's ``llm_proj`` of them: the linear
+projection to the UNet's width that the layer's attention and FFN then add to) and ``CAM`` (the CAM's output tokens,
+what the llm4gen UNet attends to next to the CLIP tokens).
 
     python benchmarks/binding_probe.py --model models/default
 
 Prints a table and writes JSON (default benchmarks/results/binding_probe.json) and a bar chart next to it (.png).
+It also prints, per CAM layer, the RMS size of its three terms (input, attention and FFN branch; ``branch_rms``)
+over the held-out prompts, with the gates of a gated CAM.
 """
 
 from __future__ import annotations
@@ -265,19 +268,20 @@ def main() -> None:
     pipe.adapter.eval()
 
     @functools.lru_cache(maxsize=1)  # the three spaces of one batch share one pass of each encoder
-    def encoded(batch: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encoded(batch: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
         clip = text(list(batch))[0]
         enc = pipe.llm_encoder.encode(list(batch))
         llm = enc.embeds.float()
         fused, _ = pipe.adapter(clip, llm, enc.attention_mask)
         cam = fused[:, clip.shape[1]:] if clip_first else fused[:, :llm.shape[1]]  # one CAM token per LLM token
-        return clip, llm, cam
+        return clip, llm, cam, pipe.adapter.layers[0].llm_proj(llm)
 
     def space(k: int) -> Callable[[list[str]], torch.Tensor]:
         return lambda batch: encoded(tuple(batch))[k]
 
     prefix = pipe.llm_encoder.config.prefix
-    spaces = {"CLIP": (clip_tok, "", space(0)), "LLM": (llm_tok, prefix, space(1)), "CAM": (llm_tok, prefix, space(2))}
+    spaces = {"CLIP": (clip_tok, "", space(0)), "LLM": (llm_tok, prefix, space(1)), "CAM": (llm_tok, prefix, space(2)),
+              "CAM input": (llm_tok, prefix, space(3))}
     sets = {"train": train, "test": test,
             "train swapped": [t for t in swaps["train"] if t is not None],
             "test swapped": [t for t in swaps["test"] if t is not None]}
@@ -308,7 +312,7 @@ def main() -> None:
         if fit is not None and scored is not None:
             results.append({"tokens": space, "role": role, "fit": FITS[1],
                             "scored_on": "held-out prompts + colour swaps", **score_probe(fit, scored, n, args.l2)})
-    order = {s: k for k, s in enumerate(["CLIP", "LLM", "CAM", "caption mean"])}
+    order = {s: k for k, s in enumerate(["CLIP", "LLM", "CAM input", "CAM", "caption mean"])}
     results.sort(key=lambda r: (FITS.index(r["fit"]), list(ROLES).index(r["role"]), order[r["tokens"]]))
 
     table = Table(title=f"Linear probe: does a word's feature say its own object's value? {src} ({len(train)} train "
@@ -324,10 +328,20 @@ def main() -> None:
                                   "train_accuracy")),
                       str(r["train_rows"]), f"{r['test_rows']} ({r['test_rows_held_out']})")
     Console(width=max(Console().width, 150)).print(table)
+    with torch.no_grad():  # how large each term of the CAM is, which its gates (if any) alone do not tell
+        batch = [c for c, _ in test]
+        enc = pipe.llm_encoder.encode(batch)
+        sizes = pipe.adapter.branch_rms(text(batch)[0], enc.embeds.float(), enc.attention_mask)
+    gates = pipe.adapter.gate_values()
+    for k, (size, gate) in enumerate(zip(sizes, gates)):
+        print(f"CAM layer {k}, RMS over the held-out prompts' real LLM tokens: input (llm_proj) {size['input']:.3f}, "
+              f"attention branch {size['attention']:.3f}, FFN branch {size['ffn']:.3f}; gates (tanh) "
+              f"{gate['attention']:.3f} / {gate['ffn']:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(src), "train_prompts": len(train), "test_prompts": len(test), "l2": args.l2,
-              "swapped": {k: len(sets[f"{k} swapped"]) for k in ("train", "test")}, "rows": results}
+              "swapped": {k: len(sets[f"{k} swapped"]) for k in ("train", "test")},
+              "cam_branch_rms": sizes, "cam_gates": gates, "rows": results}
     out.write_text(json.dumps(report, indent=1) + "\n")
     plot_probe(results, out.with_suffix(".png"), f"Linear binding probe on {src} (held-out prompts)")
     print(f"wrote {out} and {out.with_suffix('.png')}")

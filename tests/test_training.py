@@ -540,6 +540,43 @@ def test_fresh_unet_from_config_and_v_prediction(base, tiny_llm_dirs, tmp_path):
               progress=False)
 
 
+def test_adapter_init_takes_matching_settings_adds_gates_and_refuses_the_rest(base, tiny_llm_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "first", max_train_steps=1), progress=False)
+    init = str(tmp_path / "first" / "adapter")
+    first = json.loads((tmp_path / "first" / "adapter" / "config.json").read_text())
+    out = tmp_path / "gated"
+    train(_cfg(base, tiny_llm_dirs["bert"], out, max_train_steps=2, adapter_init=init,
+               adapter={"gated": True, "num_heads": first["num_heads"], "scale": 0.5}), progress=False)
+    saved = json.loads((out / "adapter" / "config.json").read_text())
+    assert saved["gated"] is True and saved["scale"] == 0.5 and not first["gated"]
+    assert {k: v for k, v in saved.items() if k not in ("gated", "scale", "_name_or_path")} == {
+        k: v for k, v in first.items() if k not in ("gated", "scale", "_name_or_path")}
+    logs = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    # the gates start at 0 and Adam moves them by about the learning rate (1e-3) a step
+    assert [len(r["adapter_gates"]) for r in logs] == [1, 1]
+    assert all(0 < abs(g) < 0.01 for r in logs for g in r["adapter_gates"][0].values())
+    weights = load_file(out / "adapter" / "diffusion_pytorch_model.safetensors")
+    assert {"layers.0.attn_gate", "layers.0.ffn_gate"} <= weights.keys()
+    ungated_log = (tmp_path / "first" / "logs" / "metrics.jsonl").read_text().splitlines()[0]
+    assert "adapter_gates" not in json.loads(ungated_log)
+    with pytest.raises(ValueError, match=r"adapter.ffn_mult=3 but adapter_init .* was trained with ffn_mult=4"):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", adapter_init=init, adapter={"ffn_mult": 3}),
+              progress=False)
+    with pytest.raises(ValueError, match=r"adapter: \['heads'\] is not a CrossAdapter setting"):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "y", adapter={"heads": 2}), progress=False)
+    # the authors' projector.pth holds no head count: the config's is used, and then kept
+    from llm4gen.adapter import _OFFICIAL_TO_OURS
+
+    ours = load_file(tmp_path / "first" / "adapter" / "diffusion_pytorch_model.safetensors")
+    torch.save({old: ours["layers.0." + new] for old, new in _OFFICIAL_TO_OURS.items()}, tmp_path / "projector.pth")
+    heads = 1 if first["num_heads"] != 1 else 2
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "official", max_train_steps=1,
+               adapter_init=str(tmp_path / "projector.pth"), adapter={"num_heads": heads}), progress=False)
+    assert json.loads((tmp_path / "official" / "adapter" / "config.json").read_text())["num_heads"] == heads
+
+
 def test_resume_matches_uninterrupted_run(base, tiny_llm_dirs, tmp_path):
     common = dict(max_train_steps=6, checkpointing_steps=3, use_ema=True, caption_dropout=0.3)
     full = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "full", **common), progress=False)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapter import CrossAdapter
+from ..adapter import CrossAdapter, CrossAdapterConfig
 from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
 from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
@@ -179,9 +179,18 @@ def _load_unet(cfg: TrainConfig, clip_dim: int):
 
 
 def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter:
+    unknown = sorted(set(cfg.adapter) - set(CrossAdapterConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"adapter: {unknown} {'is not a' if len(unknown) == 1 else 'are not'} CrossAdapter "
+                         f"setting{'' if len(unknown) == 1 else 's'}; valid: "
+                         f"{sorted(CrossAdapterConfig.__dataclass_fields__)}.")
     if cfg.adapter_init:
         path = cfg.adapter_init
-        adapter = CrossAdapter.from_pretrained(path) if os.path.isdir(path) else CrossAdapter.from_official(path)
+        if os.path.isdir(path):
+            adapter = CrossAdapter.from_pretrained(path)
+        else:  # the authors' file holds no head count: take the config's (theirs is 8)
+            adapter = CrossAdapter.from_official(path, num_heads=cfg.adapter.get("num_heads", 8))
+        adapter = _apply_adapter_settings(adapter, cfg.adapter, path)
     else:
         kwargs = {"num_heads": max(h for h in (1, 2, 4, 8) if clip_dim % h == 0), **cfg.adapter}
         adapter = CrossAdapter(clip_dim=clip_dim, llm_dim=llm_dim, **kwargs)
@@ -190,6 +199,24 @@ def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter
             f"adapter_init has clip_dim={adapter.config.clip_dim}, llm_dim={adapter.config.llm_dim}; this run needs "
             f"{clip_dim} and {llm_dim}."
         )
+    return adapter
+
+
+def _apply_adapter_settings(adapter: CrossAdapter, settings: dict, path: str) -> CrossAdapter:
+    """``adapter:`` settings on top of an ``adapter_init`` adapter: equal values are fine, ``scale`` sets λ,
+    ``gated: true`` adds gates (at 0) to an ungated adapter; any other difference cannot apply to trained weights."""
+    loaded = adapter.config
+    for key, value in settings.items():
+        if key == "scale":
+            adapter.set_scale(value)
+        elif key == "gated" and value is True and not loaded.gated:
+            adapter = adapter.with_gates()
+        elif value != loaded[key]:
+            raise ValueError(
+                f"adapter.{key}={value!r} but adapter_init {path!r} was trained with {key}={loaded[key]!r}: the "
+                f"weights cannot take another {key}. Drop adapter.{key} from the config or train a new adapter "
+                "without adapter_init."
+            )
     return adapter
 
 
@@ -716,6 +743,8 @@ def train(
                           "loss_entity": parts["entity"], "lr": lr_scheduler.get_last_lr()[0],
                           "samples_per_s": round(sps, 2), "llm_truncated": feats.truncated,
                           "elapsed_s": round(time.time() - t_start, 1)}
+                if raw.adapter is not None and raw.adapter.config.gated:
+                    record["adapter_gates"] = raw.adapter.gate_values()
                 with open(logs, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
