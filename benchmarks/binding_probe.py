@@ -267,7 +267,7 @@ def main() -> None:
     clip_first = getattr(pipe.adapter.config, "concat_order", "clip_first") == "clip_first"
     pipe.adapter.eval()
 
-    @functools.lru_cache(maxsize=1)  # the three spaces of one batch share one pass of each encoder
+    @functools.lru_cache(maxsize=1)  # the spaces of one batch share one pass of each encoder and of the CAM
     def encoded(batch: tuple[str, ...]) -> tuple[torch.Tensor, ...]:
         clip = text(list(batch))[0]
         enc = pipe.llm_encoder.encode(list(batch))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..adapter import CrossAdapterConfig
+
 __all__ = ["DataConfig", "TrainConfig", "load_config"]
 
 DATA_TYPES = ("imagefolder", "shapesworld", "hf", "webdataset")
@@ -178,14 +180,16 @@ class TrainConfig:
                 raise ValueError(message)
         if self.llm is None and (self.adapter or self.adapter_init):
             raise ValueError("adapter / adapter_init are set but llm is null: the base arm has no adapter.")
+        if not isinstance(self.adapter, dict):
+            raise ValueError(f"adapter must be a mapping of CrossAdapter fields, got {type(self.adapter).__name__}.")
+        _check_keys(CrossAdapterConfig, self.adapter, "adapter")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}.")
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    """An error naming every key of ``data`` that is not a field of the dataclass ``cls``, with the nearest one."""
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -194,6 +198,12 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
             close = difflib.get_close_matches(k, names, n=1, cutoff=0.5)
             hints.append(f"{where + '.' if where else ''}{k}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"Unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(names)}.")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}.")
+    _check_keys(cls, data, where)
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [k for k in required if k not in data]

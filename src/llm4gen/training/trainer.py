@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapter import CrossAdapter, CrossAdapterConfig
+from ..adapter import CrossAdapter
 from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
 from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
@@ -179,11 +179,6 @@ def _load_unet(cfg: TrainConfig, clip_dim: int):
 
 
 def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter:
-    unknown = sorted(set(cfg.adapter) - set(CrossAdapterConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"adapter: {unknown} {'is not a' if len(unknown) == 1 else 'are not'} CrossAdapter "
-                         f"setting{'' if len(unknown) == 1 else 's'}; valid: "
-                         f"{sorted(CrossAdapterConfig.__dataclass_fields__)}.")
     if cfg.adapter_init:
         path = cfg.adapter_init
         if os.path.isdir(path):
