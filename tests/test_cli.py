@@ -67,6 +67,15 @@ def test_demo_writes_images_and_grid(tmp_path, monkeypatch):
     from llm4gen.cli import DEMO_PROMPTS
 
     assert (tmp_path / "grid.png").is_file() and len(list(tmp_path.glob("demo_*.png"))) == len(DEMO_PROMPTS)
+    # each caption is the whole prompt: rows tall enough for its last words (42 characters a line at 256 px)
+    import textwrap
+
+    from PIL import Image
+
+    lines = max(len(textwrap.wrap(f"[llm4gen] {p}", 42)) for p in DEMO_PROMPTS)
+    assert lines > 10
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (256, len(DEMO_PROMPTS) * (256 + lines * 12 + 8))
 
 
 def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monkeypatch, tiny_sd_dir):

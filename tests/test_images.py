@@ -25,6 +25,17 @@ def test_grid_captions_add_text_below():
     assert (below < 128).any()  # some dark caption pixels were drawn
 
 
+def test_grid_fits_whole_captions_when_asked():
+    img = Image.new("RGB", (8, 8), (0, 128, 0))
+    long = " ".join(f"word{k}" for k in range(50))  # 339 characters: 9 lines of at most 42 (cell 256)
+    grid = make_grid([img, img], captions=[long, "short"], cell=256, caption_lines=None)
+    assert grid.size == (512, 256 + 9 * 12 + 8)
+    text = np.asarray(grid)[256:, :256] < 128
+    rows = np.flatnonzero(text.any(axis=(1, 2)))
+    assert rows.max() > 8 * 12  # the ninth line was drawn, not cut
+    assert make_grid([img], captions=["a"], cell=256, caption_lines=None).size == (256, 256 + 12 + 8)
+
+
 def test_grid_errors():
     with pytest.raises(ValueError, match="at least one"):
         make_grid([])

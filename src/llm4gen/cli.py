@@ -184,7 +184,7 @@ def demo(
             images.append(image)
             captions.append(f"[{name}] {prompt}")
             paths.append((path, prompt))
-    grid = make_grid(images, captions=captions, cols=len(arms), cell=256, caption_lines=10)
+    grid = make_grid(images, captions=captions, cols=len(arms), cell=256, caption_lines=None)  # whole prompts
     grid_path = out / "grid.png"
     grid.save(grid_path)
     table = Table(title="llm4gen demo" + (" (side by side: the same seed in each arm)" if len(arms) > 1 else ""))

@@ -17,12 +17,13 @@ def make_grid(
     captions: Sequence[str] | None = None,
     cols: int | None = None,
     cell: int = 256,
-    caption_lines: int = 6,
+    caption_lines: int | None = 6,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
     """Lay ``images`` out in a grid of ``cell``-pixel squares, each with its wrapped caption underneath.
 
-    ``cols`` defaults to all images in one row (up to 4). Captions longer than ``caption_lines`` lines end in "...".
+    ``cols`` defaults to all images in one row (up to 4). Captions longer than ``caption_lines`` lines end in "...";
+    ``caption_lines=None`` makes room for the longest caption whole.
     """
     if not images:
         raise ValueError("make_grid needs at least one image.")
@@ -33,6 +34,8 @@ def make_grid(
     font = ImageFont.load_default()
     line_h = 12
     chars = max(10, cell // 6)
+    if captions is not None and caption_lines is None:
+        caption_lines = max(len(textwrap.wrap(c, chars) or [""]) for c in captions)
     text_h = (caption_lines * line_h + 8) if captions is not None else 0
     grid = Image.new("RGB", (cols * cell, rows * (cell + text_h)), background)
     draw = ImageDraw.Draw(grid)
