@@ -100,6 +100,8 @@ def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
     shifted = RenderArm({t: items[(i + 1) % len(items)][1] for i, (t, _) in enumerate(items)})
     report = run_quality_benchmark({"oracle": oracle, "shifted": shifted}, tmp_path, cfg, progress=False, samples=3)
     assert report["summary"]["oracle"]["all"]["all_correct"]["mean"] == 1.0
+    assert report["summary"]["oracle"]["all"]["position"]["mean"] == 1.0
+    assert all(b["position"] == 1.0 for b in report["position_breakdown"]["oracle"].values())
     assert report["summary"]["shifted"]["all"]["all_correct"]["mean"] < 0.5
     assert report["differences"]["shifted"]["all"]["all_correct"]["mean"] < -0.5
     # batches of 5 in prompt order, image i seeded image_seed + i in every arm
@@ -243,3 +245,59 @@ def test_binding_breakdown_counts_swapped_pairs_and_held_out_pairs_by_hand():
         binding_breakdown(rows, scenes[:2])
     with pytest.raises(ValueError, match="'found'"):
         binding_breakdown([{"colour": 1.0, "shape": 1.0, "binding": 1.0}], [alone])
+
+
+def test_position_breakdown_and_chance():
+    from llm4gen.data.shapes import Scene, SceneObject, render_scene
+    from llm4gen.eval.shapes import position_chance, score_image
+    from llm4gen.eval.shapes_bench import position_breakdown
+
+    # by hand: a small object (radius 0.125) is placed uniformly in [0.15625, 0.84375] on each axis; its upper left
+    # cell reaches 0.36 + 2/64 = 0.39125, so it lands there with probability (0.235 / 0.6875) ** 2
+    small_ul = SceneObject("red", "star", "small", 0.2, 0.2)
+    assert position_chance(small_ul) == pytest.approx((0.235 / 0.6875) ** 2)
+    # against a simulation of the generator's placement, for every cell and both sizes
+    rng = np.random.default_rng(0)
+    for size, r in (("small", 0.125), ("large", 0.2)):
+        xy = rng.uniform(r + 2 / 64, 1 - r - 2 / 64, size=(200_000, 2))
+        for x, y in ((0.3, 0.3), (0.5, 0.3), (0.7, 0.5), (0.5, 0.5), (0.3, 0.7)):
+            spans = [(0, 0.36 + 2 / 64) if v < 0.36 else (0.64 - 2 / 64, 1) if v > 0.64 else
+                     (0.36 - 2 / 64, 0.64 + 2 / 64) for v in (x, y)]
+            hit = ((xy[:, 0] >= spans[0][0]) & (xy[:, 0] <= spans[0][1]) & (xy[:, 1] >= spans[1][0])
+                   & (xy[:, 1] <= spans[1][1])).mean()
+            assert position_chance(SceneObject("red", "star", size, x, y)) == pytest.approx(hit, abs=0.004)
+    # rows of score_image: one object placed right, one of two placed wrong, one prompt with nothing found
+    one = Scene([small_ul], "white")
+    two = Scene([small_ul, SceneObject("blue", "circle", "small", 0.8, 0.8)], "white")
+    moved = Scene([SceneObject("red", "star", "small", 0.2, 0.8), two.objects[1]], "white")
+    rows = [score_image(render_scene(one), one), score_image(render_scene(moved), two),
+            score_image(render_scene(Scene([], "white")), two)]
+    assert rows[0]["position"] == 1.0 and rows[1]["position"] == 0.5 and rows[2]["position"] is None
+    # two objects found: the mean of their odds in a two-object scene
+    two_chance = np.mean([position_chance(o, 2) for o in two.objects])
+    assert rows[1]["position_chance"] == pytest.approx(two_chance)
+    assert abs(two_chance - position_chance(small_ul, 2)) < 0.01  # upper left and lower right: by symmetry the same
+    b = position_breakdown(rows)
+    assert b == {"1": {"prompts": 1, "position": 1.0, "chance": pytest.approx(position_chance(small_ul))},
+                 "2": {"prompts": 1, "position": 0.5, "chance": pytest.approx(two_chance)}}
+
+
+def test_position_chance_of_crowded_scenes_matches_the_generator():
+    from llm4gen.data.shapes import SceneObject, ShapesWorld, ShapesWorldConfig, position_region
+    from llm4gen.eval.shapes import position_chance
+
+    world = ShapesWorld("train", seed=3, config=ShapesWorldConfig(min_objects=4, max_objects=4))
+    objs = [o for k in range(1500) for o in world.scene(k).objects]
+    for size in ("small", "large"):
+        pts = np.array([(o.x, o.y) for o in objs if o.size == size])
+        for x, y in ((0.2, 0.2), (0.5, 0.2), (0.5, 0.5)):
+            h, v = position_region(x, y)
+            spans = [(0, 0.36 + 2 / 64) if c in ("left", "top") else (0.64 - 2 / 64, 1) if c in ("right", "bottom")
+                     else (0.36 - 2 / 64, 0.64 + 2 / 64) for c in (h, v)]
+            hit = ((pts[:, 0] >= spans[0][0]) & (pts[:, 0] <= spans[0][1]) & (pts[:, 1] >= spans[1][0])
+                   & (pts[:, 1] <= spans[1][1])).mean()
+            assert position_chance(SceneObject("red", "star", size, x, y), 4) == pytest.approx(hit, abs=0.025)
+    # crowding pushes objects out of the centre: a corner is likelier, the centre less likely than for a lone object
+    corner, centre = SceneObject("red", "star", "small", 0.2, 0.2), SceneObject("red", "star", "small", 0.5, 0.5)
+    assert position_chance(corner, 4) > position_chance(corner, 1) + 0.04
+    assert position_chance(centre, 4) < position_chance(centre, 1) - 0.1

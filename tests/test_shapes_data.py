@@ -21,6 +21,7 @@ from llm4gen.data.shapes import (
     corrupt_scene,
     drop_count_sentence,
     drop_relation_sentences,
+    position_region,
     read_dataset,
     relations_from_positions,
     render_scene,
@@ -62,6 +63,22 @@ def test_scene_properties(train_items):
     shapes = {o.shape for it in train_items for o in it.scene.objects}
     assert colours == set(COLOURS) and shapes == set(SHAPES)
     assert {it.scene.background for it in train_items} == set(BACKGROUNDS)
+
+
+def test_position_region_cells_and_captions():
+    assert position_region(0.2, 0.2) == ("left", "top")
+    assert position_region(0.36, 0.64) == ("centre", "middle")  # the edges belong to the middle cells
+    assert position_region(0.7, 0.5) == ("right", "middle") and position_region(0.5, 0.9) == ("centre", "bottom")
+    # a dense caption names, for each object, the cell position_region gives
+    words = {("left", "top"): "upper left corner", ("right", "top"): "upper right corner",
+             ("left", "bottom"): "lower left corner", ("right", "bottom"): "lower right corner",
+             ("left", "middle"): "left side, halfway down", ("right", "middle"): "right side, halfway down",
+             ("centre", "top"): "top edge, horizontally centred", ("centre", "bottom"): "bottom edge, horizontally "
+             "centred", ("centre", "middle"): "right in the centre of the image"}
+    for k in range(40):
+        item = ShapesWorld("train", seed=5, config=ShapesWorldConfig(caption_style="dense"))[k]
+        for o in item.scene.objects:
+            assert words[position_region(o.x, o.y)] in item.caption.lower(), (o, item.caption)
 
 
 def test_relations_follow_positions():

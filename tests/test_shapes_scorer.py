@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -57,9 +59,11 @@ def test_missing_object_breaks_count():
     assert s["binding"] < 1 and s["spatial"] == 1.0 and s["background"] == 1.0
 
 
-def test_mirrored_layout_breaks_only_spatial():
+def test_mirrored_layout_breaks_only_spatial_and_position():
     s = _scores("mirror")
     assert s["spatial"] < 0.7 and s["all_correct"] == 0
+    # mirrored, every object off the centre column leaves its named cell (left <-> right)
+    assert 0.1 < s["position"] < 0.5  # 22% here: the objects in the centre column
     for m in ("count", "colour", "shape", "binding", "size", "background"):
         assert s[m] == 1.0, m
 
@@ -84,6 +88,29 @@ def test_hand_built_scene():
     assert empty["background"] == 0.0  # grey, not black
 
 
+def test_position_is_judged_against_the_named_cell():
+    objs = [SceneObject("red", "star", "small", 0.25, 0.25), SceneObject("cyan", "ring", "small", 0.75, 0.75),
+            SceneObject("yellow", "triangle", "small", 0.8, 0.22)]
+    asked = Scene(objs, "black", relations_from_positions(objs))
+
+    def drawn(x: float, y: float, image_size: int = 64) -> dict:  # the red star drawn at (x, y), the rest as asked
+        moved = [SceneObject("red", "star", "small", x, y), *objs[1:]]
+        return score_image(render_scene(Scene(moved, "black", []), image_size), asked)
+
+    assert drawn(0.25, 0.25)["position"] == 1.0
+    assert drawn(0.18, 0.32)["position"] == 1.0  # elsewhere in the upper left cell
+    assert drawn(0.5, 0.25)["position"] == pytest.approx(2 / 3)  # top centre: the star's cell is wrong
+    assert drawn(0.25, 0.5)["position"] == pytest.approx(2 / 3)  # left, halfway down
+    # the cell's edge is at 0.36 of the width; 2 px (at 64 px) beyond it still count, 2.6 px do not
+    assert drawn(0.36 + 1.5 / 64, 0.25)["position"] == 1.0
+    assert drawn(0.40, 0.25)["position"] == pytest.approx(2 / 3)
+    assert drawn(0.5, 0.25, 128)["position"] == pytest.approx(2 / 3)  # fractions of the size, any resolution
+    # judged only on objects found by colour and shape: a missing star is not a misplaced one
+    gone = score_image(render_scene(Scene(objs[1:], "black", []), 64), asked)
+    assert gone["position"] == 1.0 and gone["binding"] == pytest.approx(2 / 3)
+    assert score_image(Image.new("RGB", (64, 64), (20, 20, 20)), asked)["position"] is None
+
+
 def test_other_resolution():
     item = ShapesWorld("train", seed=2, config=None)[4]
     big = render_scene(item.scene, 128)
@@ -101,6 +128,12 @@ def test_score_folder_and_cli(tmp_path):
     assert res.exit_code == 0, res.output
     report = score_folder(str(tmp_path / "good"), progress=False)
     assert report["summary"]["all"]["all_correct"]["mean"] == 1.0
+    # position is judged on the dense captions only: short and relational ones name no positions
+    styles = [json.loads(line)["style"] for line in (tmp_path / "good" / "metadata.jsonl").read_text().splitlines()]
+    assert len(set(styles)) > 1
+    for style, row in zip(styles, report["results"]):
+        assert row["position"] == (1.0 if style == "dense" else None), (style, row["position"])
+    assert report["summary"]["all"]["position"]["n"] == styles.count("dense")
     assert report["summary"]["<=77 tokens"]["count"]["n"] + report["summary"][">77 tokens"]["count"]["n"] == 30
     res = runner.invoke(app, ["shapes", "score", str(tmp_path / "good")])
     assert res.exit_code == 0 and "100.0%" in res.output and (tmp_path / "good" / "shapes_scores.json").is_file()

@@ -36,6 +36,7 @@ __all__ = [
     "CAPTION_STYLES",
     "COLOURS",
     "HELD_OUT_PAIRS",
+    "REGION_EDGES",
     "SHAPES",
     "SIZES",
     "SPLITS",
@@ -49,6 +50,7 @@ __all__ = [
     "drop_count_sentence",
     "drop_relation_sentences",
     "object_cover",
+    "position_region",
     "read_dataset",
     "render_scene",
     "sample_scene",
@@ -342,9 +344,20 @@ _RELATION_SENTENCES = (
 _REL_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
 
 
+REGION_EDGES = (0.36, 0.64)  # a dense caption names each object's cell of the 3x3 grid these edges cut the image into
+
+
+def position_region(x: float, y: float) -> tuple[str, str]:
+    """The cell of the 3x3 grid a dense caption names for an object centred at ``(x, y)`` (fractions of the width and
+    height, y downwards): ``(horizontal, vertical)``, ``left``/``centre``/``right`` and ``top``/``middle``/``bottom``.
+    """
+    lo, hi = REGION_EDGES
+    horizontal = "left" if x < lo else "right" if x > hi else "centre"
+    return horizontal, "top" if y < lo else "bottom" if y > hi else "middle"
+
+
 def _where(o: SceneObject) -> str:
-    h = "left" if o.x < 0.36 else "right" if o.x > 0.64 else "centre"
-    v = "top" if o.y < 0.36 else "bottom" if o.y > 0.64 else "middle"
+    h, v = position_region(o.x, o.y)
     if h == "centre" and v == "middle":
         return "right in the centre of the image"
     if h == "centre":

@@ -17,8 +17,15 @@ Scores, per prompt (the asked objects have distinct (colour, shape) pairs):
 - ``size``: the fraction of asked (shape, size) pairs present (independent of colour);
 - ``spatial``: the fraction of the graph's relations that hold, among those whose two objects were both found by
   colour and shape (None when there are none to judge);
+- ``position``: the fraction of the asked objects found by colour and shape whose centre lies in the cell of the 3x3
+  grid that a dense caption names for it ("in the upper left corner", "near the bottom edge, horizontally centred",
+  :func:`~llm4gen.data.shapes.position_region`), within 2 px at 64 px of the cell's edges (None when no asked object
+  was found; :func:`score_folder` gives None for short and relational captions, which name no positions), and beside
+  it ``position_chance``, what an image that ignores the position words would score on the same objects
+  (:func:`position_chance`);
 - ``background``: the background colour is right;
-- ``all_correct``: count, binding and size fully right and every relation of the graph holds.
+- ``all_correct``: count, binding and size fully right and every relation of the graph holds (``position`` is reported
+  beside it, not in it, so that all-correct means the same as in results scored before ``position`` existed).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -35,7 +42,17 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from ..data.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, SceneObject, render_scene
+from ..data.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    REGION_EDGES,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneObject,
+    position_region,
+    render_scene,
+)
 
 __all__ = [
     "Detection",
@@ -44,12 +61,13 @@ __all__ = [
     "ShapesScorer",
     "clip_token_count",
     "detect_objects",
+    "position_chance",
     "score_folder",
     "score_image",
     "summarize",
 ]
 
-METRICS = ("count", "colour", "shape", "binding", "size", "spatial", "background", "all_correct")
+METRICS = ("count", "colour", "shape", "binding", "size", "spatial", "position", "background", "all_correct")
 _FEATURES = ("extent", "solidity", "hole", "y_offset", "corners")
 _FEATURE_SCALE = np.array([0.08, 0.06, 0.05, 0.03, 0.12])  # typical spread of each feature on clean renders
 
@@ -191,6 +209,71 @@ def _relation_holds(a: Detection, rel: str, b: Detection, tol: float = 2 / 64) -
     raise ValueError(f"Unknown relation {rel!r}.")
 
 
+_lo, _hi = REGION_EDGES
+_CELL_SPANS = {"left": (0.0, _lo), "top": (0.0, _lo), "centre": (_lo, _hi), "middle": (_lo, _hi), "right": (_hi, 1.0),
+               "bottom": (_hi, 1.0)}  # each cell name of position_region: the span it covers on its axis
+
+
+def _in_region(det: Detection, obj: SceneObject, tol: float = 2 / 64) -> bool:
+    """Whether ``det``'s centre lies in the grid cell named for ``obj`` (:func:`position_region`), ``tol`` outside
+    its edges included."""
+    h, v = position_region(obj.x, obj.y)
+    return all(_CELL_SPANS[cell][0] - tol <= c <= _CELL_SPANS[cell][1] + tol for cell, c in ((h, det.x), (v, det.y)))
+
+
+@cache
+def _placements(num_objects: int, size: str, samples: int = 20_000) -> np.ndarray:
+    """Centres ``[samples, 2]`` of the objects of ``size`` in scenes of ``num_objects`` objects, placed as
+    :func:`~llm4gen.data.shapes.sample_scene` places them (sizes uniform; one object after another, each at the first
+    of up to 200 uniform draws that keeps its gap to those before; a scene where one finds no room is drawn again),
+    vectorised over scenes."""
+    from ..data.shapes import _MIN_GAP
+
+    rng, names = np.random.default_rng(0), list(SIZES)
+    radii = np.array([SIZES[n] for n in names])
+    out: list[np.ndarray] = []
+    while sum(len(o) for o in out) < samples:
+        batch = 4096
+        which = rng.integers(0, len(names), (batch, num_objects))
+        r = radii[which]
+        pos = np.zeros((batch, num_objects, 2))
+        ok = np.ones(batch, dtype=bool)
+        for k in range(num_objects):
+            low = (r[:, k] + 2 / 64)[:, None, None]
+            cand = low + rng.random((batch, 200, 2)) * (1 - 2 * low)
+            valid = np.ones((batch, 200), dtype=bool)
+            for j in range(k):
+                gap = np.linalg.norm(cand - pos[:, None, j], axis=-1)
+                valid &= gap >= (r[:, k] + r[:, j] + _MIN_GAP)[:, None]
+            ok &= valid.any(axis=1)
+            pos[:, k] = cand[np.arange(batch), valid.argmax(axis=1)]
+        out.append(pos[ok][which[ok] == names.index(size)])
+    return np.concatenate(out)[:samples]
+
+
+def position_chance(obj: SceneObject, num_objects: int = 1, tol: float = 2 / 64) -> float:
+    """The probability that an object of ``obj``'s size, placed as the generator places objects in a scene of
+    ``num_objects`` objects, lands in ``obj``'s named cell (``tol`` beyond its edges included): what ``position``
+    scores for an image whose layout follows the training scenes' but ignores the caption's position words. Alone in
+    a scene an object's centre is uniform over the image less its radius and a 2 px margin; in crowded scenes objects
+    are pushed apart, towards the edges, so the odds of the corner cells rise (estimated from 20,000 placements)."""
+    spans = _CELL_SPANS
+    cells = position_region(obj.x, obj.y)
+    if num_objects == 1:  # exact
+        a, b = SIZES[obj.size] + 2 / 64, 1 - SIZES[obj.size] - 2 / 64
+        p = 1.0
+        for cell in cells:
+            c0, c1 = spans[cell]
+            p *= max(0.0, min(b, c1 + tol) - max(a, c0 - tol)) / (b - a)
+        return p
+    xy = _placements(int(num_objects), obj.size)
+    inside = np.ones(len(xy), dtype=bool)
+    for axis, cell in enumerate(cells):
+        c0, c1 = spans[cell]
+        inside &= (xy[:, axis] >= c0 - tol) & (xy[:, axis] <= c1 + tol)
+    return float(inside.mean())
+
+
 def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) -> dict[str, Any]:
     """Score one image against the scene graph it was asked to show (see the module docs for the metrics)."""
     if isinstance(scene, dict):
@@ -214,6 +297,8 @@ def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) 
         if matched[a] is not None and matched[b] is not None
     ]
     spatial = sum(judged) / len(judged) if judged else None
+    placed = [_in_region(m, o) for m, o in zip(matched, asked) if m is not None]
+    chance = [position_chance(o, n) for m, o in zip(matched, asked) if m is not None]
     result = {
         "num_asked": n,
         "num_found": len(dets),
@@ -223,6 +308,8 @@ def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) 
         "binding": sum(m is not None for m in matched) / n,
         "size": _multiset_fraction([(o.shape, o.size) for o in asked], [(d.shape, d.size) for d in dets]),
         "spatial": spatial,
+        "position": sum(placed) / len(placed) if placed else None,
+        "position_chance": sum(chance) / len(chance) if chance else None,
         "background": float(background_name(image) == scene.background),
         "found": [
             {"colour": d.colour, "shape": d.shape, "size": d.size, "x": round(d.x, 3), "y": round(d.y, 3)} for d in dets
@@ -239,9 +326,10 @@ def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) 
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
-    """Mean of each metric over ``results`` (``spatial`` over those that have relations), with the counts."""
+    """Mean of each metric (and ``position_chance``) over ``results`` (``spatial`` over those that have relations),
+    with the counts."""
     out: dict[str, dict[str, float | int | None]] = {}
-    for m in METRICS:
+    for m in (*METRICS, "position_chance"):
         vals = [r[m] for r in results if r.get(m) is not None]
         out[m] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
     return out
@@ -312,6 +400,8 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True) -> d
         except OSError as err:
             raise ValueError(f"{rec['path']} is not a readable image ({err}).") from err
         result = score_image(image, rec["scene"])
+        if rec.get("style", "dense") != "dense":  # short and relational captions name no positions
+            result["position"] = result["position_chance"] = None
         result.update(file_name=rec["file_name"], text=rec.get("text", ""), clip_tokens=n_tokens)
         results.append(result)
     summary = {bucket: summarize(length_bucket(results, bucket)) for bucket in LENGTH_BUCKETS}

@@ -9,14 +9,15 @@ ShapesWorld scorer checks each image against the scene graph its prompt describe
   the prompts come from ``prompt_seed``): a control for whether a failure comes from the unseen pairs.
 - images: image ``i`` of every arm starts from the same noise (``torch.Generator`` seeded ``image_seed + i``) and
   uses the same scheduler, steps and guidance.
-- metrics: count, colour, shape, binding, size, spatial, background and all-correct (``llm4gen.eval.shapes``),
-  overall and split by the prompt's length in CLIP tokens (``<=77``: inside CLIP's window, ``>77``: beyond it).
+- metrics: count, colour, shape, binding, size, spatial, position, background and all-correct (``llm4gen.eval.shapes``;
+  ``position_chance`` beside ``position``), overall and split by the prompt's length in CLIP tokens (``<=77``: inside
+  CLIP's window, ``>77``: beyond it).
 - statistics: per arm the mean with a 95% percentile-bootstrap interval over prompts; between each arm and the first
   (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
 
 Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, per-prompt scores, summary,
-:func:`binding_breakdown`),
-``quality.png`` (bar chart with the intervals) and ``samples.png`` (a few prompts, the arms side by side).
+:func:`binding_breakdown`, :func:`position_breakdown`), ``quality.png`` (bar chart with the intervals) and
+``samples.png`` (a few prompts, the arms side by side).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "metric_summary",
     "paired_difference",
     "plot_quality",
+    "position_breakdown",
     "quality_bars",
     "render_arm",
     "run_quality_benchmark",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 SCHEDULERS = ("dpm", "ddim", "own")
-PLOT_METRICS = ("colour", "shape", "binding", "spatial", "count", "all_correct")
+PLOT_METRICS = ("colour", "shape", "binding", "spatial", "position", "count", "all_correct")
 
 
 @dataclass
@@ -247,8 +249,22 @@ def metric_summary(results: list[dict[str, Any]], metric: str, n_boot: int = 200
 
 def summarize_arm(results: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
     """``{bucket: {metric: {"mean", "ci95", "n"}}}`` for one arm's per-prompt results (with ``clip_tokens``)."""
-    return {bucket: {m: metric_summary(length_bucket(results, bucket), m, n_boot) for m in METRICS}
+    metrics = (*METRICS, "position_chance")
+    return {bucket: {m: metric_summary(length_bucket(results, bucket), m, n_boot) for m in metrics}
             for bucket in LENGTH_BUCKETS}
+
+
+def position_breakdown(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``position`` and ``position_chance`` (means over the prompts judged on them) by the number of objects asked
+    (``{"1": {"prompts", "position", "chance"}, ...}``): whether an arm follows position words at all, even where
+    there is only one object to place."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in sorted({r["num_asked"] for r in results}):
+        rows = [r for r in results if r["num_asked"] == n and r.get("position") is not None]
+        out[str(n)] = {"prompts": len(rows),
+                       "position": float(np.mean([r["position"] for r in rows])) if rows else None,
+                       "chance": float(np.mean([r["position_chance"] for r in rows])) if rows else None}
+    return out
 
 
 def score_with_count_errors(images: list[Image.Image], scenes: list[Any]) -> list[dict[str, Any]]:
@@ -395,18 +411,19 @@ def _print_table(report: dict[str, Any]) -> None:
     for arm in arms[1:]:
         table.add_column(f"diff {arm}", justify="right")
     for bucket in LENGTH_BUCKETS:
-        for m in ("colour", "shape", "binding", "spatial", "count", "size", "all_correct"):
+        for m in ("colour", "shape", "binding", "spatial", "position", "position_chance", "count", "size",
+                  "all_correct"):
             cells = []
             for arm in arms:
-                s = report["summary"][arm][bucket][m]
+                s = report["summary"][arm][bucket].get(m, {"mean": None})  # results older than the metric lack it
                 cells.append("-" if s["mean"] is None else
                              f"{100 * s['mean']:.1f} [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]")
             for arm in arms[1:]:
-                d = report["differences"][arm][bucket][m]
+                d = report["differences"][arm][bucket].get(m, {"mean": None})
                 cells.append("-" if d["mean"] is None else
                              f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
-            n = report["summary"][ref][bucket][m]["n"]
-            table.add_row(f"{bucket} (n={n})" if m == "colour" else "", m, *cells)
+            n = report["summary"][ref][bucket]["colour"]["n"]
+            table.add_row(f"{bucket} (n={n})" if m == "colour" else "", m.replace("_", " "), *cells)
         table.add_section()
     Console().print(table)
     pairs = Table(title="Binding by objects asked: pairs drawn % (held out of training / seen in it); prompts with "
@@ -422,6 +439,17 @@ def _print_table(report: dict[str, Any]) -> None:
                           str(b["pairs_wrong"]))
         pairs.add_section()
     Console().print(pairs)
+    if "position_breakdown" in report:
+        where = Table(title="Position by objects asked: % of found objects in the cell the caption names (chance: a "
+                            "layout that ignores the position words)")
+        for col in ("arm", "objects", "prompts judged", "position", "chance"):
+            where.add_column(col, justify="left" if col == "arm" else "right")
+        for arm in arms:
+            for j, (n, b) in enumerate(report["position_breakdown"][arm].items()):
+                where.add_row(arm if j == 0 else "", n, str(b["prompts"]),
+                              *("-" if b[k] is None else f"{100 * b[k]:.1f}" for k in ("position", "chance")))
+            where.add_section()
+        Console().print(where)
 
 
 def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg: QualityConfig | None = None,
@@ -475,6 +503,7 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
     report = {"config": asdict(cfg), "arms": names, "render_seconds": timings, "summary": summary,
               "differences": differences,
               "binding_breakdown": {name: binding_breakdown(per_arm[name], scenes) for name in names},
+              "position_breakdown": {name: position_breakdown(per_arm[name]) for name in names},
               "results": per_arm}
     (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     plot_quality(summary, out / "quality.png", title=cfg.prompt_set)
