@@ -7,6 +7,9 @@ red circle" -> the red circle), it takes the feature at a word's token and asks 
 
 - **noun -> colour**: from the noun's token ("circle"), which of the scene's colours is this object's?
 - **colour -> shape**: from the colour word's token ("red"), which of the scene's shapes is this object's?
+- **noun -> place**: from the noun's token, which of the cells of the 3x3 grid that the scene's objects occupy (and
+  a dense caption names: "sits in the upper left corner") is this object's? Whether the features say *where* each
+  object goes; the colour swaps below leave places as they are, so only the first fit tells anything here.
 
 The probe (multinomial logistic regression on standardised features, L2-regularised) picks only among the values the
 scene has, so a feature that knows *which* colours the caption names but not which goes with this noun scores
@@ -51,7 +54,24 @@ from typing import Any
 import numpy as np
 import torch
 
-ROLES = {"noun -> colour": "colour", "colour -> shape": "shape"}
+ROLES = {"noun -> colour": "colour", "colour -> shape": "shape", "noun -> place": "place"}
+
+
+def role_values() -> dict[str, list]:
+    """The classes of each role's label: the colours, the shapes, and the 3x3 grid's cells (``place``: the cell a
+    dense caption names for the object, :func:`~llm4gen.data.shapes.position_region`)."""
+    from llm4gen.data.shapes import COLOURS, SHAPES
+
+    cells = [(h, v) for v in ("top", "middle", "bottom") for h in ("left", "centre", "right")]
+    return {"colour": list(COLOURS), "shape": list(SHAPES), "place": cells}
+
+
+def label_of(obj: Any, key: str, values: dict[str, list]) -> int:
+    """``obj``'s class index for a role's ``key`` (``colour``, ``shape`` or ``place``)."""
+    from llm4gen.data.shapes import position_region
+
+    value = position_region(obj.x, obj.y) if key == "place" else getattr(obj, key)
+    return values[key].index(value)
 FITS = ("train captions", "train captions + colour swaps")
 
 
@@ -117,25 +137,25 @@ def probe_rows(captions: list[str], scenes: list[Any], spaces: dict[str, tuple[A
                batch_size: int = 64, progress: Any = None) -> dict[tuple[str, str], dict[str, list]]:
     """Feature rows per (token space, role). ``spaces[name] = (fast tokenizer, prefix, encode)`` where ``encode``
     maps a batch of captions to features ``[B, T, D]``; words at or beyond ``T`` have no row. Each row keeps the
-    feature, the label (index into COLOURS or SHAPES), the scene's distinct values (labels), whether the pair was
+    feature, the label (index into :func:`role_values`), the scene's distinct values (labels), whether the pair was
     held out and the caption's index (``prompt``); roles without two distinct values in the scene are skipped. The
     ``caption mean`` space (mean over the caption of the ``LLM`` space's features, or of the first space's without
     one) is added for both roles."""
-    from llm4gen.data.shapes import COLOURS, HELD_OUT_PAIRS, SHAPES
+    from llm4gen.data.shapes import HELD_OUT_PAIRS
     from llm4gen.training.data import mention_words
 
-    values = {"colour": list(COLOURS), "shape": list(SHAPES)}
+    values = role_values()
     rows: dict[tuple[str, str], dict[str, list]] = {}
 
     def add(space: str, role: str, feat: torch.Tensor, obj: Any, scene: Any, prompt: int) -> None:
         key = ROLES[role]
-        present = sorted({values[key].index(getattr(o, key)) for o in scene.objects})
+        present = sorted({label_of(o, key, values) for o in scene.objects})
         if len(present) < 2:
             return
         r = rows.setdefault((space, role), {"x": [], "y": [], "allowed": [], "held_out": [], "prompt": []})
         r["prompt"].append(prompt)
         r["x"].append(feat.float())
-        r["y"].append(values[key].index(getattr(obj, key)))
+        r["y"].append(label_of(obj, key, values))
         r["allowed"].append(present)
         r["held_out"].append((obj.colour, obj.shape) in HELD_OUT_PAIRS)
 
@@ -153,6 +173,7 @@ def probe_rows(captions: list[str], scenes: list[Any], spaces: dict[str, tuple[A
                     obj = scene.objects[k]
                     if noun is not None:
                         add(name, "noun -> colour", feats[i, noun], obj, scene, start + i)
+                        add(name, "noun -> place", feats[i, noun], obj, scene, start + i)
                     if colour is not None:
                         add(name, "colour -> shape", feats[i, colour], obj, scene, start + i)
                 if name == mean_space:  # over the caption's own tokens: no prefix, special tokens or padding
@@ -244,7 +265,7 @@ def main() -> None:
     from rich.progress import Progress
     from rich.table import Table
 
-    from llm4gen.data.shapes import COLOURS, SHAPES, ShapesWorld, ShapesWorldConfig
+    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
     from llm4gen.training.trainer import ClipText
 
@@ -304,7 +325,7 @@ def main() -> None:
     results = []
     for key in rows["train"]:
         space, role = key
-        n = len(COLOURS) if ROLES[role] == "colour" else len(SHAPES)
+        n = len(role_values()[ROLES[role]])
         if key in rows["test"]:
             results.append({"tokens": space, "role": role, "fit": FITS[0], "scored_on": "held-out prompts",
                             **score_probe(rows["train"][key], rows["test"][key], n, args.l2)})

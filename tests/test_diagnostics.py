@@ -407,6 +407,12 @@ def test_probe_rows_read_each_mentions_words_at_their_tokens():
     cs = rows[("LLM", "colour -> shape")]
     assert [names[b][int(x)] for b, x in zip([0, 0, 1, 1], cs["x"])] == ["red", "blue", "red", "red"]
     assert cs["y"] == [SHAPES.index(s) for s in ("circle", "square", "star", "ring")]
+    # the noun's place: its object's cell of the 3x3 grid, among the cells the scene's objects occupy
+    place, cells = rows[("LLM", "noun -> place")], module.role_values()["place"]
+    assert [names[b][int(x)] for b, x in zip([0, 0, 1, 1], place["x"])] == ["circle", "square", "star", "ring"]
+    assert [cells[y] for y in place["y"]] == [("left", "middle"), ("right", "middle"), ("centre", "middle"),
+                                              ("left", "top")]
+    assert [len(a) for a in place["allowed"]] == [2, 2, 2, 2]
     # the caption mean: one feature per caption (the mean position of its own tokens), a row per mention and role
     mean = rows[("caption mean", "colour -> shape")]
     words = [[t for t, (a, b) in enumerate(tok("x: " + c, return_offsets_mapping=True)["offset_mapping"])
@@ -422,7 +428,7 @@ def test_binding_probe_runs_on_a_pipeline_and_reports_every_space(tiny_folder, t
     report = json.loads(out.read_text())
     got = {(r["fit"], r["tokens"], r["role"]) for r in report["rows"]}
     for fit in ("train captions", "train captions + colour swaps"):
-        for role in ("noun -> colour", "colour -> shape"):
+        for role in ("noun -> colour", "colour -> shape", "noun -> place"):
             assert {(fit, "LLM", role), (fit, "CAM", role), (fit, "caption mean", role)} <= got
     assert 0 < report["swapped"]["train"] <= 80 and 0 < report["swapped"]["test"] <= 30
     for r in report["rows"]:
