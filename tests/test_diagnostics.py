@@ -5,7 +5,8 @@ benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
 benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects;
 benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
 benchmarks/attention_separation.py: whether different objects' words attend to different places;
-benchmarks/binding_probe.py: whether the text features say which colour goes with which shape.
+benchmarks/binding_probe.py: whether the text features say which colour goes with which shape;
+benchmarks/unet_position.py: whether the UNet's features say where in the image each location is.
 """
 
 from __future__ import annotations
@@ -458,3 +459,43 @@ def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_fol
     assert clip_tok("a red circle")["input_ids"] == pipe.tokenizer("a red circle")["input_ids"]
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         load_with_tokenizers(tmp_path)
+
+
+def test_unet_position_probe_reads_coordinates_only_where_features_hold_them():
+    import torch
+
+    module = _load_script("unet_position")
+    # location_rows: one row per location, its centre as (x, y) fractions, its image's index
+    feat = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).reshape(2, 3, 2, 4)
+    x, coords, image = module.location_rows(feat)
+    assert x.shape == (16, 3) and image.tolist() == [0] * 8 + [1] * 8
+    assert coords[5].tolist() == [pytest.approx(1.5 / 4), pytest.approx(1.5 / 2)]  # row 1, column 1
+    assert x[5].tolist() == feat[0, :, 1, 1].tolist()
+    # ridge_r2: a feature map that holds x (not y) in a channel, beside noise, gives R² 1 for x and ~0 for y;
+    # pure noise gives ~0 for both
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 40, 8, 8
+    xs = ((torch.arange(w) + 0.5) / w).expand(b, 1, h, w)
+    with_x = torch.cat([xs, torch.randn(b, 5, h, w, generator=g)], dim=1)
+    rows, coords, image = module.location_rows(with_x)
+    r2 = module.ridge_r2(rows, coords, image < b // 2, l2=1e-6)
+    assert r2[0] == pytest.approx(1.0, abs=1e-3) and abs(r2[1]) < 0.02
+    rows, coords, image = module.location_rows(torch.randn(b, 6, h, w, generator=g))
+    assert all(abs(v) < 0.02 for v in module.ridge_r2(rows, coords, image < b // 2))
+    with pytest.raises(ValueError, match="train and test"):
+        module.ridge_r2(rows, coords, torch.ones(len(rows), dtype=torch.bool))
+
+
+def test_unet_position_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
+    out = tmp_path / "where.json"
+    _run_script("unet_position", monkeypatch, "--model", str(tiny_folder), "--prompts", "8", "--timesteps", "900",
+                "--out", str(out))
+    report = json.loads(out.read_text())
+    names = [r["features"] for r in report["rows"]]
+    assert names[0] == "input (noised latents)" and "mid" in names and any(n.startswith("up ") for n in names)
+    assert any(n.startswith("down ") for n in names) and report["fit_images"] == 4
+    for r in report["rows"]:
+        assert r["r2_x"] <= 1.0 and r["r2_y"] <= 1.0 and r["channels"] > 0
+    with pytest.raises(SystemExit, match="--prompts"):
+        _run_script("unet_position", monkeypatch, "--model", str(tiny_folder), "--prompts", "1", "--out",
+                    str(out))
