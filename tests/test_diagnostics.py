@@ -6,7 +6,8 @@ benchmarks/count_relations.py: whether relation sentences make an arm draw extra
 benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
 benchmarks/attention_separation.py: whether different objects' words attend to different places;
 benchmarks/binding_probe.py: whether the text features say which colour goes with which shape;
-benchmarks/unet_position.py: whether the UNet's features say where in the image each location is.
+benchmarks/unet_position.py: whether the UNet's features say where in the image each location is;
+benchmarks/place_words.py: whether the place words of one-object prompts move the object.
 """
 
 from __future__ import annotations
@@ -499,3 +500,52 @@ def test_unet_position_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--prompts"):
         _run_script("unet_position", monkeypatch, "--model", str(tiny_folder), "--prompts", "1", "--out",
                     str(out))
+
+
+def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
+    from llm4gen.data.shapes import SceneObject, ShapesWorld, ShapesWorldConfig, position_region
+
+    module = _load_script("place_words")
+    world = ShapesWorld("test", seed=1, config=ShapesWorldConfig(caption_style="dense", min_objects=1,
+                                                                  max_objects=1))
+    for k in range(12):
+        text, scene = world.caption_of(k)
+        obj = scene.objects[0]
+        for cell in module.CELLS:
+            new = module.with_place(text, obj, cell)
+            phrase = module.place_phrase(cell)
+            assert phrase in new.lower()
+            # the cell's own phrase is the one the generator writes for an object in that cell
+            h = {"left": 0.2, "centre": 0.5, "right": 0.8}[cell[0]]
+            v = {"top": 0.2, "middle": 0.5, "bottom": 0.8}[cell[1]]
+            assert position_region(h, v) == cell
+            if cell == position_region(obj.x, obj.y):
+                assert new == text  # its own cell: unchanged
+            else:
+                assert new.replace(phrase[0].upper() + phrase[1:], phrase).count(phrase) == 1
+                assert len(new.split()) - len(text.split()) == len(phrase.split()) - len(
+                    module.place_phrase(position_region(obj.x, obj.y)).split())
+    with pytest.raises(ValueError, match="place phrase"):
+        module.with_place("A red circle.", SceneObject("red", "circle", "small", 0.2, 0.2), ("right", "top"))
+    # place_effect: objects that follow the words shift by the cells' distance, objects that ignore them by 0
+    follow = [{"prompt": p, "cell": list(c), "x": module._AT[c[0]], "y": module._AT[c[1]], "in_cell": 1.0,
+               "chance": 0.2} for p in range(5) for c in module.CELLS]
+    eff = module.place_effect(follow, n_boot=200)
+    assert eff["x_shift"]["mean"] == pytest.approx(0.6) and eff["y_shift"]["mean"] == pytest.approx(0.6)
+    assert eff["x_shift"]["prompts"] == 5 and eff["in_cell"] == 1.0 and eff["drawn"] == 45
+    ignore = [dict(r, x=0.3 + 0.1 * r["prompt"], y=0.5, in_cell=0.0) for r in follow]
+    ignore[0]["x"] = None  # prompt 0 drew nothing for one phrasing: left out of the contrasts
+    eff = module.place_effect(ignore, n_boot=200)
+    assert eff["x_shift"]["mean"] == pytest.approx(0.0) and eff["x_shift"]["prompts"] == 4
+    assert eff["y_shift"]["ci95"] == [pytest.approx(0.0), pytest.approx(0.0)] and eff["drawn"] == 44
+
+
+def test_place_words_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
+    out = tmp_path / "place.json"
+    _run_script("place_words", monkeypatch, "--model", str(tiny_folder), "--prompts", "2", "--steps", "2",
+                "--bootstrap", "100", "--out", str(out))
+    report = json.loads(out.read_text())
+    rows = report["arms"]["llm4gen"]["rows"]
+    assert report["prompts"] == 2 and len(rows) == 18 and {tuple(r["cell"]) for r in rows} == set(
+        _load_script("place_words").CELLS)
+    assert out.with_suffix(".png").is_file()
