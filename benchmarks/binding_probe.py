@@ -55,15 +55,15 @@ import numpy as np
 import torch
 
 ROLES = {"noun -> colour": "colour", "colour -> shape": "shape", "noun -> place": "place"}
+FITS = ("train captions", "train captions + colour swaps")
 
 
 def role_values() -> dict[str, list]:
     """The classes of each role's label: the colours, the shapes, and the 3x3 grid's cells (``place``: the cell a
     dense caption names for the object, :func:`~llm4gen.data.shapes.position_region`)."""
-    from llm4gen.data.shapes import COLOURS, SHAPES
+    from llm4gen.data.shapes import COLOURS, POSITION_CELLS, SHAPES
 
-    cells = [(h, v) for v in ("top", "middle", "bottom") for h in ("left", "centre", "right")]
-    return {"colour": list(COLOURS), "shape": list(SHAPES), "place": cells}
+    return {"colour": list(COLOURS), "shape": list(SHAPES), "place": list(POSITION_CELLS)}
 
 
 def label_of(obj: Any, key: str, values: dict[str, list]) -> int:
@@ -72,7 +72,6 @@ def label_of(obj: Any, key: str, values: dict[str, list]) -> int:
 
     value = position_region(obj.x, obj.y) if key == "place" else getattr(obj, key)
     return values[key].index(value)
-FITS = ("train captions", "train captions + colour swaps")
 
 
 def colour_swap(text: str, scene: Any) -> tuple[str, Any] | None:
@@ -322,10 +321,10 @@ def main() -> None:
         kept = _subset(originals, [has_twin[p] for p in originals["prompt"]])
         return {k: kept[k] + twins[k] for k in kept}
 
-    results = []
+    results, values = [], role_values()
     for key in rows["train"]:
         space, role = key
-        n = len(role_values()[ROLES[role]])
+        n = len(values[ROLES[role]])
         if key in rows["test"]:
             results.append({"tokens": space, "role": role, "fit": FITS[0], "scored_on": "held-out prompts",
                             **score_probe(rows["train"][key], rows["test"][key], n, args.l2)})

@@ -31,23 +31,15 @@ from typing import Any
 
 import numpy as np
 
-CELLS = [(h, v) for v in ("top", "middle", "bottom") for h in ("left", "centre", "right")]
-_AT = {"left": 0.2, "centre": 0.5, "right": 0.8, "top": 0.2, "middle": 0.5, "bottom": 0.8}
-
-
-def place_phrase(cell: tuple[str, str]) -> str:
-    """The words a dense caption uses for ``cell`` (``(horizontal, vertical)``, as ``position_region`` names it)."""
-    from llm4gen.data.shapes import SceneObject, _where
-
-    return _where(SceneObject("red", "circle", "small", _AT[cell[0]], _AT[cell[1]]))
+_AT = {"left": 0.2, "centre": 0.5, "right": 0.8, "top": 0.2, "middle": 0.5, "bottom": 0.8}  # a point in each cell
 
 
 def with_place(text: str, obj: Any, cell: tuple[str, str]) -> str:
     """``text`` (a dense caption of a one-object scene holding ``obj``) with ``obj``'s place phrase replaced by
     ``cell``'s, also where it starts a sentence; everything else unchanged."""
-    from llm4gen.data.shapes import _where
+    from llm4gen.data.shapes import place_phrase, position_region
 
-    old, new = _where(obj), place_phrase(cell)
+    old, new = place_phrase(position_region(obj.x, obj.y)), place_phrase(cell)
     variants = [(old, new), (old[0].upper() + old[1:], new[0].upper() + new[1:])]
     if not any(o in text for o, _ in variants):
         raise ValueError(f"The caption does not hold the object's place phrase {old!r}: {text!r}")
@@ -108,8 +100,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import SceneObject
-    from llm4gen.eval.shapes import _in_region, position_chance
+    from llm4gen.data.shapes import POSITION_CELLS, SceneObject
+    from llm4gen.eval.shapes import in_cell, position_chance
     from llm4gen.eval.shapes_bench import QualityConfig, base_unet_dir, benchmark_prompts, load_arm, render_arm
     from llm4gen.images import make_grid
 
@@ -120,7 +112,7 @@ def main() -> None:
     items = [(t, s) for t, s in benchmark_prompts(cfg) if len(s.objects) == 1][: args.prompts]
     if len(items) < args.prompts:
         raise SystemExit(f"Only {len(items)} one-object prompts among the first {cfg.num_prompts}; lower --prompts.")
-    versions = {cell: [with_place(t, s.objects[0], cell) for t, s in items] for cell in CELLS}
+    versions = {cell: [with_place(t, s.objects[0], cell) for t, s in items] for cell in POSITION_CELLS}
     arms = {}
     if base_unet_dir(args.model) is not None:
         arms["base"] = lambda: load_arm(args.model, unet=base_unet_dir(args.model))
@@ -136,10 +128,10 @@ def main() -> None:
             for i, (image, (_, scene)) in enumerate(zip(images, items)):
                 obj = scene.objects[0]
                 det = drawn_object(image, obj.colour)
-                named = SceneObject(obj.colour, obj.shape, obj.size, _AT[cell[0]], _AT[cell[1]])
+                named = SceneObject(obj.colour, obj.shape, obj.size, _AT[cell[0]], _AT[cell[1]])  # for the odds
                 rows.append({"prompt": i, "cell": list(cell), "x": None if det is None else det.x,
                              "y": None if det is None else det.y,
-                             "in_cell": None if det is None else float(_in_region(det, named)),
+                             "in_cell": None if det is None else float(in_cell(det.x, det.y, cell)),
                              "chance": position_chance(named)})
                 if i == 0:
                     grid_cells.append(image)
@@ -163,7 +155,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    make_grid(grid_cells, grid_captions, cols=len(CELLS), cell=128, caption_lines=2).save(out.with_suffix(".png"))
+    grid = make_grid(grid_cells, grid_captions, cols=len(POSITION_CELLS), cell=128, caption_lines=2)
+    grid.save(out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

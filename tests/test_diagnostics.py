@@ -503,7 +503,14 @@ def test_unet_position_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
 
 
 def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
-    from llm4gen.data.shapes import SceneObject, ShapesWorld, ShapesWorldConfig, position_region
+    from llm4gen.data.shapes import (
+        POSITION_CELLS,
+        SceneObject,
+        ShapesWorld,
+        ShapesWorldConfig,
+        place_phrase,
+        position_region,
+    )
 
     module = _load_script("place_words")
     world = ShapesWorld("test", seed=1, config=ShapesWorldConfig(caption_style="dense", min_objects=1,
@@ -511,9 +518,9 @@ def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
     for k in range(12):
         text, scene = world.caption_of(k)
         obj = scene.objects[0]
-        for cell in module.CELLS:
+        for cell in POSITION_CELLS:
             new = module.with_place(text, obj, cell)
-            phrase = module.place_phrase(cell)
+            phrase = place_phrase(cell)
             assert phrase in new.lower()
             # the cell's own phrase is the one the generator writes for an object in that cell
             h = {"left": 0.2, "centre": 0.5, "right": 0.8}[cell[0]]
@@ -524,12 +531,12 @@ def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
             else:
                 assert new.replace(phrase[0].upper() + phrase[1:], phrase).count(phrase) == 1
                 assert len(new.split()) - len(text.split()) == len(phrase.split()) - len(
-                    module.place_phrase(position_region(obj.x, obj.y)).split())
+                    place_phrase(position_region(obj.x, obj.y)).split())
     with pytest.raises(ValueError, match="place phrase"):
         module.with_place("A red circle.", SceneObject("red", "circle", "small", 0.2, 0.2), ("right", "top"))
     # place_effect: objects that follow the words shift by the cells' distance, objects that ignore them by 0
     follow = [{"prompt": p, "cell": list(c), "x": module._AT[c[0]], "y": module._AT[c[1]], "in_cell": 1.0,
-               "chance": 0.2} for p in range(5) for c in module.CELLS]
+               "chance": 0.2} for p in range(5) for c in POSITION_CELLS]
     eff = module.place_effect(follow, n_boot=200)
     assert eff["x_shift"]["mean"] == pytest.approx(0.6) and eff["y_shift"]["mean"] == pytest.approx(0.6)
     assert eff["x_shift"]["prompts"] == 5 and eff["in_cell"] == 1.0 and eff["drawn"] == 45
@@ -546,6 +553,7 @@ def test_place_words_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
                 "--bootstrap", "100", "--out", str(out))
     report = json.loads(out.read_text())
     rows = report["arms"]["llm4gen"]["rows"]
-    assert report["prompts"] == 2 and len(rows) == 18 and {tuple(r["cell"]) for r in rows} == set(
-        _load_script("place_words").CELLS)
+    from llm4gen.data.shapes import POSITION_CELLS
+
+    assert report["prompts"] == 2 and len(rows) == 18 and {tuple(r["cell"]) for r in rows} == set(POSITION_CELLS)
     assert out.with_suffix(".png").is_file()

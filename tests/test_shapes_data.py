@@ -13,6 +13,7 @@ from llm4gen.data.shapes import (
     BACKGROUNDS,
     COLOURS,
     HELD_OUT_PAIRS,
+    POSITION_CELLS,
     SHAPES,
     Scene,
     SceneObject,
@@ -21,6 +22,7 @@ from llm4gen.data.shapes import (
     corrupt_scene,
     drop_count_sentence,
     drop_relation_sentences,
+    place_phrase,
     position_region,
     read_dataset,
     relations_from_positions,
@@ -75,6 +77,8 @@ def test_position_region_cells_and_captions():
              ("left", "middle"): "left side, halfway down", ("right", "middle"): "right side, halfway down",
              ("centre", "top"): "top edge, horizontally centred", ("centre", "bottom"): "bottom edge, horizontally "
              "centred", ("centre", "middle"): "right in the centre of the image"}
+    assert set(POSITION_CELLS) == set(words) and len(POSITION_CELLS) == 9
+    assert all(phrase in place_phrase(cell) for cell, phrase in words.items())
     for k in range(40):
         item = ShapesWorld("train", seed=5, config=ShapesWorldConfig(caption_style="dense"))[k]
         for o in item.scene.objects:

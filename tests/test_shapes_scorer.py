@@ -11,7 +11,15 @@ from typer.testing import CliRunner
 
 from llm4gen.cli import app
 from llm4gen.data.shapes import Scene, SceneObject, ShapesWorld, corrupt_scene, relations_from_positions, render_scene
-from llm4gen.eval.shapes import METRICS, ShapesScorer, detect_objects, score_folder, score_image, summarize
+from llm4gen.eval.shapes import (
+    METRICS,
+    ShapesScorer,
+    detect_objects,
+    in_cell,
+    score_folder,
+    score_image,
+    summarize,
+)
 
 N = 120
 
@@ -109,6 +117,13 @@ def test_position_is_judged_against_the_named_cell():
     gone = score_image(render_scene(Scene(objs[1:], "black", []), 64), asked)
     assert gone["position"] == 1.0 and gone["binding"] == pytest.approx(2 / 3)
     assert score_image(Image.new("RGB", (64, 64), (20, 20, 20)), asked)["position"] is None
+    # in_cell on its own, for points and for arrays (the upper left cell spans [0, 0.36] on each axis, plus 2/64)
+    assert in_cell(0.2, 0.3, ("left", "top")) and in_cell(0.39, 0.0, ("left", "top"))
+    assert not in_cell(0.40, 0.3, ("left", "top")) and not in_cell(0.2, 0.5, ("left", "top"))
+    assert in_cell(0.5, 0.66, ("centre", "middle")) and not in_cell(0.5, 0.7, ("centre", "middle"))
+    xs, ys = np.array([0.2, 0.4, 0.9]), np.array([0.9, 0.9, 0.62])
+    assert in_cell(xs, ys, ("left", "bottom")).tolist() == [True, False, False]
+    assert in_cell(xs, ys, ("right", "bottom")).tolist() == [False, False, True]
 
 
 def test_other_resolution():

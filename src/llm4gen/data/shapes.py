@@ -36,6 +36,7 @@ __all__ = [
     "CAPTION_STYLES",
     "COLOURS",
     "HELD_OUT_PAIRS",
+    "POSITION_CELLS",
     "REGION_EDGES",
     "SHAPES",
     "SIZES",
@@ -50,6 +51,7 @@ __all__ = [
     "drop_count_sentence",
     "drop_relation_sentences",
     "object_cover",
+    "place_phrase",
     "position_region",
     "read_dataset",
     "render_scene",
@@ -345,6 +347,7 @@ _REL_WORDS = {"left of": "to the left of", "right of": "to the right of", "above
 
 
 REGION_EDGES = (0.36, 0.64)  # a dense caption names each object's cell of the 3x3 grid these edges cut the image into
+POSITION_CELLS = tuple((h, v) for v in ("top", "middle", "bottom") for h in ("left", "centre", "right"))
 
 
 def position_region(x: float, y: float) -> tuple[str, str]:
@@ -356,8 +359,10 @@ def position_region(x: float, y: float) -> tuple[str, str]:
     return horizontal, "top" if y < lo else "bottom" if y > hi else "middle"
 
 
-def _where(o: SceneObject) -> str:
-    h, v = position_region(o.x, o.y)
+def place_phrase(cell: tuple[str, str]) -> str:
+    """The words a dense caption uses for an object in ``cell`` (as :func:`position_region` names it), e.g.
+    ``("left", "top")`` -> "in the upper left corner"."""
+    h, v = cell
     if h == "centre" and v == "middle":
         return "right in the centre of the image"
     if h == "centre":
@@ -365,6 +370,10 @@ def _where(o: SceneObject) -> str:
     if v == "middle":
         return f"on the {h} side, halfway down"
     return f"in the {'upper' if v == 'top' else 'lower'} {h} corner"
+
+
+def _where(o: SceneObject) -> str:
+    return place_phrase(position_region(o.x, o.y))
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:

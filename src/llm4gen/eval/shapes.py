@@ -61,6 +61,7 @@ __all__ = [
     "ShapesScorer",
     "clip_token_count",
     "detect_objects",
+    "in_cell",
     "position_chance",
     "score_folder",
     "score_image",
@@ -214,11 +215,11 @@ _CELL_SPANS = {"left": (0.0, _lo), "top": (0.0, _lo), "centre": (_lo, _hi), "mid
                "bottom": (_hi, 1.0)}  # each cell name of position_region: the span it covers on its axis
 
 
-def _in_region(det: Detection, obj: SceneObject, tol: float = 2 / 64) -> bool:
-    """Whether ``det``'s centre lies in the grid cell named for ``obj`` (:func:`position_region`), ``tol`` outside
-    its edges included."""
-    h, v = position_region(obj.x, obj.y)
-    return all(_CELL_SPANS[cell][0] - tol <= c <= _CELL_SPANS[cell][1] + tol for cell, c in ((h, det.x), (v, det.y)))
+def in_cell(x: Any, y: Any, cell: tuple[str, str], tol: float = 2 / 64) -> Any:
+    """Whether the point ``(x, y)`` (fractions of the width and height; floats or arrays) lies in ``cell`` of the
+    3x3 grid (:func:`~llm4gen.data.shapes.position_region`'s names), ``tol`` beyond its edges included."""
+    (x0, x1), (y0, y1) = _CELL_SPANS[cell[0]], _CELL_SPANS[cell[1]]
+    return (x >= x0 - tol) & (x <= x1 + tol) & (y >= y0 - tol) & (y <= y1 + tol)
 
 
 @cache
@@ -257,21 +258,16 @@ def position_chance(obj: SceneObject, num_objects: int = 1, tol: float = 2 / 64)
     scores for an image whose layout follows the training scenes' but ignores the caption's position words. Alone in
     a scene an object's centre is uniform over the image less its radius and a 2 px margin; in crowded scenes objects
     are pushed apart, towards the edges, so the odds of the corner cells rise (estimated from 20,000 placements)."""
-    spans = _CELL_SPANS
     cells = position_region(obj.x, obj.y)
     if num_objects == 1:  # exact
         a, b = SIZES[obj.size] + 2 / 64, 1 - SIZES[obj.size] - 2 / 64
         p = 1.0
         for cell in cells:
-            c0, c1 = spans[cell]
+            c0, c1 = _CELL_SPANS[cell]
             p *= max(0.0, min(b, c1 + tol) - max(a, c0 - tol)) / (b - a)
         return p
     xy = _placements(int(num_objects), obj.size)
-    inside = np.ones(len(xy), dtype=bool)
-    for axis, cell in enumerate(cells):
-        c0, c1 = spans[cell]
-        inside &= (xy[:, axis] >= c0 - tol) & (xy[:, axis] <= c1 + tol)
-    return float(inside.mean())
+    return float(in_cell(xy[:, 0], xy[:, 1], cells, tol).mean())
 
 
 def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +293,7 @@ def score_image(image: Image.Image | np.ndarray, scene: Scene | dict[str, Any]) 
         if matched[a] is not None and matched[b] is not None
     ]
     spatial = sum(judged) / len(judged) if judged else None
-    placed = [_in_region(m, o) for m, o in zip(matched, asked) if m is not None]
+    placed = [bool(in_cell(m.x, m.y, position_region(o.x, o.y))) for m, o in zip(matched, asked) if m is not None]
     chance = [position_chance(o, n) for m, o in zip(matched, asked) if m is not None]
     result = {
         "num_asked": n,
