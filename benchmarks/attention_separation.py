@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from rich.console import Console
     from rich.table import Table
 
@@ -99,6 +99,7 @@ def main() -> None:
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.losses import AttentionStore, install_attention_store
     from llm4gen.training.trainer import ClipText, Denoiser, TokenSpace, entity_targets
+    from llm4gen.unet import load_unet
 
     src = Path(args.model)
     try:
@@ -134,7 +135,7 @@ def main() -> None:
     arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
                         dict(clip=clip, llm=feats, llm_mask=mask), fused)}
     if (src / "base_unet" / "config.json").is_file():
-        base = UNet2DConditionModel.from_pretrained(src / "base_unet")
+        base = load_unet(src / "base_unet")
         arms["base (CLIP only)"] = (Denoiser(base, None, False), dict(clip=clip),
                                     {"CLIP": targets(TokenSpace(clip_tok, "", 0, n_clip))})
     sched = DDPMScheduler.from_config(pipe.scheduler.config)

@@ -48,7 +48,7 @@ def main() -> None:
         ap.error("give either --pipeline DIR, or both --base and --checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler
     from rich.console import Console
     from rich.table import Table
     from safetensors.torch import load_file
@@ -57,6 +57,7 @@ def main() -> None:
     from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.trainer import ClipText, Denoiser
+    from llm4gen.unet import load_unet
 
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))
     items = [world[100 + i] for i in range(args.scenes)]
@@ -85,7 +86,7 @@ def main() -> None:
             "empty": dict(clip=clip_empty, llm=llm_empty.embeds.float(), llm_mask=llm_empty.attention_mask),
         })
         if (src / "base_unet" / "config.json").is_file():
-            base_unet = UNet2DConditionModel.from_pretrained(src / "base_unet")
+            base_unet = load_unet(src / "base_unet")
             arms["base (CLIP only)"] = (Denoiser(base_unet, None, False).eval(), pred_type, {
                 "true": dict(clip=clip), "shuffled": dict(clip=clip.roll(1, 0)), "empty": dict(clip=clip_empty)})
         ckpt = src
@@ -97,9 +98,9 @@ def main() -> None:
         sched = DDPMScheduler.from_pretrained(base / "scheduler")
         pred_type = args.prediction_type
         if (ckpt / "config.json").is_file():  # a UNet folder
-            unet = UNet2DConditionModel.from_pretrained(ckpt)
+            unet = load_unet(ckpt)
         else:
-            unet = UNet2DConditionModel.from_pretrained(base / "unet")
+            unet = load_unet(base / "unet")
             weights = ckpt / f"{args.weights}.safetensors"
             if not weights.is_file():
                 raise SystemExit(f"{weights} does not exist: --checkpoint must be a training checkpoint or a UNet "

@@ -92,7 +92,7 @@ def main() -> None:
     if args.prompts < 2 or args.l2 < 0:
         raise SystemExit("--prompts must be at least 2 (half fit, half score) and --l2 at least 0.")
 
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from rich.console import Console
     from rich.table import Table
 
@@ -100,6 +100,7 @@ def main() -> None:
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.trainer import ClipText, Denoiser
+    from llm4gen.unet import load_unet
 
     src = Path(args.model)
     try:
@@ -115,7 +116,7 @@ def main() -> None:
     arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
                         dict(clip=clip, llm=enc.embeds.float(), llm_mask=enc.attention_mask))}
     if (src / "base_unet" / "config.json").is_file():
-        arms["base (CLIP only)"] = (Denoiser(UNet2DConditionModel.from_pretrained(src / "base_unet"), None, False),
+        arms["base (CLIP only)"] = (Denoiser(load_unet(src / "base_unet"), None, False),
                                     dict(clip=clip))
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)

@@ -19,6 +19,7 @@ _LAZY = {
     "FusedPrompt": ".pipeline",
     "LLM4GenPipeline": ".pipeline",
     "LLM4GenXLPipeline": ".pipeline",
+    "CoordUNet2DConditionModel": ".unet",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .adapter import CrossAdapter, CrossAdapterConfig, CrossAdapterOutput
     from .encoders import LLMEncoder, LLMEncoderOutput, PromptTruncationWarning
     from .pipeline import FusedPrompt, LLM4GenPipeline, LLM4GenXLPipeline
+    from .unet import CoordUNet2DConditionModel
 
 
 def __getattr__(name: str) -> Any:

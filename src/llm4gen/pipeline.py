@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .adapter import CrossAdapter
 from .encoders import LLMEncoder, collate_rows, output_rows
+from .unet import load_unet
 from .utils import describe_load_error, validate_prompts
 
 __all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
@@ -323,7 +324,7 @@ class _LLM4GenMixin:
             if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "config.json")):
                 sub = None  # the folder is the UNet itself
             try:
-                unet = UNet2DConditionModel.from_pretrained(ref, subfolder=sub, torch_dtype=torch_dtype, **hub)
+                unet = load_unet(ref, subfolder=sub, torch_dtype=torch_dtype, **hub)
             except OSError as err:
                 raise describe_load_error(err, "fine-tuned UNet", ref) from err
         if not isinstance(projector, CrossAdapter):

@@ -111,7 +111,9 @@ def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
     alone. Without it the LLM4GEN UNet runs on CLIP tokens only, which shows the CLIP path of that model, not a
     trained base.
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
+
+    from ..unet import load_unet
 
     if isinstance(unet, (str, os.PathLike)):
         folder = Path(unet)
@@ -119,7 +121,7 @@ def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
             folder = folder / "unet"
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{unet} is not a UNet folder (no config.json) nor a pipeline folder with unet/.")
-        unet = UNet2DConditionModel.from_pretrained(folder)
+        unet = load_unet(folder)
     unet = unet if unet is not None else pipe.unet
     if unet.config.cross_attention_dim != pipe.text_encoder.config.hidden_size:
         raise ValueError(

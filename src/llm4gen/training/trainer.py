@@ -161,14 +161,18 @@ def _load_frozen(cfg: TrainConfig):
 def _load_unet(cfg: TrainConfig, clip_dim: int):
     from diffusers import UNet2DConditionModel
 
+    from ..unet import CoordUNet2DConditionModel, load_unet
+
     if isinstance(cfg.unet, dict):
-        unet = UNet2DConditionModel(**cfg.unet)
+        unet = (CoordUNet2DConditionModel if cfg.unet_coords else UNet2DConditionModel)(**cfg.unet)
     else:
         ref, sub = (cfg.unet, None) if cfg.unet else (cfg.base_model, "unet")
         try:
-            unet = UNet2DConditionModel.from_pretrained(ref, subfolder=sub)
+            unet = load_unet(ref, subfolder=sub)
         except Exception as err:
             raise describe_load_error(err, "UNet", ref if sub is None else f"{ref}/{sub}") from err
+        if cfg.unet_coords and not isinstance(unet, CoordUNet2DConditionModel):
+            unet = CoordUNet2DConditionModel.from_unet(unet)  # new input weights at 0: starts as the loaded UNet
     if unet.config.cross_attention_dim != clip_dim:
         raise ValueError(
             f"The UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder gives "
