@@ -138,6 +138,9 @@ def test_training_with_unet_coords(base, tiny_llm_dirs, tmp_path):
                             "resolution": 32, "train_batch_size": 4, "max_train_steps": 2, "log_every": 1,
                             "checkpointing_steps": 100, "learning_rate": 1e-3, **kw})
 
+    for mode in ("lora", "frozen"):  # the new input weights would never train
+        with pytest.raises(ValueError, match="only train_unet: full trains"):
+            cfg("x", unet_coords=True, train_unet=mode)
     plain = train(cfg("plain"), progress=False)
     coord = train(cfg("coord", unet_coords=True), progress=False)
     # the new input weights start at 0, so the first step computes the plain UNet's loss exactly

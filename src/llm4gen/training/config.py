@@ -148,6 +148,9 @@ class TrainConfig:
             self.data = _from_dict(DataConfig, self.data, "data")
         checks = [
             (self.train_unet in UNET_MODES, f"train_unet must be one of {UNET_MODES}, got {self.train_unet!r}."),
+            (not self.unet_coords or self.train_unet == "full",
+             f"unet_coords: true adds UNet input weights that only train_unet: full trains (with {self.train_unet!r} "
+             "they would stay at zero); use full, or load a UNet saved with coordinates without the flag."),
             (self.mixed_precision in MIXED_PRECISION,
              f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}."),
             (self.lr_scheduler in LR_SCHEDULES,
