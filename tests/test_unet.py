@@ -118,22 +118,13 @@ def test_pipeline_round_trip_with_a_coordinate_unet(tiny_sd_dir, tmp_path):
     torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b))
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, tiny_llm_dirs):
-    from llm4gen.tiny import build_tiny_pipeline
-
-    root = tmp_path_factory.mktemp("coord-base")
-    build_tiny_pipeline(llm=tiny_llm_dirs["bert"], work_dir=root / "parts").save_pretrained(root / "base")
-    return str(root / "base")
-
-
-def test_training_with_unet_coords(base, tiny_llm_dirs, tmp_path):
+def test_training_with_unet_coords(tiny_sd_dir, tiny_llm_dirs, tmp_path):
     from llm4gen import LLM4GenPipeline
     from llm4gen.training.config import load_config
     from llm4gen.training.trainer import _load_unet, train
 
     def cfg(out, **kw):
-        return load_config({"output_dir": str(tmp_path / out), "base_model": base, "llm": tiny_llm_dirs["bert"],
+        return load_config({"output_dir": str(tmp_path / out), "base_model": tiny_sd_dir, "llm": tiny_llm_dirs["bert"],
                             "llm_max_length": 160, "data": {"type": "shapesworld", "num_items": 32},
                             "resolution": 32, "train_batch_size": 4, "max_train_steps": 2, "log_every": 1,
                             "checkpointing_steps": 100, "learning_rate": 1e-3, **kw})
