@@ -540,6 +540,33 @@ def test_fresh_unet_from_config_and_v_prediction(base, tiny_llm_dirs, tmp_path):
               progress=False)
 
 
+def test_zero_terminal_snr_rescales_the_schedule_and_samples_from_the_last_step(base, tiny_llm_dirs, tmp_path):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.training.trainer import _load_frozen
+
+    with pytest.raises(ValueError, match="use prediction_type: v_prediction"):
+        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", zero_terminal_snr=True, prediction_type="epsilon")
+    orig = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    assert orig.config.prediction_type == "epsilon"  # the tiny base's: the flag alone is refused at load
+    with pytest.raises(ValueError, match="predicts epsilon"):
+        _load_frozen(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", zero_terminal_snr=True))
+    cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "z", zero_terminal_snr=True, prediction_type="v_prediction")
+    sched = _load_frozen(cfg)[2]
+    # Lin et al. 2024, algorithm 1 by hand: shift sqrt(alpha_bar) so the last is 0, scale so the first is kept
+    ab = orig.alphas_cumprod.double().sqrt()
+    want = ((ab - ab[-1]) * ab[0] / (ab[0] - ab[-1])) ** 2
+    torch.testing.assert_close(sched.alphas_cumprod.double(), want, rtol=1e-5, atol=1e-9)
+    assert sched.alphas_cumprod[-1] == 0 and sched.config.prediction_type == "v_prediction"
+    result = train(cfg, progress=False)
+    assert all(np.isfinite(result.losses))
+    saved = LLM4GenPipeline.from_pretrained(tmp_path / "z").scheduler
+    assert isinstance(saved, DDIMScheduler) and saved.config.rescale_betas_zero_snr
+    saved.set_timesteps(4)
+    assert saved.alphas_cumprod[-1] == 0 and int(saved.timesteps[0]) == orig.config.num_train_timesteps - 1
+
+
 def test_adapter_init_takes_matching_settings_adds_gates_and_refuses_the_rest(base, tiny_llm_dirs, tmp_path):
     from safetensors.torch import load_file
 
@@ -921,6 +948,45 @@ def test_shapes_source_drop_count_sentence():
     every = make_source(DataConfig(seed=3, num_items=n, drop_count_sentence=1.0), 32)
     assert not any(s in every[i].caption for i in range(n) for s in stated)
     assert sum(any(s in plain[i].caption for s in stated) for i in range(n)) > n // 2  # dense captions state it
+
+
+def test_shapes_source_object_counts():
+    from llm4gen.data.shapes import BACKGROUNDS, ShapesWorld, ShapesWorldConfig
+    from llm4gen.training.config import DataConfig
+    from llm4gen.training.data import make_source
+
+    n = 60
+    one = make_source(DataConfig(seed=3, num_items=n, caption_style="dense", min_objects=1, max_objects=1), 32)
+    plain = make_source(DataConfig(seed=3, num_items=n, caption_style="dense"), 32)
+    world = ShapesWorld("train", 3, n, ShapesWorldConfig(size=32, min_objects=1, max_objects=1, caption_style="dense"))
+    for i in range(n):
+        ex = one[i]
+        assert len(ex.scene.objects) == 1 and (ex.caption, ex.scene) == world.caption_of(i)
+        assert "There is only one figure in the scene." in ex.caption
+        # the image drawn is that one object, at its scene's place
+        img = np.asarray(ex.load_image(), dtype=np.float32)
+        ys, xs = np.nonzero(np.abs(img - np.array(BACKGROUNDS[ex.scene.background], np.float32)).sum(-1) > 30)
+        o = ex.scene.objects[0]
+        assert abs((xs.mean() + 0.5) / 32 - o.x) < 0.08 and abs((ys.mean() + 0.5) / 32 - o.y) < 0.08
+    counts = {len(plain[i].scene.objects) for i in range(n)}
+    assert counts == {1, 2, 3, 4}  # the default keeps ShapesWorld's 1-4 objects
+    # another scene per index needs another latent-cache key; the default's keys stay those of earlier caches
+    assert plain[0].key == "shapesworld|train|3|0|32|dense"
+    assert one[0].key == "shapesworld|train|3|0|32|dense|objects=1-1"
+    few = make_source(DataConfig(seed=3, num_items=n, min_objects=2, max_objects=3), 32)
+    assert {len(few[i].scene.objects) for i in range(n)} == {2, 3}
+
+
+@pytest.mark.parametrize("kw, match", [({"min_objects": 0}, "1 <= min_objects <= max_objects <= 4"),
+                                      ({"min_objects": 3, "max_objects": 2}, "got 3 and 2"),
+                                      ({"max_objects": 5}, "1 <= min_objects"),
+                                      ({"type": "imagefolder", "path": "x", "max_objects": 1},
+                                       "leave them at 1 and 4")])
+def test_object_counts_bad_config(kw, match):
+    from llm4gen.training.config import DataConfig
+
+    with pytest.raises(ValueError, match=match):
+        DataConfig(**kw)
 
 
 @pytest.mark.parametrize("kw, match", [({"drop_count_sentence": 1.5}, "share of items"),

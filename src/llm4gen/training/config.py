@@ -48,6 +48,8 @@ class DataConfig:
     ``drop_count_sentence`` (ShapesWorld only): the share of items whose caption loses the sentence that states the
     number of objects ("In total there are three figures in the scene."), so the model has to count the objects the
     caption describes instead of reading one number. The choice is fixed per item (seeded by ``seed`` and the index).
+    ``min_objects`` / ``max_objects`` (ShapesWorld only, 1-4): how many objects a scene holds, e.g. 1 and 1 for
+    scenes of one object, where a caption's place words and colour need no binding to their object.
     """
 
     type: str = "shapesworld"
@@ -61,6 +63,8 @@ class DataConfig:
     center_crop: bool = True
     random_flip: bool = False
     drop_count_sentence: float = 0.0
+    min_objects: int = 1
+    max_objects: int = 4
 
     def __post_init__(self) -> None:
         if self.type not in DATA_TYPES:
@@ -71,6 +75,16 @@ class DataConfig:
             raise ValueError("data.random_flip would contradict ShapesWorld's left/right captions; leave it off.")
         if not 0.0 <= self.drop_count_sentence <= 1.0:
             raise ValueError(f"data.drop_count_sentence is a share of items in [0, 1], got {self.drop_count_sentence}.")
+        if not 1 <= self.min_objects <= self.max_objects <= 4:
+            raise ValueError(
+                f"data.min_objects and data.max_objects need 1 <= min_objects <= max_objects <= 4 (ShapesWorld draws "
+                f"1 to 4 objects), got {self.min_objects} and {self.max_objects}."
+            )
+        if (self.min_objects, self.max_objects) != (1, 4) and self.type != "shapesworld":
+            raise ValueError(
+                "data.min_objects / data.max_objects choose ShapesWorld's scenes; leave them at 1 and 4 for "
+                f"data.type: {self.type}."
+            )
         if self.drop_count_sentence and self.type != "shapesworld":
             raise ValueError(
                 "data.drop_count_sentence edits ShapesWorld captions only; set it to 0 for "
@@ -122,6 +136,7 @@ class TrainConfig:
     noise_offset: float = 0.0
     snr_gamma: float | None = None
     prediction_type: str | None = None  # epsilon | v_prediction; default: the scheduler's
+    zero_terminal_snr: bool = False  # rescale the betas so the last timestep is pure noise; sample "trailing"
     use_ema: bool = False
     ema_decay: float = 0.9999
     gradient_checkpointing: bool = False
@@ -157,6 +172,9 @@ class TrainConfig:
              f"lr_scheduler must be one of {LR_SCHEDULES}, got {self.lr_scheduler!r}."),
             (self.prediction_type in (None, "epsilon", "v_prediction"),
              f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}."),
+            (not self.zero_terminal_snr or self.prediction_type != "epsilon",
+             "zero_terminal_snr: true leaves no signal at the last timestep, where predicting the noise tells nothing "
+             "about the image; use prediction_type: v_prediction."),
             (self.llm_padding in ("longest", "max_length"), "llm_padding must be longest or max_length."),
             (0.0 <= self.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {self.caption_dropout}."),
             (self.train_batch_size >= 1 and self.gradient_accumulation_steps >= 1 and self.max_train_steps >= 1,

@@ -92,7 +92,8 @@ class ShapesSource:
 
         self.cfg = cfg
         self.world = ShapesWorld(cfg.split, cfg.seed, cfg.num_items,
-                                 ShapesWorldConfig(size=resolution, caption_style=cfg.caption_style))
+                                 ShapesWorldConfig(size=resolution, min_objects=cfg.min_objects,
+                                                   max_objects=cfg.max_objects, caption_style=cfg.caption_style))
 
     def __len__(self) -> int:
         return self.cfg.num_items
@@ -103,6 +104,8 @@ class ShapesSource:
             caption = drop_count_sentence(caption)[0]
         c = self.world.config
         key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"  # the image only
+        if (c.min_objects, c.max_objects) != (1, 4):  # other scenes; the default keeps the keys of earlier caches
+            key += f"|objects={c.min_objects}-{c.max_objects}"
         return Example(lambda: render_scene(scene, c.size), caption, key, scene)
 
     def drops_count(self, index: int) -> bool:

@@ -150,9 +150,15 @@ def _load_frozen(cfg: TrainConfig):
         tokenizers.append(load("tokenizer_2", CLIPTokenizer))
         encoders.append(load("text_encoder_2", CLIPTextModelWithProjection))
     vae, scheduler = load("vae", AutoencoderKL), load("scheduler", DDPMScheduler)
+    if cfg.zero_terminal_snr:  # Lin et al. 2024: the last timestep keeps none of the image, sampling starts there
+        scheduler = DDPMScheduler.from_config(scheduler.config, rescale_betas_zero_snr=True,
+                                              timestep_spacing="trailing")
     scheduler.base_prediction_type = scheduler.config.prediction_type  # what a run without the override trains
     if cfg.prediction_type is not None:
         scheduler.register_to_config(prediction_type=cfg.prediction_type)
+    if cfg.zero_terminal_snr and scheduler.config.prediction_type == "epsilon":
+        raise ValueError(f"zero_terminal_snr: true needs v-prediction, but the base model's scheduler "
+                         f"({base}/scheduler) predicts epsilon; set prediction_type: v_prediction.")
     vae.requires_grad_(False)
     vae.eval()
     return ClipText(tokenizers, encoders), vae, scheduler
