@@ -34,20 +34,6 @@ import numpy as np
 _AT = {"left": 0.2, "centre": 0.5, "right": 0.8, "top": 0.2, "middle": 0.5, "bottom": 0.8}  # a point in each cell
 
 
-def with_place(text: str, obj: Any, cell: tuple[str, str]) -> str:
-    """``text`` (a dense caption of a one-object scene holding ``obj``) with ``obj``'s place phrase replaced by
-    ``cell``'s, also where it starts a sentence; everything else unchanged."""
-    from llm4gen.data.shapes import place_phrase, position_region
-
-    old, new = place_phrase(position_region(obj.x, obj.y)), place_phrase(cell)
-    variants = [(old, new), (old[0].upper() + old[1:], new[0].upper() + new[1:])]
-    if not any(o in text for o, _ in variants):
-        raise ValueError(f"The caption does not hold the object's place phrase {old!r}: {text!r}")
-    for o, n in variants:
-        text = text.replace(o, n)
-    return text
-
-
 def drawn_object(image: Any, colour: str) -> Any:
     """The largest object of ``colour`` the ShapesWorld detector finds in ``image`` (a ``Detection``), or None."""
     from llm4gen.eval.shapes import detect_objects
@@ -100,7 +86,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import POSITION_CELLS, SceneObject
+    from llm4gen.data.shapes import POSITION_CELLS, SceneObject, with_place
     from llm4gen.eval.shapes import in_cell, position_chance
     from llm4gen.eval.shapes_bench import QualityConfig, base_unet_dir, benchmark_prompts, load_arm, render_arm
     from llm4gen.images import make_grid

@@ -97,14 +97,13 @@ def main() -> None:
     from rich.table import Table
 
     from llm4gen.data.shapes import render_scene
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, denoiser_arms
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.trainer import ClipText, Denoiser
-    from llm4gen.unet import load_unet
+    from llm4gen.training.trainer import ClipText
 
     src = Path(args.model)
     try:
-        pipe, _, _ = load_with_tokenizers(src)
+        pipe, models = denoiser_arms(src)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"--model: {err}") from None
     items = benchmark_prompts(QualityConfig(num_prompts=args.prompts))
@@ -113,11 +112,9 @@ def main() -> None:
     with torch.no_grad():
         clip = text(captions)[0]
         enc = pipe.llm_encoder.encode(captions)
-    arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
-                        dict(clip=clip, llm=enc.embeds.float(), llm_mask=enc.attention_mask))}
-    if (src / "base_unet" / "config.json").is_file():
-        arms["base (CLIP only)"] = (Denoiser(load_unet(src / "base_unet"), None, False),
-                                    dict(clip=clip))
+    llm_inputs = dict(llm=enc.embeds.float(), llm_mask=enc.attention_mask)
+    arms = {name: (model, dict(clip=clip, **(llm_inputs if reads_llm else {})))
+            for name, (model, reads_llm) in models.items()}
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size = pipe.unet.config.sample_size * factor
@@ -127,7 +124,6 @@ def main() -> None:
     with torch.no_grad():
         z0 = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         for arm, (model, inputs) in arms.items():
-            model.eval()
             g = torch.Generator().manual_seed(0)
             for t in [int(v) for v in args.timesteps.split(",")]:
                 steps = torch.full((len(items),), t)

@@ -7,7 +7,8 @@ benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's bala
 benchmarks/attention_separation.py: whether different objects' words attend to different places;
 benchmarks/binding_probe.py: whether the text features say which colour goes with which shape;
 benchmarks/unet_position.py: whether the UNet's features say where in the image each location is;
-benchmarks/place_words.py: whether the place words of one-object prompts move the object.
+benchmarks/place_words.py: whether the place words of one-object prompts move the object;
+benchmarks/noise_leak.py: whether the model reads an object's place off the noised image or off the words.
 """
 
 from __future__ import annotations
@@ -462,6 +463,24 @@ def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_fol
         load_with_tokenizers(tmp_path)
 
 
+def test_denoiser_arms_gives_the_llm4gen_arm_and_the_base_arm_where_saved(tiny_folder, tmp_path):
+    from llm4gen.eval.shapes_bench import denoiser_arms
+
+    pipe, arms = denoiser_arms(tiny_folder)
+    assert list(arms) == ["llm4gen"]
+    model, reads_llm = arms["llm4gen"]
+    assert reads_llm and model.unet is pipe.unet and model.adapter is pipe.adapter and not model.training
+    with_base = tmp_path / "with-base"
+    shutil.copytree(tiny_folder, with_base)
+    pipe.unet.save_pretrained(with_base / "base_unet")
+    _, arms = denoiser_arms(with_base)
+    base, reads_llm = arms["base (CLIP only)"]
+    assert list(arms) == ["llm4gen", "base (CLIP only)"] and not reads_llm and base.adapter is None
+    assert not base.training and base.unet is not arms["llm4gen"][0].unet
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        denoiser_arms(tmp_path / "nowhere")
+
+
 def test_unet_position_probe_reads_coordinates_only_where_features_hold_them():
     import torch
 
@@ -510,6 +529,7 @@ def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
         ShapesWorldConfig,
         place_phrase,
         position_region,
+        with_place,
     )
 
     module = _load_script("place_words")
@@ -519,7 +539,7 @@ def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
         text, scene = world.caption_of(k)
         obj = scene.objects[0]
         for cell in POSITION_CELLS:
-            new = module.with_place(text, obj, cell)
+            new = with_place(text, obj, cell)
             phrase = place_phrase(cell)
             assert phrase in new.lower()
             # the cell's own phrase is the one the generator writes for an object in that cell
@@ -533,7 +553,7 @@ def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
                 assert len(new.split()) - len(text.split()) == len(phrase.split()) - len(
                     place_phrase(position_region(obj.x, obj.y)).split())
     with pytest.raises(ValueError, match="place phrase"):
-        module.with_place("A red circle.", SceneObject("red", "circle", "small", 0.2, 0.2), ("right", "top"))
+        with_place("A red circle.", SceneObject("red", "circle", "small", 0.2, 0.2), ("right", "top"))
     # place_effect: objects that follow the words shift by the cells' distance, objects that ignore them by 0
     follow = [{"prompt": p, "cell": list(c), "x": module._AT[c[0]], "y": module._AT[c[1]], "in_cell": 1.0,
                "chance": 0.2} for p in range(5) for c in POSITION_CELLS]
@@ -557,3 +577,56 @@ def test_place_words_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
 
     assert report["prompts"] == 2 and len(rows) == 18 and {tuple(r["cell"]) for r in rows} == set(POSITION_CELLS)
     assert out.with_suffix(".png").is_file()
+
+
+def test_noise_leak_x0_centroid_and_far_cell():
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler
+
+    module = _load_script("noise_leak")
+    # x0_from_prediction inverts diffusers' own forward process for each target
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    for t in (0, 500, 999):
+        steps = torch.full((3,), t)
+        noisy = sched.add_noise(z0, eps, steps)
+        a = sched.alphas_cumprod[t]
+        v = sched.get_velocity(z0, eps, steps)
+        assert torch.allclose(module.x0_from_prediction(v, noisy, a, "v_prediction"), z0, atol=1e-4)
+        assert torch.allclose(module.x0_from_prediction(eps, noisy, a, "epsilon"), z0, atol=2e-2 if t == 999 else 1e-4)
+        assert module.x0_from_prediction(z0, noisy, a, "sample") is z0
+    with pytest.raises(ValueError, match="prediction_type"):
+        module.x0_from_prediction(v, noisy, 0.5, "flow")
+    # deviation_centroid: a square on a plain background -> the square's centre; a plain image -> no centroid
+    img = torch.full((2, 3, 20, 40), 0.25)
+    img[0, :, 2:6, 30:38] = torch.tensor([1.0, -1.0, 0.0])[:, None, None]  # rows 2-5, columns 30-37
+    c = module.deviation_centroid(img)
+    assert c[0].tolist() == [pytest.approx(34 / 40), pytest.approx(4 / 20)]
+    assert np.isnan(c[1]).all()
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        module.deviation_centroid(torch.zeros(3, 8, 8))
+    # cell_centre: the middle of each cell the region edges cut
+    assert module.cell_centre(("left", "top")) == (pytest.approx(0.18), pytest.approx(0.18))
+    assert module.cell_centre(("centre", "bottom")) == (0.5, pytest.approx(0.82))
+    # far_cell: the farthest corner
+    assert module.far_cell(0.1, 0.9) == ("right", "top") and module.far_cell(0.5, 0.5) == ("left", "top")
+    assert module.far_cell(0.7, 0.2) == ("left", "bottom")
+
+
+def test_noise_leak_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
+    out = tmp_path / "leak.json"
+    _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--prompts", "3", "--timesteps", "999,500",
+                "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["prompts"] == 3 and [r["timestep"] for r in report["rows"]] == [999, 500]
+    assert report["first_sampling_timestep"] > 900 and report["zero_terminal_snr"] is False
+    assert 0 < report["dist_words_alone"] < 0.25  # within a cell: at most half its diagonal
+    for r in report["rows"]:
+        assert r["snr"] > 0 and all(0 <= r[k] <= 1.5 for k in ("dist_true_caption", "dist_other_scene",
+                                                                 "moved_by_words", "dist_from_pure_noise"))
+    with pytest.raises(SystemExit, match="--prompts"):
+        _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--prompts", "1", "--out", str(out))
+    with pytest.raises(SystemExit, match="--timesteps"):
+        _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--timesteps", "1000", "--out", str(out))

@@ -56,6 +56,7 @@ __all__ = [
     "read_dataset",
     "render_scene",
     "sample_scene",
+    "with_place",
     "write_dataset",
 ]
 
@@ -374,6 +375,19 @@ def place_phrase(cell: tuple[str, str]) -> str:
 
 def _where(o: SceneObject) -> str:
     return place_phrase(position_region(o.x, o.y))
+
+
+def with_place(text: str, obj: SceneObject, cell: tuple[str, str]) -> str:
+    """``text`` (a ``dense`` caption naming ``obj``'s place) with that phrase replaced by ``cell``'s, also where it
+    starts a sentence; everything else unchanged. Meant for one-object captions (another object in the same cell
+    would have its phrase replaced too)."""
+    old, new = _where(obj), place_phrase(cell)
+    variants = [(old, new), (old[0].upper() + old[1:], new[0].upper() + new[1:])]
+    if not any(o in text for o, _ in variants):
+        raise ValueError(f"The caption does not hold the object's place phrase {old!r}: {text!r}")
+    for o, n in variants:
+        text = text.replace(o, n)
+    return text
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:

@@ -160,6 +160,25 @@ def load_with_tokenizers(folder: str | os.PathLike) -> tuple[Any, Any, Any]:
     return pipe, clip_tok, llm_tok
 
 
+def denoiser_arms(folder: str | os.PathLike) -> tuple[Any, dict[str, tuple[Any, bool]]]:
+    """For the diagnostics that call the UNet directly: the pipeline of ``folder`` (as :func:`load_with_tokenizers`
+    loads it) and its arms as the trainer's ``Denoiser``s in eval mode, ``{name: (denoiser, reads_llm_tokens)}``:
+    ``llm4gen`` (UNet + CAM) and, where the folder holds the benchmark's base arm (``base_unet/``), ``base (CLIP
+    only)``."""
+    from ..training.trainer import Denoiser
+    from ..unet import load_unet
+
+    src = Path(folder)
+    pipe = load_with_tokenizers(src)[0]
+    arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
+                        True)}
+    if (src / "base_unet" / "config.json").is_file():
+        arms["base (CLIP only)"] = (Denoiser(load_unet(src / "base_unet"), None, False), False)
+    for model, _ in arms.values():
+        model.eval()
+    return pipe, arms
+
+
 def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, device: str = "cpu") -> Any:
     """Load an arm: an LLM4GEN or plain Stable Diffusion pipeline folder; with ``unet``, the CLIP-only pipeline made
     of ``model``'s VAE / CLIP / scheduler and that UNet (see :func:`clip_only_pipeline`)."""
