@@ -15,6 +15,10 @@ centroid of its colour deviation from the image's median colour (where the objec
 - **from pure noise**: the distance when the model starts from pure noise (as sampling does) with the true caption.
 - **words alone** (in the title): the distance a model would reach that put each object at the centre of the cell
   its caption names and read nothing off the noise.
+- **x0-MSE** (true caption, scaled latents), against two optima from the data alone (in the title): the best a model
+  can do knowing all but the place (the mean latent of ``--renders`` renders of the same object and background at
+  uniformly drawn places) and knowing the named cell too (the mean of those renders in that cell). Where the noise
+  holds nothing (zero terminal SNR, t = 999) the gap between the two is what the place words are worth to the loss.
 
     python benchmarks/noise_leak.py --model models/default
 
@@ -65,6 +69,16 @@ def deviation_centroid(images: torch.Tensor) -> np.ndarray:
     return np.stack([x, y], axis=-1)
 
 
+def x0_optima(target: torch.Tensor, renders: torch.Tensor, same_cell: torch.Tensor) -> tuple[float, float]:
+    """MSE of ``target`` ([C, H, W]) against the mean of ``renders`` ([N, C, H, W], the same scene at other places)
+    and against the mean of those of them in ``target``'s cell (``same_cell``, [N] bool): the best constant
+    predictions without and with the place."""
+    if not bool(same_cell.any()):
+        raise ValueError("No render lies in the target's cell; draw more renders.")
+    blind = float(((target - renders.mean(0)) ** 2).mean())
+    return blind, float(((target - renders[same_cell].mean(0)) ** 2).mean())
+
+
 def cell_centre(cell: tuple[str, str]) -> tuple[float, float]:
     """The centre ``(x, y)`` of ``cell`` of the 3x3 grid that :data:`llm4gen.data.shapes.REGION_EDGES` cut."""
     from llm4gen.data.shapes import REGION_EDGES
@@ -86,9 +100,12 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=48, help="one-object held-out prompts")
     ap.add_argument("--timesteps", default="999,961,921,881,801,701,501")
     ap.add_argument("--steps", type=int, default=25, help="sampling steps, for the first step's timestep")
+    ap.add_argument("--renders", type=int, default=300, help="renders per prompt for the x0-MSE optima (0: skip)")
     ap.add_argument("--out", default="benchmarks/results/noise_leak.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.renders < 0:
+        raise SystemExit("--renders must be at least 0.")
     if args.prompts < 2:
         raise SystemExit("--prompts must be at least 2 (the no-information level pairs each prompt with another).")
 
@@ -96,7 +113,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import position_region, render_scene, with_place
+    from llm4gen.data.shapes import SIZES, Scene, SceneObject, position_region, render_scene, with_place
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, denoiser_arms
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.training.trainer import ClipText
@@ -137,8 +154,21 @@ def main() -> None:
     pixels = pixels_from_uint8(uint8_tensor([render_scene(scene, size) for _, scene in items]))
     factor = pipe.vae.config.scaling_factor
     rows = []
+    optima = []
     with torch.no_grad():
         z0 = pipe.vae.encode(pixels).latent_dist.mean * factor
+        for k, (_, scene) in enumerate(items[: len(items) if args.renders else 0]):
+            o, rng = scene.objects[0], np.random.default_rng(k)
+            r = SIZES[o.size]
+            places = rng.uniform(r + 2 / size, 1 - r - 2 / size, size=(args.renders, 2))
+            others = [Scene([SceneObject(o.colour, o.shape, o.size, float(x), float(y))], scene.background, [])
+                      for x, y in places]
+            renders = torch.cat([pipe.vae.encode(pixels_from_uint8(uint8_tensor(
+                [render_scene(v, size) for v in others[i: i + 100]]))).latent_dist.mean
+                for i in range(0, len(others), 100)]) * factor
+            same = torch.tensor([position_region(x, y) == position_region(o.x, o.y) for x, y in places])
+            if bool(same.any()):
+                optima.append(x0_optima(z0[k], renders, same))
         for arm, (model, llm) in arms.items():
             right, moved = inputs(true_caps, llm), inputs(moved_caps, llm)
             for t in timesteps:
@@ -146,9 +176,11 @@ def main() -> None:
                 steps = torch.full((len(items),), t)
                 noisy = sched.add_noise(z0, torch.randn(z0.shape, generator=g), steps)
                 pure = torch.randn(z0.shape, generator=g)
-                centres = {}
+                centres, mse = {}, 0.0
                 for name, x, inp in (("true", noisy, right), ("moved", noisy, moved), ("noise", pure, right)):
                     x0 = x0_from_prediction(model(x, steps, **inp), x, ac[t], sched.config.prediction_type)
+                    if name == "true":
+                        mse = float(((x0 - z0) ** 2).mean())
                     centres[name] = deviation_centroid(pipe.vae.decode(x0 / factor).sample.clamp(-1, 1))
 
                 def dist(p: np.ndarray, q: np.ndarray) -> float:
@@ -159,24 +191,30 @@ def main() -> None:
                              "dist_moved_caption": dist(centres["moved"], true_xy),
                              "dist_other_scene": dist(centres["true"], np.roll(true_xy, 1, axis=0)),
                              "moved_by_words": dist(centres["true"], centres["moved"]),
-                             "dist_from_pure_noise": dist(centres["noise"], true_xy)})
+                             "dist_from_pure_noise": dist(centres["noise"], true_xy), "x0_mse": mse})
+    blind, with_cell = (float(np.mean([b for b, _ in optima])), float(np.mean([c for _, c in optima]))) if optima \
+        else (None, None)
+    best = "" if blind is None else f"; best x0-MSE without the place {blind:.3f}, with the cell {with_cell:.3f}"
 
     table = Table(title=f"Where the x0 estimate puts the object, {src}: {len(items)} one-object held-out prompts; "
                         f"distances in fractions of the image (sampling with {args.steps} steps starts at t = {first}, "
-                        f"SNR {float(ac[first] / (1 - ac[first])):.4f}); words alone: {words_alone:.3f}")
-    cols = ("arm", "t", "SNR", "dist (true caption)", "dist (other scene)", "moved by words", "from pure noise")
+                        f"SNR {float(ac[first] / (1 - ac[first])):.4f}); words alone: {words_alone:.3f}{best}")
+    cols = ("arm", "t", "SNR", "dist (true caption)", "dist (other scene)", "moved by words", "from pure noise",
+            "x0-MSE")
     for col in cols:
         table.add_column(col, justify="left" if col == "arm" else "right")
     for r in rows:
         table.add_row(r["arm"], str(r["timestep"]), f"{r['snr']:.4f}", f"{r['dist_true_caption']:.3f}",
-                      f"{r['dist_other_scene']:.3f}", f"{r['moved_by_words']:.3f}", f"{r['dist_from_pure_noise']:.3f}")
+                      f"{r['dist_other_scene']:.3f}", f"{r['moved_by_words']:.3f}", f"{r['dist_from_pure_noise']:.3f}",
+                      f"{r['x0_mse']:.3f}")
     Console(width=max(Console().width, 130)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": str(src), "prompts": len(items), "first_sampling_timestep": first,
                                "first_sampling_snr": float(ac[first] / (1 - ac[first])),
                                "zero_terminal_snr": float(ac[-1]) == 0.0, "dist_words_alone": words_alone,
-                               "config": vars(args), "rows": rows},
+                               "x0_mse_place_blind": blind, "x0_mse_with_cell": with_cell,
+                               "optima_prompts": len(optima), "config": vars(args), "rows": rows},
                               indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -607,6 +607,13 @@ def test_noise_leak_x0_centroid_and_far_cell():
     assert np.isnan(c[1]).all()
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         module.deviation_centroid(torch.zeros(3, 8, 8))
+    # x0_optima: MSE against the mean of all renders and of those in the target's cell, by hand
+    target = torch.ones(1, 1, 2)
+    renders = torch.tensor([0.0, 2.0, 4.0]).reshape(3, 1, 1, 1).expand(3, 1, 1, 2)
+    blind, cell = module.x0_optima(target, renders, torch.tensor([True, True, False]))
+    assert blind == pytest.approx((1 - 2) ** 2) and cell == pytest.approx((1 - 1) ** 2)
+    with pytest.raises(ValueError, match="more renders"):
+        module.x0_optima(target, renders, torch.zeros(3, dtype=torch.bool))
     # cell_centre: the middle of each cell the region edges cut
     assert module.cell_centre(("left", "top")) == (pytest.approx(0.18), pytest.approx(0.18))
     assert module.cell_centre(("centre", "bottom")) == (0.5, pytest.approx(0.82))
@@ -618,8 +625,11 @@ def test_noise_leak_x0_centroid_and_far_cell():
 def test_noise_leak_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
     out = tmp_path / "leak.json"
     _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--prompts", "3", "--timesteps", "999,500",
-                "--out", str(out))
+                "--renders", "60", "--out", str(out))
     report = json.loads(out.read_text())
+    # knowing the cell can only help the best constant prediction of the latent, on average
+    assert report["optima_prompts"] >= 1 and 0 < report["x0_mse_with_cell"] <= report["x0_mse_place_blind"]
+    assert all(r["x0_mse"] > 0 for r in report["rows"])
     assert report["prompts"] == 3 and [r["timestep"] for r in report["rows"]] == [999, 500]
     assert report["first_sampling_timestep"] > 900 and report["zero_terminal_snr"] is False
     assert 0 < report["dist_words_alone"] < 0.25  # within a cell: at most half its diagonal
@@ -628,5 +638,7 @@ def test_noise_leak_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
                                                                  "moved_by_words", "dist_from_pure_noise"))
     with pytest.raises(SystemExit, match="--prompts"):
         _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--prompts", "1", "--out", str(out))
+    with pytest.raises(SystemExit, match="--renders"):
+        _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--renders", "-1", "--out", str(out))
     with pytest.raises(SystemExit, match="--timesteps"):
         _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--timesteps", "1000", "--out", str(out))
