@@ -23,7 +23,7 @@ from llm4gen.training.data import (
     token_bindings,
     token_pairs,
 )
-from llm4gen.training.losses import diffusion_loss, entity_loss, grounding_loss
+from llm4gen.training.losses import diffusion_loss, entity_loss, grounding_loss, timestep_weights
 from llm4gen.training.trainer import TrainingDivergedError, train
 
 
@@ -361,6 +361,66 @@ def test_snr_weighting_matches_hand_computation():
     want = (torch.clamp(snr, max=5.0) / snr).mean()  # per-sample MSE is 1
     assert diffusion_loss(pred, target, t, sched, snr_gamma=5.0).item() == pytest.approx(want.item(), rel=1e-5)
     assert diffusion_loss(pred, target, t, sched).item() == 1.0
+
+
+def test_timestep_weights_hand_values():
+    torch.testing.assert_close(timestep_weights(4), torch.full((4,), 0.25, dtype=torch.float64))
+    # earlier, a quarter of 8 favoured three times: [3, 3, 1, 1, 1, 1, 1, 1] / 12
+    want = torch.tensor([3, 3, 1, 1, 1, 1, 1, 1], dtype=torch.float64) / 12
+    torch.testing.assert_close(timestep_weights(8, "earlier", 3.0, 0.25), want)
+    torch.testing.assert_close(timestep_weights(8, "later", 3.0, 0.25), want.flip(0))
+    # range [2, 5) of 6, twice as often: [1, 1, 2, 2, 2, 1] / 9
+    want = torch.tensor([1, 1, 2, 2, 2, 1], dtype=torch.float64) / 9
+    torch.testing.assert_close(timestep_weights(6, "range", 2.0, begin_end=[2, 5]), want)
+    # diffusers-sized: the last quarter four times as often holds 4 * 250 / (750 + 4 * 250) of the draws
+    w = timestep_weights(1000, "later", 4.0, 0.25)
+    assert float(w[750:].sum()) == pytest.approx(1000 / 1750) and float(w[749]) == pytest.approx(1 / 1750)
+    for kw, match in [({"strategy": "range", "begin_end": [5, 1001]}, "0 <= begin < end <= 1000"),
+                      ({"strategy": "later", "portion": 0.0001}, "leaves some on both sides"),
+                      ({"strategy": "sideways"}, "none, later, earlier or range"),
+                      ({"strategy": "later", "multiplier": 0.0}, "positive")]:
+        with pytest.raises(ValueError, match=match):
+            timestep_weights(1000, **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"timestep_bias": "late"}, "timestep_bias must be one of"),
+    ({"timestep_bias_multiplier": 3.0}, "does nothing with timestep_bias: none"),
+    ({"timestep_bias": "later", "timestep_bias_multiplier": -1.0}, "positive number"),
+    ({"timestep_bias": "later", "timestep_bias_portion": 1.0}, r"portion must be in \(0, 1\)"),
+    ({"timestep_bias": "range"}, "needs timestep_bias_range"),
+    ({"timestep_bias": "later", "timestep_bias_range": [0, 10]}, "needs timestep_bias_range"),
+    ({"timestep_bias": "range", "timestep_bias_range": [10, 10]}, "0 <= begin < end"),
+])
+def test_timestep_bias_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        load_config({"output_dir": "o", "base_model": "b", **kw})
+
+
+def test_timestep_bias_reaches_the_training_draws(base, tiny_llm_dirs, tmp_path, monkeypatch):
+    import llm4gen.training.trainer as trainer
+    from llm4gen.training.data import step_generator
+
+    seen = []
+    real = trainer.diffusion_loss
+
+    def spy(pred, target, timesteps, *args, **kwargs):
+        seen.append(timesteps.clone())
+        return real(pred, target, timesteps, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "diffusion_loss", spy)
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "u"), progress=False)
+    # no bias: the uniform draws that runs made before the option existed, batch by batch
+    want = [torch.randint(0, 1000, (4,), generator=step_generator(0, b, "timesteps")) for b in range(3)]
+    assert all(torch.equal(s.cpu(), w) for s, w in zip(seen, want, strict=True))
+    seen.clear()
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "b", max_train_steps=20, timestep_bias="range",
+               timestep_bias_range=[990, 1000], timestep_bias_multiplier=1e9), progress=False)
+    drawn = torch.cat(seen)
+    assert len(drawn) == 80 and bool((drawn >= 990).all())  # uniform draws would land there 1% of the time
+    with pytest.raises(ValueError, match="within the scheduler's 1000 timesteps"):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", timestep_bias="range",
+                   timestep_bias_range=[900, 1200], timestep_bias_multiplier=2.0), progress=False)
 
 
 # ---------------------------------------------------------------------- cache

@@ -30,6 +30,7 @@ ENTITY_PARSERS = ("rule", "spacy")
 ENTITY_LOSS_TOKENS = ("auto", "llm", "clip", "both")
 UNET_MODES = ("full", "lora", "frozen")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -137,6 +138,10 @@ class TrainConfig:
     snr_gamma: float | None = None
     prediction_type: str | None = None  # epsilon | v_prediction; default: the scheduler's
     zero_terminal_snr: bool = False  # rescale the betas so the last timestep is pure noise; sample "trailing"
+    timestep_bias: str = "none"  # none | later | earlier | range: draw those timesteps more often (multiplier)
+    timestep_bias_multiplier: float = 1.0  # how much more often the favoured timesteps are drawn than the rest
+    timestep_bias_portion: float = 0.25  # later / earlier: the share of the timesteps favoured (the last / first)
+    timestep_bias_range: list | None = None  # range: [begin, end), the favoured timesteps
     use_ema: bool = False
     ema_decay: float = 0.9999
     gradient_checkpointing: bool = False
@@ -175,6 +180,23 @@ class TrainConfig:
             (not self.zero_terminal_snr or self.prediction_type != "epsilon",
              "zero_terminal_snr: true leaves no signal at the last timestep, where predicting the noise tells nothing "
              "about the image; use prediction_type: v_prediction."),
+            (self.timestep_bias in TIMESTEP_BIAS,
+             f"timestep_bias must be one of {TIMESTEP_BIAS}, got {self.timestep_bias!r}."),
+            (isinstance(self.timestep_bias_multiplier, (int, float)) and self.timestep_bias_multiplier > 0,
+             f"timestep_bias_multiplier must be a positive number, got {self.timestep_bias_multiplier!r}."),
+            (self.timestep_bias != "none" or self.timestep_bias_multiplier == 1,
+             f"timestep_bias_multiplier: {self.timestep_bias_multiplier} does nothing with timestep_bias: none; set "
+             "timestep_bias to later, earlier or range."),
+            (0 < self.timestep_bias_portion < 1,
+             f"timestep_bias_portion must be in (0, 1), got {self.timestep_bias_portion}."),
+            ((self.timestep_bias == "range") == (self.timestep_bias_range is not None),
+             "timestep_bias: range needs timestep_bias_range: [begin, end] (and the range is only used by it)."),
+            (self.timestep_bias_range is None or (
+                isinstance(self.timestep_bias_range, (list, tuple)) and len(self.timestep_bias_range) == 2
+                and all(isinstance(v, int) for v in self.timestep_bias_range)
+                and 0 <= self.timestep_bias_range[0] < self.timestep_bias_range[1]),
+             f"timestep_bias_range must be two integers [begin, end) with 0 <= begin < end, "
+             f"got {self.timestep_bias_range!r}."),
             (self.llm_padding in ("longest", "max_length"), "llm_padding must be longest or max_length."),
             (0.0 <= self.caption_dropout < 1.0, f"caption_dropout must be in [0, 1), got {self.caption_dropout}."),
             (self.train_batch_size >= 1 and self.gradient_accumulation_steps >= 1 and self.max_train_steps >= 1,

@@ -33,7 +33,45 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AttentionStore", "cover_share", "diffusion_loss", "entity_loss", "grid_side", "grounding_loss",
-           "install_attention_store", "token_tv"]
+           "install_attention_store", "timestep_weights", "token_tv"]
+
+
+def timestep_weights(
+    num_timesteps: int,
+    strategy: str = "none",
+    multiplier: float = 1.0,
+    portion: float = 0.25,
+    begin_end: tuple[int, int] | list[int] | None = None,
+) -> torch.Tensor:
+    """The probability of drawing each training timestep (diffusers' ``timestep_bias_strategy`` in its SDXL scripts).
+
+    ``none``: uniform. ``later`` / ``earlier``: the last / first ``round(portion * num_timesteps)`` timesteps (the
+    noisiest / cleanest) are ``multiplier`` times as likely as the rest; ``range``: those in ``[begin, end)``. The loss
+    is not reweighted: the biased draw changes which timesteps the model practises, on purpose.
+    """
+    weights = torch.ones(num_timesteps, dtype=torch.float64)
+    if strategy == "none":
+        return weights / num_timesteps
+    if strategy in ("later", "earlier"):
+        n = round(portion * num_timesteps)
+        if not 0 < n < num_timesteps:
+            raise ValueError(f"timestep_bias_portion {portion} of {num_timesteps} timesteps favours {n} of them; "
+                             "choose a portion that leaves some on both sides.")
+        chosen = slice(num_timesteps - n, None) if strategy == "later" else slice(0, n)
+    elif strategy == "range":
+        if begin_end is None or len(begin_end) != 2:
+            raise ValueError("timestep_bias: range needs timestep_bias_range: [begin, end].")
+        begin, end = int(begin_end[0]), int(begin_end[1])
+        if not 0 <= begin < end <= num_timesteps:
+            raise ValueError(f"timestep_bias_range [{begin}, {end}) must lie within the scheduler's "
+                             f"{num_timesteps} timesteps: 0 <= begin < end <= {num_timesteps}.")
+        chosen = slice(begin, end)
+    else:
+        raise ValueError(f"timestep_bias must be none, later, earlier or range, got {strategy!r}.")
+    if multiplier <= 0:
+        raise ValueError(f"timestep_bias_multiplier must be positive, got {multiplier}.")
+    weights[chosen] *= multiplier
+    return weights / weights.sum()
 
 
 def diffusion_loss(

@@ -35,7 +35,14 @@ from ..utils import describe_load_error, loss_progress
 from .cache import FeatureCache, model_fingerprint
 from .config import TrainConfig
 from .data import batch_indices, make_source, preprocess_image, scene_mentions, step_generator, token_bindings
-from .losses import AttentionStore, diffusion_loss, entity_loss, grounding_loss, install_attention_store
+from .losses import (
+    AttentionStore,
+    diffusion_loss,
+    entity_loss,
+    grounding_loss,
+    install_attention_store,
+    timestep_weights,
+)
 
 __all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
 
@@ -653,6 +660,15 @@ def train(
     A, B = cfg.gradient_accumulation_steps, cfg.train_batch_size
     G = B * world  # the global batch
     n_train_t = noise_scheduler.config.num_train_timesteps
+    t_weights = None  # uniform draws keep torch.randint, so runs without a bias draw exactly what they always did
+    if cfg.timestep_bias != "none":
+        t_weights = timestep_weights(n_train_t, cfg.timestep_bias, cfg.timestep_bias_multiplier,
+                                     cfg.timestep_bias_portion, cfg.timestep_bias_range).float()
+
+    def draw_timesteps(g: torch.Generator) -> torch.Tensor:
+        if t_weights is None:
+            return torch.randint(0, n_train_t, (G,), generator=g)
+        return torch.multinomial(t_weights, G, replacement=True, generator=g)
     # SDXL micro-conditioning: original size, crop offset, target size (center crops of square images)
     time_ids = torch.tensor([[cfg.resolution, cfg.resolution, 0, 0, cfg.resolution, cfg.resolution]] * B,
                             dtype=torch.float32, device=device)
@@ -691,7 +707,7 @@ def train(
                     offset = draw(b, "offset", lambda g: torch.randn((G, latent_shape[0], 1, 1), generator=g))[mine]
                     noise = noise + cfg.noise_offset * offset
                 noise = noise.to(device)
-                timesteps = draw(b, "timesteps", lambda g: torch.randint(0, n_train_t, (G,), generator=g))[mine]
+                timesteps = draw(b, "timesteps", draw_timesteps)[mine]
                 timesteps = timesteps.to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                 if noise_scheduler.config.prediction_type == "v_prediction":
