@@ -709,6 +709,36 @@ def test_resume_with_another_prediction_type_restarts_the_ema(base, tiny_llm_dir
             torch.testing.assert_close(ema4[k], expect(w4, k), rtol=1e-5, atol=1e-7)
 
 
+def test_config_changes_names_each_changed_setting_nested_too():
+    from llm4gen.training.trainer import config_changes
+
+    then = {"timestep_bias": "none", "learning_rate": 1e-3, "log_every": 10, "output_dir": "a",
+            "data": {"type": "shapesworld", "max_objects": 4, "log_every": 1}, "old_key": 1}
+    now = {"timestep_bias": "range", "learning_rate": 1e-3, "log_every": 50, "output_dir": "b",
+           "data": {"type": "shapesworld", "max_objects": 1, "log_every": 2}}
+    assert config_changes(then, now) == ["data.log_every: 1 -> 2", "data.max_objects: 4 -> 1",
+                                         "old_key: 1 -> '<missing>'", "timestep_bias: 'none' -> 'range'"]
+    assert config_changes(then, then) == []
+
+
+def test_resume_with_changed_settings_says_which(base, tiny_llm_dirs, tmp_path, capsys):
+    first = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "a", max_train_steps=2, checkpointing_steps=2)
+    train(first, progress=False)
+    ckpt = tmp_path / "a" / "checkpoints" / "checkpoint-00000002"
+    capsys.readouterr()
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "a", max_train_steps=3, checkpointing_steps=2),
+          resume="latest", progress=False)
+    out = capsys.readouterr().out
+    assert f"resumed from {ckpt}" in out and "Settings changed since checkpoint-00000002" in out
+    assert "max_train_steps: 2 -> 3" in out and "timestep_bias" not in out and "checkpointing_steps" not in out
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "b", max_train_steps=3, checkpointing_steps=5, log_every=2,
+               timestep_bias="later", data={"type": "shapesworld", "num_items": 64, "max_objects": 2}),
+          resume=str(ckpt), progress=False)
+    out = capsys.readouterr().out
+    assert "timestep_bias: 'none' -> 'later'" in out and "data.max_objects: 4 -> 2" in out
+    assert "output_dir" not in out and "log_every" not in out and "checkpointing_steps" not in out
+
+
 def test_cache_gives_the_same_training(base, tiny_llm_dirs, tmp_path):
     plain = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "plain"), progress=False)
     cold = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cold", cache_dir=str(tmp_path / "c")), progress=False)

@@ -385,6 +385,26 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
     return done[-1]
 
 
+# settings that only say where and how often to write things: changing them on resume changes no training
+_BOOKKEEPING = {"output_dir", "checkpointing_steps", "checkpoints_total_limit", "validation_prompts",
+                "validation_steps", "log_every", "report_to"}
+
+
+def config_changes(then: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every setting (nested ones as ``data.key``) that differs between a checkpoint's
+    config ``then`` and the run's ``now``, bookkeeping settings left out. A key only one side has shows as missing."""
+    out = []
+    for key in sorted(set(then) | set(now)):
+        if not prefix and key in _BOOKKEEPING:
+            continue
+        a, b = then.get(key, "<missing>"), now.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
                      noise_scheduler=None) -> tuple[int, list]:
     """Restore a checkpoint into the run. When the run now trains another target than the checkpoint did (epsilon
@@ -614,6 +634,11 @@ def train(
         losses = losses[:start_step]
         if accelerator.is_main_process:
             print(f"resumed from {ckpt} at step {start_step}")
+            then = json.loads((ckpt / "trainer_state.json").read_text()).get("config") or {}
+            changed = config_changes(then, cfg.to_dict())
+            if changed:
+                print(f"Settings changed since {ckpt.name} (training goes on from its state with the new ones): "
+                      + "; ".join(changed))
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
