@@ -161,7 +161,8 @@ def test_generate_with_a_plain_diffusers_pipeline_batches_and_resumes(plain_sd_d
     again = generate_images(plain_sd_dir, PROMPTS, out, settings, device="cpu", progress=False)
     assert (again.skipped, again.generated) == (2, 2)
     assert os.stat(out / "00000_00.png").st_mtime_ns == untouched
-    np.testing.assert_array_equal(_pixels(out / "00000_01.png"), first["00000_01.png"])
+    # the two redone images went through in a batch of 2, not 3: the same pixels up to batched-conv rounding
+    assert np.abs(_pixels(out / "00000_01.png") - first["00000_01.png"]).max() <= 2
     assert len(read_manifest(out)) == 4
     assert generate_images(plain_sd_dir, PROMPTS, out, settings, device="cpu", progress=False).generated == 0
 
