@@ -406,10 +406,11 @@ def config_changes(then: dict[str, Any], now: dict[str, Any], prefix: str = "") 
 
 
 def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
-                     noise_scheduler=None) -> tuple[int, list]:
-    """Restore a checkpoint into the run. When the run now trains another target than the checkpoint did (epsilon
-    vs v-prediction, e.g. a run continued with ``prediction_type: v_prediction``), the EMA restarts from the restored
-    weights: an average of weights trained for two different targets predicts neither."""
+                     noise_scheduler=None) -> tuple[int, list, dict]:
+    """Restore a checkpoint into the run; returns its step, loss history and config. When the run now trains another
+    target than the checkpoint did (epsilon vs v-prediction, e.g. a run continued with ``prediction_type:
+    v_prediction``), the EMA restarts from the restored weights: an average of weights trained for two different
+    targets predicts neither."""
     from safetensors.torch import load_file
 
     try:
@@ -439,7 +440,7 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
         raise ValueError(
             f"Cannot resume from {path}: {err}. The checkpoint is incomplete or from another config."
         ) from err
-    return int(state["step"]), list(state.get("losses", []))
+    return int(state["step"]), list(state.get("losses", [])), state.get("config") or {}
 
 
 # ---------------------------------------------------------------------- outputs
@@ -630,11 +631,10 @@ def train(
     start_step, losses = 0, []
     if resume is not None:
         ckpt = find_checkpoint(out, resume)
-        start_step, losses = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema, noise_scheduler)
+        start_step, losses, then = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema, noise_scheduler)
         losses = losses[:start_step]
         if accelerator.is_main_process:
             print(f"resumed from {ckpt} at step {start_step}")
-            then = json.loads((ckpt / "trainer_state.json").read_text()).get("config") or {}
             changed = config_changes(then, cfg.to_dict())
             if changed:
                 print(f"Settings changed since {ckpt.name} (training goes on from its state with the new ones): "
