@@ -122,7 +122,20 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     assert report["config"]["num_inference_steps"] == 2
     assert sum(b["prompts"] for b in report["binding_breakdown"]["llm4gen"].values()) == 3
     assert "Binding by objects asked" in result.output
+    assert report["notes"] == [] and "off its schedule" not in result.output  # base_unet/ shares the folder's schedule
     assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()
+    # an llm4gen arm retrained on a zero-SNR schedule, its base arm still the old one: run, but say it is not fair
+    rescaled = tmp_path / "rescaled"
+    shutil.copytree(model, rescaled, ignore=shutil.ignore_patterns("base_unet"))
+    config_path = rescaled / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "rescale_betas_zero_snr": True}))
+    result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "z"), "--prompts", "2", "--steps", "2",
+                                 "--model", str(rescaled), "--base-unet", str(model / "base_unet")])
+    assert result.exit_code == 0, result.output
+    (note,) = json.loads((tmp_path / "z" / "results.json").read_text())["notes"]
+    assert "rescale_betas_zero_snr: False in training, True here" in note and "not a fair base" in note
+    assert "not a fair base" in result.output
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "v"), "--split", "val"])
     assert result.exit_code != 0 and "split must be one of" in result.output
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "s"), "--prompts", "3", "--steps", "2",

@@ -301,3 +301,35 @@ def test_position_chance_of_crowded_scenes_matches_the_generator():
     corner, centre = SceneObject("red", "star", "small", 0.2, 0.2), SceneObject("red", "star", "small", 0.5, 0.5)
     assert position_chance(corner, 4) > position_chance(corner, 1) + 0.04
     assert position_chance(centre, 4) < position_chance(centre, 1) - 0.1
+
+
+def test_base_schedule_differences_reads_the_schedule_of_the_folder_holding_the_unet(tmp_path):
+    from llm4gen.eval.shapes_bench import base_schedule_differences
+
+    def folder(name, **config):
+        path = tmp_path / name
+        (path / "scheduler").mkdir(parents=True)
+        (path / "unet").mkdir()
+        (path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+        return path
+
+    sd = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction")
+    shipped = folder("shipped", **sd, rescale_betas_zero_snr=False, timestep_spacing="leading")
+    (shipped / "base_unet").mkdir()
+    # a missing key means diffusers' default (False), and sampling settings (spacing, solver) are not compared
+    same = folder("same", **sd, timestep_spacing="trailing", algorithm_type="dpmsolver++")
+    zero_snr = folder("zsnr", **sd, rescale_betas_zero_snr=True)
+    eps = folder("eps", **{**sd, "prediction_type": "epsilon"})
+    assert base_schedule_differences(same, shipped / "base_unet") == {}
+    assert base_schedule_differences(zero_snr, shipped / "base_unet") == {"rescale_betas_zero_snr": (True, False)}
+    # a training run's output folder, or its unet/
+    assert base_schedule_differences(shipped, zero_snr) == {"rescale_betas_zero_snr": (False, True)}
+    assert base_schedule_differences(eps, zero_snr / "unet") == {
+        "prediction_type": ("epsilon", "v_prediction"), "rescale_betas_zero_snr": (False, True)}
+    # a bare UNet folder: its schedule is unknown, nothing to compare
+    bare = tmp_path / "bare" / "unet"
+    bare.mkdir(parents=True)
+    assert base_schedule_differences(zero_snr, bare) == {}
+    (eps / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        base_schedule_differences(eps, shipped / "base_unet")

@@ -468,7 +468,13 @@ def bench_quality(
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
     prompts, scored exactly, split by prompt length, with 95% intervals; writes results.json, quality.png,
     samples.png."""
-    from .eval.shapes_bench import QualityConfig, base_unet_dir, load_arm, run_quality_benchmark
+    from .eval.shapes_bench import (
+        QualityConfig,
+        base_schedule_differences,
+        base_unet_dir,
+        load_arm,
+        run_quality_benchmark,
+    )
 
     model = _model_or_bundled(model)
     if base_model is None and base_unet is None:
@@ -476,6 +482,21 @@ def bench_quality(
             raise typer.BadParameter(
                 f"Give the base arm with --base-unet or --base-model ({Path(model) / 'base_unet'} is absent).")
         base_unet = str(base_unet_dir(model))
+    notes = []
+    if base_model is None:
+        try:
+            differences = base_schedule_differences(model, base_unet)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        if differences:
+            listed = ", ".join(f"{key}: {theirs!r} in training, {mine!r} here"
+                               for key, (mine, theirs) in differences.items())
+            notes.append(
+                f"The base arm's UNet ({base_unet}) was trained on another noise schedule than --model's, whose "
+                f"scheduler samples it ({listed}): its scores are not a fair base. Train the base arm with the same "
+                "schedule settings (configs/shapes-base.yaml with the same --set flags) and pass that run's folder "
+                "as --base-model or its unet/ as --base-unet.")
+            typer.echo(f"warning: {notes[-1]}", err=True)
     try:
         cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
                             guidance_scale=guidance, batch_size=batch_size, image_seed=seed, split=split)
@@ -490,7 +511,7 @@ def bench_quality(
             arms["llm4gen"].set_adapter_scale(adapter_scale)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise typer.BadParameter(str(err)) from None
-    run_quality_benchmark(arms, out, cfg)
+    run_quality_benchmark(arms, out, cfg, notes=notes)
     typer.echo(f"wrote {out / 'results.json'}, {out / 'quality.png'}, {out / 'samples.png'}")
 
 

@@ -15,8 +15,8 @@ ShapesWorld scorer checks each image against the scene graph its prompt describe
 - statistics: per arm the mean with a 95% percentile-bootstrap interval over prompts; between each arm and the first
   (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
 
-Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, per-prompt scores, summary,
-:func:`binding_breakdown`, :func:`position_breakdown`), ``quality.png`` (bar chart with the intervals) and
+Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, caveats as ``notes``, per-prompt scores,
+summary, :func:`binding_breakdown`, :func:`position_breakdown`), ``quality.png`` (bar chart with the intervals) and
 ``samples.png`` (a few prompts, the arms side by side).
 """
 
@@ -38,6 +38,7 @@ from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, length_bucket, sc
 
 __all__ = [
     "QualityConfig",
+    "base_schedule_differences",
     "base_unet_dir",
     "benchmark_prompts",
     "binding_breakdown",
@@ -140,6 +141,41 @@ def base_unet_dir(model: str | os.PathLike) -> Path | None:
     """``model/base_unet`` (the base arm's UNet that ``llm4gen shapes package`` puts beside the model), if present."""
     folder = Path(model) / "base_unet"
     return folder if (folder / "config.json").is_file() else None
+
+
+# The scheduler settings that fix what a UNet learnt to predict at which noise level. A UNet sampled with other values
+# than those it was trained with is off its schedule (the solver, step count and spacing are sampling choices).
+TRAINING_SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
+    "trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False,
+}
+
+
+def _training_schedule(folder: Path) -> dict[str, Any] | None:
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore the scheduler config of {folder}.") from None
+    return {key: config.get(key, default) for key, default in TRAINING_SCHEDULE_DEFAULTS.items()}
+
+
+def base_schedule_differences(model: str | os.PathLike, base_unet: str | os.PathLike) -> dict[str, tuple[Any, Any]]:
+    """The noise-schedule settings in which the base arm's UNet was trained otherwise than ``model``, whose
+    scheduler :func:`clip_only_pipeline` samples it with: ``{key: (model's value, base UNet's value)}``.
+
+    The base UNet's schedule is that of the pipeline folder holding it: ``X`` for ``X/base_unet`` (``llm4gen shapes
+    package`` trains and ships it with ``X``'s scheduler) and ``X/unet``, ``X`` itself for a training run's output
+    folder. Empty when the two agree or when either schedule is unknown (no ``scheduler/`` found).
+    """
+    folder = Path(base_unet)
+    owner = folder if (folder / "scheduler").is_dir() else folder.parent
+    mine, theirs = _training_schedule(Path(model)), _training_schedule(owner)
+    if mine is None or theirs is None:
+        return {}
+    return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
 
 
 def load_with_tokenizers(folder: str | os.PathLike) -> tuple[Any, Any, Any]:
@@ -471,13 +507,17 @@ def _print_table(report: dict[str, Any]) -> None:
                               *("-" if b[k] is None else f"{100 * b[k]:.1f}" for k in ("position", "chance")))
             where.add_section()
         Console().print(where)
+    for note in report.get("notes", []):
+        Console(stderr=True).print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
 
 def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg: QualityConfig | None = None,
-                          progress: bool = True, samples: int = 6) -> dict[str, Any]:
+                          progress: bool = True, samples: int = 6, notes: list[str] | None = None
+                          ) -> dict[str, Any]:
     """Render, score and compare ``arms`` (``{name: pipeline}``; the first is the reference for differences).
 
-    Returns the report written to ``out_dir/results.json`` (see the module docs)."""
+    ``notes`` (caveats a reader of the results must see, such as a base arm off its training schedule) are stored in
+    the report as ``notes``. Returns the report written to ``out_dir/results.json`` (see the module docs)."""
     cfg = cfg or QualityConfig()
     if len(arms) < 1:
         raise ValueError("Give at least one arm.")
@@ -521,7 +561,8 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
         for name in names[1:]
     }
     scenes = [scene for _, scene in items]
-    report = {"config": asdict(cfg), "arms": names, "render_seconds": timings, "summary": summary,
+    report = {"config": asdict(cfg), "arms": names, "notes": list(notes or []), "render_seconds": timings,
+              "summary": summary,
               "differences": differences,
               "binding_breakdown": {name: binding_breakdown(per_arm[name], scenes) for name in names},
               "position_breakdown": {name: position_breakdown(per_arm[name]) for name in names},
