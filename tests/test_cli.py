@@ -122,7 +122,7 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     assert report["config"]["num_inference_steps"] == 2
     assert sum(b["prompts"] for b in report["binding_breakdown"]["llm4gen"].values()) == 3
     assert "Binding by objects asked" in result.output
-    assert report["notes"] == [] and "off its schedule" not in result.output  # base_unet/ shares the folder's schedule
+    assert report["notes"] == [] and "not a fair base" not in result.output  # base_unet/ shares the folder's schedule
     assert (tmp_path / "o" / "quality.png").is_file() and (tmp_path / "o" / "samples.png").is_file()
     # an llm4gen arm retrained on a zero-SNR schedule, its base arm still the old one: run, but say it is not fair
     rescaled = tmp_path / "rescaled"
