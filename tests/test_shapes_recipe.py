@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,12 @@ def test_both_arm_configs_train_from_the_built_base(parts, tmp_path):
     with pytest.raises(ValueError, match="llm4gen: v_prediction, base: epsilon"):
         package_default_model(tmp_path / "arm-llm4gen", tmp_path / "arm-base", tmp_path / "x")
     sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
+    # a zero-SNR llm4gen arm beside a base arm on the old schedule: base_unet/ would be sampled off its schedule
+    original = sched.read_text()
+    sched.write_text(json.dumps({**json.loads(original), "rescale_betas_zero_snr": True}))
+    with pytest.raises(ValueError, match=r"rescale_betas_zero_snr differs \(llm4gen: False, base: True\)"):
+        package_default_model(tmp_path / "arm-llm4gen", tmp_path / "arm-base", tmp_path / "x")
+    sched.write_text(original)
     from typer.testing import CliRunner
 
     result = CliRunner().invoke(app, ["shapes", "package", "--llm4gen", str(tmp_path / "arm-llm4gen"), "--base",

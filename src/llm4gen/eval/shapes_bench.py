@@ -55,6 +55,7 @@ __all__ = [
     "run_quality_benchmark",
     "score_with_count_errors",
     "summarize_arm",
+    "training_schedule",
 ]
 
 SCHEDULERS = ("dpm", "ddim", "own")
@@ -151,8 +152,10 @@ TRAINING_SCHEDULE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _training_schedule(folder: Path) -> dict[str, Any] | None:
-    path = folder / "scheduler" / "scheduler_config.json"
+def training_schedule(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The noise-schedule settings (:data:`TRAINING_SCHEDULE_DEFAULTS`' keys, missing ones at diffusers' defaults) of
+    the pipeline or run folder ``folder``, read from ``folder/scheduler/scheduler_config.json``; None without one."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return None
     try:
@@ -172,7 +175,7 @@ def base_schedule_differences(model: str | os.PathLike, base_unet: str | os.Path
     """
     folder = Path(base_unet)
     owner = folder if (folder / "scheduler").is_dir() else folder.parent
-    mine, theirs = _training_schedule(Path(model)), _training_schedule(owner)
+    mine, theirs = training_schedule(model), training_schedule(owner)
     if mine is None or theirs is None:
         return {}
     return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}

