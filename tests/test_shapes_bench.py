@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -333,3 +334,60 @@ def test_base_schedule_differences_reads_the_schedule_of_the_folder_holding_the_
     (eps / "scheduler" / "scheduler_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         base_schedule_differences(eps, shipped / "base_unet")
+
+
+def _bench_run(rows, **config):
+    from llm4gen.eval.shapes import METRICS
+
+    cfg = {"num_prompts": len(rows), "prompt_seed": 7, "caption_style": "dense", "image_seed": 0,
+           "num_inference_steps": 25, "guidance_scale": 5.0, "scheduler": "dpm", "size": 64, "split": "test",
+           "batch_size": 50, "bootstrap": 2000, **config}
+    full = [{**{m: 0.0 for m in METRICS}, **row} for row in rows]
+    return {"config": cfg, "results": {"base": full, "llm4gen": full}}
+
+
+def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
+    import subprocess
+    import sys
+
+    from llm4gen.eval.shapes_bench import compare_runs
+
+    texts = ["a red circle", "a blue square and " + "more words " * 40, "a green star and " + "words " * 50]
+    before = _bench_run([{"text": t, "clip_tokens": n, "position": p, "colour": c}
+                         for t, n, p, c in zip(texts, (20, 90, 110), (0.0, None, 0.5), (1.0, 0.5, 0.0))])
+    after = _bench_run([{"text": t, "clip_tokens": n, "position": p, "colour": c}
+                        for t, n, p, c in zip(texts, (20, 90, 110), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0))],
+                       batch_size=25, bootstrap=500)  # neither changes the prompts or the noise
+    diff = compare_runs(before, after, n_boot=300)
+    # position: judged in both runs for prompts 0 and 2 only -> (1 - 0 + 1 - 0.5) / 2
+    assert diff["all"]["position"]["mean"] == pytest.approx(0.75) and diff["all"]["position"]["n"] == 2
+    assert diff["all"]["colour"]["mean"] == pytest.approx(-0.5 / 3)
+    assert diff[">77 tokens"]["colour"]["mean"] == pytest.approx(-0.25) and diff[">77 tokens"]["colour"]["n"] == 2
+    assert diff["<=77 tokens"]["position"] == {"mean": 1.0, "ci95": [1.0, 1.0], "n": 1}
+    # an arm against itself, across runs: exactly zero
+    assert diff["all"]["shape"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 3}
+    assert compare_runs(after, before, before_arm="base", n_boot=300)["all"]["colour"]["mean"] == pytest.approx(0.5 / 3)
+
+    with pytest.raises(ValueError, match="image_seed: 0 vs 1"):
+        compare_runs(before, _bench_run([{"text": t, "clip_tokens": 20} for t in texts], image_seed=1))
+    with pytest.raises(ValueError, match="different prompt texts"):
+        compare_runs(before, _bench_run([{"text": t.upper(), "clip_tokens": 20} for t in texts]))
+    with pytest.raises(ValueError, match="no arm 'entity'"):
+        compare_runs(before, after, arm="entity")
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(before))
+    b.write_text(json.dumps(after))
+    out = tmp_path / "cmp.json"
+    script = [sys.executable, "benchmarks/compare_quality.py"]
+    done = subprocess.run([*script, str(a), str(b), "--bootstrap", "200", "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "+75.0" in done.stdout  # the position row
+    saved = json.loads(out.read_text())
+    assert saved["differences"]["all"]["position"]["mean"] == pytest.approx(0.75)
+    assert out.with_suffix(".png").stat().st_size > 0
+    (tmp_path / "bad.json").write_text("{not json")
+    done = subprocess.run([*script, str(a), str(tmp_path / "bad.json"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode != 0 and "not valid JSON" in done.stderr

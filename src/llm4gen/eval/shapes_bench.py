@@ -44,6 +44,7 @@ __all__ = [
     "binding_breakdown",
     "bootstrap_ci",
     "clip_only_pipeline",
+    "compare_runs",
     "load_arm",
     "load_with_tokenizers",
     "metric_summary",
@@ -394,6 +395,40 @@ def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: 
     if d.size == 0:
         return {"mean": None, "ci95": None, "n": 0}
     return {"mean": float(d.mean()), "ci95": list(bootstrap_ci(d, n_boot)), "n": int(d.size)}
+
+
+# The QualityConfig fields that decide which prompts and noise a run used: two runs compared prompt by prompt must
+# agree on them (bootstrap and batch_size change neither)
+PAIRING_KEYS = ("num_prompts", "prompt_seed", "caption_style", "image_seed", "num_inference_steps", "guidance_scale",
+                "scheduler", "size", "split")
+
+
+def compare_runs(before: dict[str, Any], after: dict[str, Any], arm: str = "llm4gen", before_arm: str | None = None,
+                 n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """Paired difference ``after - before`` of one arm across two ``llm4gen bench quality`` runs (their results.json
+    contents), e.g. a new model against the one it replaces: ``{bucket: {metric: {"mean", "ci95", "n"}}}``.
+
+    The runs must have rendered the same prompts from the same noise with the same sampler (the config keys in
+    ``PAIRING_KEYS``; a key absent from both is fine) and hold the same prompt texts in the same order, else a
+    ValueError says which differs: a pairing of different prompts would give a meaningless interval.
+    ``before_arm`` defaults to ``arm``."""
+    before_arm = before_arm or arm
+    for name, run, key in (("before", before, before_arm), ("after", after, arm)):
+        if key not in run.get("results", {}):
+            raise ValueError(f"The {name} run has no arm {key!r} (it has {sorted(run.get('results', {}))}); "
+                             "pick one with arm= / before_arm=.")
+    differ = {k: (before.get("config", {}).get(k), after.get("config", {}).get(k)) for k in PAIRING_KEYS}
+    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    if differ:
+        listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"The two runs did not render the same prompts and noise ({listed}); rerun one of them "
+                         "with the other's settings.")
+    a, b = before["results"][before_arm], after["results"][arm]
+    if [r.get("text") for r in a] != [r.get("text") for r in b]:
+        raise ValueError("The two runs hold different prompt texts (another prompt generator or split); they "
+                         "cannot be paired prompt by prompt.")
+    return {bucket: {m: paired_difference(length_bucket(a, bucket), length_bucket(b, bucket), m, n_boot)
+                     for m in METRICS} for bucket in LENGTH_BUCKETS}
 
 
 # ---------------------------------------------------------------------- report

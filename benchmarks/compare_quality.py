@@ -1,0 +1,95 @@
+"""Paired comparison of one arm across two `llm4gen bench quality` runs: what changed when a model was replaced.
+
+`llm4gen bench quality` compares the two arms of one model (base vs llm4gen) prompt by prompt. This script compares
+the *same* arm of two runs instead, e.g. the bundled model against the one it replaced, on the same prompts and noise
+(the runs must have used the same prompt seed, image seed, sampler, steps and guidance; the script checks this and
+that the prompt texts agree). Per metric and prompt-length bucket it reports the mean of ``after - before`` over the
+prompts scored in both, with a paired bootstrap interval::
+
+    python benchmarks/compare_quality.py benchmarks/results/shapes_quality_29500steps.json \\
+        benchmarks/results/shapes_quality_36500steps.json
+
+Prints a table and writes JSON (default benchmarks/results/compare_quality.json) and a chart of the differences
+(.png next to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("before", help="results.json of the earlier run")
+    ap.add_argument("after", help="results.json of the later run")
+    ap.add_argument("--arm", default="llm4gen", help="the arm to compare (default: llm4gen)")
+    ap.add_argument("--before-arm", default=None, help="the arm of the earlier run, if named otherwise")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--out", default="benchmarks/results/compare_quality.json")
+    args = ap.parse_args()
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rich.console import Console
+    from rich.table import Table
+
+    from llm4gen.eval.shapes import LENGTH_BUCKETS, METRICS
+    from llm4gen.eval.shapes_bench import compare_runs
+
+    runs = []
+    for path in (args.before, args.after):
+        try:
+            runs.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise SystemExit(f"{path} does not exist: give the results.json written by "
+                             "`llm4gen bench quality`.") from None
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path} is not valid JSON ({err}); rerun `llm4gen bench quality` to "
+                             "rewrite it.") from None
+    try:
+        diff = compare_runs(runs[0], runs[1], arm=args.arm, before_arm=args.before_arm, n_boot=args.bootstrap)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+    names = f"{Path(args.after).name} - {Path(args.before).name}"
+    table = Table(title=f"{args.arm}: {names}, paired, % points [95% CI]")
+    table.add_column("metric")
+    for bucket in LENGTH_BUCKETS:
+        table.add_column(bucket, justify="right")
+    for m in METRICS:
+        cells = []
+        for bucket in LENGTH_BUCKETS:
+            d = diff[bucket][m]
+            cells.append("-" if d["mean"] is None else
+                         f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] "
+                         f"(n={d['n']})")
+        table.add_row(m, *cells)
+    Console().print(table)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"before": str(args.before), "after": str(args.after), "arm": args.arm,
+                               "before_arm": args.before_arm or args.arm, "differences": diff}, indent=1) + "\n")
+    fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.0), sharey=True)
+    for ax, bucket in zip(axes, LENGTH_BUCKETS):
+        shown = [m for m in METRICS if diff[bucket][m]["mean"] is not None]
+        mean = [100 * diff[bucket][m]["mean"] for m in shown]
+        err = [[100 * (diff[bucket][m]["mean"] - diff[bucket][m]["ci95"][0]) for m in shown],
+               [100 * (diff[bucket][m]["ci95"][1] - diff[bucket][m]["mean"]) for m in shown]]
+        ax.bar(range(len(shown)), mean, yerr=err, capsize=3, color="tab:orange")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(shown)), shown, rotation=30)
+        ax.set_title(f"{bucket} (n={diff[bucket]['colour']['n']})")
+    axes[0].set_ylabel("after - before, % points (95% CI)")
+    fig.suptitle(f"{args.arm}: {Path(args.after).name} vs {Path(args.before).name}, same prompts and noise")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
