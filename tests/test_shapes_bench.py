@@ -343,7 +343,8 @@ def _bench_run(rows, **config):
            "num_inference_steps": 25, "guidance_scale": 5.0, "scheduler": "dpm", "size": 64, "split": "test",
            "batch_size": 50, "bootstrap": 2000, **config}
     full = [{**{m: 0.0 for m in METRICS}, **row} for row in rows]
-    return {"config": cfg, "results": {"base": full, "llm4gen": full}}
+    base = [{**row, "colour": 0.0} for row in full]  # another arm, told apart by its colour
+    return {"config": cfg, "results": {"base": base, "llm4gen": full}}
 
 
 def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
@@ -366,7 +367,8 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     assert diff["<=77 tokens"]["position"] == {"mean": 1.0, "ci95": [1.0, 1.0], "n": 1}
     # an arm against itself, across runs: exactly zero
     assert diff["all"]["shape"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 3}
-    assert compare_runs(after, before, before_arm="base", n_boot=300)["all"]["colour"]["mean"] == pytest.approx(0.5 / 3)
+    # before_arm picks the earlier run's arm: its base (colour 0 throughout) -> the later run's llm4gen (1, 0.5, 0)
+    assert compare_runs(after, before, before_arm="base", n_boot=300)["all"]["colour"]["mean"] == pytest.approx(0.5)
 
     with pytest.raises(ValueError, match="image_seed: 0 vs 1"):
         compare_runs(before, _bench_run([{"text": t, "clip_tokens": 20} for t in texts], image_seed=1))
