@@ -98,6 +98,7 @@ def main() -> None:
         QualityConfig,
         base_unet_dir,
         benchmark_prompts,
+        format_percent,
         load_arm,
         metric_summary,
         paired_difference,
@@ -155,9 +156,7 @@ def main() -> None:
     for s in scales:
         if s != 1.0:
             d = diffs[str(s)]
-            table.add_row(f"{s:g}", *("-" if d[m]["mean"] is None else
-                                      f"{100 * d[m]['mean']:+.1f} [{100 * d[m]['ci95'][0]:+.1f}, "
-                                      f"{100 * d[m]['ci95'][1]:+.1f}]" for m in METRICS))
+            table.add_row(f"{s:g}", *(format_percent(d[m], signed=True) for m in METRICS))
     console.print(table)
 
     out = Path(args.out)

@@ -38,7 +38,7 @@ def main() -> None:
     from rich.table import Table
 
     from llm4gen.eval.shapes import LENGTH_BUCKETS, METRICS
-    from llm4gen.eval.shapes_bench import compare_runs
+    from llm4gen.eval.shapes_bench import compare_runs, format_percent
 
     runs = []
     for path in (args.before, args.after):
@@ -61,13 +61,9 @@ def main() -> None:
     for bucket in LENGTH_BUCKETS:
         table.add_column(bucket, justify="right")
     for m in METRICS:
-        cells = []
-        for bucket in LENGTH_BUCKETS:
-            d = diff[bucket][m]
-            cells.append("-" if d["mean"] is None else
-                         f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] "
-                         f"(n={d['n']})")
-        table.add_row(m, *cells)
+        table.add_row(m, *(format_percent(diff[b][m], signed=True) + ("" if diff[b][m]["mean"] is None else
+                                                                       f" (n={diff[b][m]['n']})")
+                           for b in LENGTH_BUCKETS))
     Console().print(table)
 
     out = Path(args.out)

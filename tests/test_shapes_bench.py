@@ -393,3 +393,12 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     done = subprocess.run([*script, str(a), str(tmp_path / "bad.json"), "--out", str(out)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode != 0 and "not valid JSON" in done.stderr
+
+
+def test_format_percent_by_hand():
+    from llm4gen.eval.shapes_bench import format_percent
+
+    assert format_percent({"mean": 0.7241, "ci95": [0.69983, 0.74933], "n": 500}) == "72.4 [70.0, 74.9]"
+    assert format_percent({"mean": 0.17, "ci95": [0.1433, 0.198]}, signed=True) == "+17.0 [+14.3, +19.8]"
+    assert format_percent({"mean": -0.026, "ci95": [-0.043, 0.0]}, signed=True) == "-2.6 [-4.3, +0.0]"
+    assert format_percent({"mean": None, "ci95": None, "n": 0}) == "-"

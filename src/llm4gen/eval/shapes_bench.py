@@ -45,6 +45,7 @@ __all__ = [
     "bootstrap_ci",
     "clip_only_pipeline",
     "compare_runs",
+    "format_percent",
     "load_arm",
     "load_with_tokenizers",
     "metric_summary",
@@ -491,6 +492,16 @@ def plot_quality(summary: dict[str, Any], path: str | os.PathLike, title: str = 
     return path
 
 
+def format_percent(stat: dict[str, Any], signed: bool = False) -> str:
+    """A ``{"mean", "ci95"}`` statistic (fractions) as a table cell in percent, ``"72.4 [70.0, 74.9]"``, or with
+    ``signed`` as a difference, ``"+17.0 [+14.3, +19.8]"``; ``"-"`` where nothing could be scored (mean None)."""
+    if stat.get("mean") is None:
+        return "-"
+    f = "{:+.1f}" if signed else "{:.1f}"
+    lo, hi = stat["ci95"]
+    return f"{f.format(100 * stat['mean'])} [{f.format(100 * lo)}, {f.format(100 * hi)}]"
+
+
 def _print_table(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -510,13 +521,10 @@ def _print_table(report: dict[str, Any]) -> None:
                   "all_correct"):
             cells = []
             for arm in arms:
-                s = report["summary"][arm][bucket].get(m, {"mean": None})  # results older than the metric lack it
-                cells.append("-" if s["mean"] is None else
-                             f"{100 * s['mean']:.1f} [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]")
+                # results older than the metric lack it
+                cells.append(format_percent(report["summary"][arm][bucket].get(m, {"mean": None})))
             for arm in arms[1:]:
-                d = report["differences"][arm][bucket].get(m, {"mean": None})
-                cells.append("-" if d["mean"] is None else
-                             f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]")
+                cells.append(format_percent(report["differences"][arm][bucket].get(m, {"mean": None}), signed=True))
             n = report["summary"][ref][bucket]["colour"]["n"]
             table.add_row(f"{bucket} (n={n})" if m == "colour" else "", m.replace("_", " "), *cells)
         table.add_section()
