@@ -3,8 +3,9 @@
 `llm4gen bench quality` compares the two arms of one model (base vs llm4gen) prompt by prompt. This script compares
 the *same* arm of two runs instead, e.g. the bundled model against the one it replaced, on the same prompts and noise
 (the runs must have used the same prompt seed, image seed, sampler, steps and guidance; the script checks this and
-that the prompt texts agree). Per metric and prompt-length bucket it reports the mean of ``after - before`` over the
-prompts scored in both, with a paired bootstrap interval::
+that the prompt texts agree; ``--sampler-may-differ`` compares two sampler settings of one model instead, e.g.
+``llm4gen bench quality --guidance-rescale 0.7`` against the default). Per metric and prompt-length bucket it
+reports the mean of ``after - before`` over the prompts scored in both, with a paired bootstrap interval::
 
     python benchmarks/compare_quality.py benchmarks/results/shapes_quality_29500steps.json \\
         benchmarks/results/shapes_quality_36500steps.json
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("after", help="results.json of the later run")
     ap.add_argument("--arm", default="llm4gen", help="the arm to compare (default: llm4gen)")
     ap.add_argument("--before-arm", default=None, help="the arm of the earlier run, if named otherwise")
+    ap.add_argument("--sampler-may-differ", action="store_true",
+                    help="allow different steps / guidance / guidance rescale / scheduler (a sampling comparison)")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", default="benchmarks/results/compare_quality.json")
     args = ap.parse_args()
@@ -38,7 +41,7 @@ def main() -> None:
     from rich.table import Table
 
     from llm4gen.eval.shapes import LENGTH_BUCKETS, METRICS
-    from llm4gen.eval.shapes_bench import compare_runs, format_percent
+    from llm4gen.eval.shapes_bench import SAMPLER_KEYS, compare_runs, config_differences, format_percent
 
     runs = []
     for path in (args.before, args.after):
@@ -51,11 +54,19 @@ def main() -> None:
             raise SystemExit(f"{path} is not valid JSON ({err}); rerun `llm4gen bench quality` to "
                              "rewrite it.") from None
     try:
-        diff = compare_runs(runs[0], runs[1], arm=args.arm, before_arm=args.before_arm, n_boot=args.bootstrap)
+        diff = compare_runs(runs[0], runs[1], arm=args.arm, before_arm=args.before_arm, n_boot=args.bootstrap,
+                            sampler_may_differ=args.sampler_may_differ)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    sampler = config_differences(runs[0], runs[1], SAMPLER_KEYS)
 
-    names = f"{Path(args.after).name} - {Path(args.before).name}"
+    def label(path: str) -> str:  # bench quality always writes results.json: name its folder too
+        p = Path(path)
+        return f"{p.parent.name}/{p.name}" if p.name == "results.json" else p.name
+
+    names = f"{label(args.after)} - {label(args.before)}"
+    if sampler:
+        names += " (" + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sampler.items()) + ")"
     table = Table(title=f"{args.arm}: {names}, paired, % points [95% CI]")
     table.add_column("metric")
     for bucket in LENGTH_BUCKETS:
@@ -69,7 +80,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"before": str(args.before), "after": str(args.after), "arm": args.arm,
-                               "before_arm": args.before_arm or args.arm, "differences": diff}, indent=1) + "\n")
+                               "before_arm": args.before_arm or args.arm,
+                               "sampler_differences": {k: list(v) for k, v in sampler.items()},
+                               "differences": diff}, indent=1) + "\n")
     fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.0), sharey=True)
     for ax, bucket in zip(axes, LENGTH_BUCKETS):
         shown = [m for m in METRICS if diff[bucket][m]["mean"] is not None]
@@ -81,7 +94,7 @@ def main() -> None:
         ax.set_xticks(range(len(shown)), shown, rotation=30)
         ax.set_title(f"{bucket} (n={diff[bucket]['colour']['n']})")
     axes[0].set_ylabel("after - before, % points (95% CI)")
-    fig.suptitle(f"{args.arm}: {Path(args.after).name} vs {Path(args.before).name}, same prompts and noise")
+    fig.suptitle(f"{args.arm}: {names}, same prompts and noise")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
     print(f"wrote {out} and {out.with_suffix('.png')}")

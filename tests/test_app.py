@@ -163,6 +163,27 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
         demo.close()
 
 
+def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeypatch):
+    from pathlib import Path
+
+    from llm4gen.cli import BUNDLED_GUIDANCE
+    from llm4gen.examples import DEMO_PROMPTS
+
+    demo = webapp.build_app(loaded, default_steps=9, default_guidance=4.5)
+    props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
+    assert (props["steps"]["value"], props["guidance"]["value"]) == (9, 4.5)
+    assert props["prompt"]["value"] == webapp.EXAMPLE_PROMPT == DEMO_PROMPTS[1]
+    # `llm4gen app` serves the bundled model with its benchmark's guidance, any other model with 7.5
+    served = []
+    monkeypatch.setattr(webapp, "launch", lambda *a, **kw: served.append(kw))
+    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: Path(tiny_sd_dir))
+    runner = CliRunner()
+    for args, want in (([], BUNDLED_GUIDANCE), (["--model", tiny_sd_dir], 7.5), (["--guidance", "3"], 3.0)):
+        result = runner.invoke(cli, ["app", *args])
+        assert result.exit_code == 0, result.output
+        assert served[-1]["default_guidance"] == want, args
+
+
 def test_free_port_is_bindable():
     import socket
 

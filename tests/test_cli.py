@@ -36,7 +36,7 @@ def test_generate_writes_pngs(tiny_sd_dir, tmp_path):
     assert Image.open(again / "seed3_0000.png").tobytes() == Image.open(paths[0]).tobytes()
 
 
-def test_generate_adapter_scale(tiny_sd_dir, tmp_path):
+def test_generate_adapter_scale_and_guidance_rescale(tiny_sd_dir, tmp_path):
     def render(out, *extra):
         result = runner.invoke(app, ["generate", "a red circle and a blue square", "--model", tiny_sd_dir, "--out",
                                      str(out), "--steps", "2", *extra])
@@ -48,6 +48,30 @@ def test_generate_adapter_scale(tiny_sd_dir, tmp_path):
     assert render(tmp_path / "c", "--adapter-scale", "0.2") != trained
     result = runner.invoke(app, ["generate", "a cat", "--model", tiny_sd_dir, "--adapter-scale", "-1"])
     assert result.exit_code == 2 and "--adapter-scale" in result.output
+    # guidance rescale reaches the sampler (0 = plain guidance) and must lie in [0, 1]
+    assert render(tmp_path / "d", "--guidance-rescale", "0") == trained
+    assert render(tmp_path / "e", "--guidance-rescale", "0.7") != trained
+    result = runner.invoke(app, ["generate", "a cat", "--model", tiny_sd_dir, "--guidance-rescale", "1.5"])
+    assert result.exit_code == 2 and "--guidance-rescale" in result.output
+
+
+def test_generate_guidance_default_is_the_bundled_models_own(tiny_sd_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from llm4gen.cli import BUNDLED_GUIDANCE
+
+    def render(out, *extra):
+        result = runner.invoke(app, ["generate", "a red circle and a blue square", "--out", str(out), "--steps", "2",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        return Image.open(out / "seed0_0000.png").tobytes()
+
+    assert BUNDLED_GUIDANCE != 7.5
+    given = render(tmp_path / "a", "--model", tiny_sd_dir)
+    assert render(tmp_path / "b", "--model", tiny_sd_dir, "--guidance", "7.5") == given  # any model: 7.5
+    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: Path(tiny_sd_dir))
+    bundled = render(tmp_path / "c")  # no --model: the bundled model, sampled as its benchmark is
+    assert bundled == render(tmp_path / "d", "--guidance", str(BUNDLED_GUIDANCE)) and bundled != given
 
 
 def test_generate_errors_are_messages(tmp_path, monkeypatch):

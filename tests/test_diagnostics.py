@@ -642,3 +642,44 @@ def test_noise_leak_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
         _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--renders", "-1", "--out", str(out))
     with pytest.raises(SystemExit, match="--timesteps"):
         _run_script("noise_leak", monkeypatch, "--model", str(tiny_folder), "--timesteps", "1000", "--out", str(out))
+
+
+def test_sampling_compares_settings_by_hand_and_resumes(tiny_folder, tmp_path, monkeypatch, capsys):
+    args = ["--model", str(tiny_folder), "--prompts", "3", "--batch-size", "3", "--bootstrap", "100",
+            "--setting", "5,0,2", "--setting", "5,1,2", "--setting", "2,0,1",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "s.json")]
+    _run_script("sampling", monkeypatch, *args)
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert [r["name"] for r in report["settings"]] == ["g5_r0_s2", "g5_r1_s2", "g2_r0_s1"]
+    assert report["reference"] == "g5_r0_s2" and (tmp_path / "s.png").stat().st_size > 0
+    runs = [json.loads((tmp_path / "work" / r["name"] / "results.json").read_text()) for r in report["settings"]]
+    assert [(r["config"]["guidance_scale"], r["config"]["guidance_rescale"], r["config"]["num_inference_steps"])
+            for r in runs] == [(5.0, 0.0, 2), (5.0, 1.0, 2), (2.0, 0.0, 1)]
+    # the difference to the reference, by hand from the two runs' per-prompt scores
+    for row, run in zip(report["settings"], runs):
+        for metric in ("colour", "count", "all_correct"):
+            want = sum(b[metric] - a[metric] for a, b in zip(runs[0]["results"]["llm4gen"],
+                                                             run["results"]["llm4gen"])) / 3
+            assert row["difference"]["all"][metric]["mean"] == pytest.approx(want), (row["name"], metric)
+    # the same prompts and noise in every setting; the sampler settings changed the images
+    assert all(r["results"]["llm4gen"][i]["text"] == runs[0]["results"]["llm4gen"][i]["text"]
+               for r in runs for i in range(3))
+    assert (tmp_path / "work" / "g5_r0_s2" / "llm4gen" / "00000.png").read_bytes() != \
+        (tmp_path / "work" / "g2_r0_s1" / "llm4gen" / "00000.png").read_bytes()
+    capsys.readouterr()
+    _run_script("sampling", monkeypatch, *args)  # a second run renders nothing
+    assert capsys.readouterr().out.count("reusing") == 3
+
+
+@pytest.mark.parametrize("setting, match", [("5,0", "GUIDANCE,RESCALE,STEPS"), ("5,0,2,1", "GUIDANCE,RESCALE,STEPS"),
+                                            ("5,1.5,2", "rescale must lie"), ("5,0,0", "steps be >= 1")])
+def test_sampling_refuses_bad_settings(setting, match):
+    with pytest.raises(SystemExit, match=match):
+        _load_script("sampling").parse_setting(setting)
+
+
+def test_sampling_needs_two_settings_and_a_pipeline(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="at least two different"):
+        _run_script("sampling", monkeypatch, "--setting", "5,0,25", "--model", str(tmp_path))
+    with pytest.raises(SystemExit, match="no model_index.json"):
+        _run_script("sampling", monkeypatch, "--model", str(tmp_path))

@@ -15,12 +15,13 @@ class RenderArm:
     """A protocol-conforming arm that draws a given scene per prompt (an oracle when the scene is the prompt's)."""
 
     def __init__(self, scenes_by_prompt: dict[str, object], size: int = 64) -> None:
-        self.scenes, self.size, self.calls = scenes_by_prompt, size, []
+        self.scenes, self.size, self.calls, self.settings = scenes_by_prompt, size, [], []
 
     def __call__(self, prompt, generator, **kwargs):
         from llm4gen.data.shapes import render_scene
 
         self.calls.append((list(prompt), [g.initial_seed() for g in generator]))
+        self.settings.append(kwargs)
         return SimpleNamespace(images=[render_scene(self.scenes[p], self.size) for p in prompt])
 
 
@@ -90,12 +91,16 @@ def test_benchmark_prompts_come_from_the_asked_split():
     assert "held-out" in QualityConfig().prompt_set and "seen pairs" in QualityConfig(split="train").prompt_set
     with pytest.raises(ValueError, match="split must be one of"):
         QualityConfig(split="val")
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="guidance_rescale must lie in"):
+            QualityConfig(guidance_rescale=bad)
 
 
 def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
 
-    cfg = QualityConfig(num_prompts=12, batch_size=5, scheduler="own", bootstrap=200, image_seed=100)
+    cfg = QualityConfig(num_prompts=12, batch_size=5, scheduler="own", bootstrap=200, image_seed=100,
+                        num_inference_steps=7, guidance_scale=3.5, guidance_rescale=0.7)
     items = benchmark_prompts(cfg)
     oracle = RenderArm({t: s for t, s in items})
     shifted = RenderArm({t: items[(i + 1) % len(items)][1] for i, (t, _) in enumerate(items)})
@@ -109,6 +114,9 @@ def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
     assert [len(p) for p, _ in oracle.calls] == [5, 5, 2]
     assert [s for _, seeds in oracle.calls for s in seeds] == list(range(100, 112))
     assert oracle.calls == shifted.calls
+    # every batch is sampled with the config's steps, guidance and guidance rescale
+    assert all((k["num_inference_steps"], k["guidance_scale"], k["guidance_rescale"]) == (7, 3.5, 0.7)
+               for k in oracle.settings + shifted.settings)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["results"]["oracle"][3]["text"] == items[3][0]
     assert (tmp_path / "oracle" / "00011.png").is_file()
@@ -372,6 +380,18 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
 
     with pytest.raises(ValueError, match="image_seed: 0 vs 1"):
         compare_runs(before, _bench_run([{"text": t, "clip_tokens": 20} for t in texts], image_seed=1))
+    # runs saved before guidance_rescale existed used plain guidance: they pair with 0.0, not with 0.7
+    rows = [{"text": t, "clip_tokens": n} for t, n in zip(texts, (20, 90, 110))]
+    assert compare_runs(before, _bench_run(rows, guidance_rescale=0.0), n_boot=100)["all"]["colour"]["n"] == 3
+    with pytest.raises(ValueError, match="sampled with different settings \\(guidance_rescale: 0.0 vs 0.7\\)"):
+        compare_runs(before, _bench_run(rows, guidance_rescale=0.7))
+    # ... unless comparing sampler settings is the point; the prompts and noise must still agree
+    resampled = _bench_run([{**r, "colour": 1.0} for r in rows], guidance_rescale=0.7, num_inference_steps=10)
+    # colour (1, 0.5, 0) before -> 1 everywhere: (0 + 0.5 + 1) / 3
+    assert compare_runs(before, resampled, sampler_may_differ=True, n_boot=100)["all"]["colour"]["mean"] == \
+        pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same prompts and noise \\(prompt_seed: 7 vs 8\\)"):
+        compare_runs(before, _bench_run(rows, prompt_seed=8), sampler_may_differ=True)
     with pytest.raises(ValueError, match="different prompt texts"):
         compare_runs(before, _bench_run([{"text": t.upper(), "clip_tokens": 20} for t in texts]))
     with pytest.raises(ValueError, match="no arm 'entity'"):
@@ -389,6 +409,16 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["differences"]["all"]["position"]["mean"] == pytest.approx(0.75)
     assert out.with_suffix(".png").stat().st_size > 0
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(_bench_run(rows, guidance_scale=7.5)))
+    done = subprocess.run([*script, str(a), str(c), "--bootstrap", "200", "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode != 0 and "--sampler-may-differ" in done.stderr
+    done = subprocess.run([*script, str(a), str(c), "--bootstrap", "200", "--out", str(out), "--sampler-may-differ"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "guidance_scale 5.0 -> 7.5" in " ".join(done.stdout.split())
+    assert json.loads(out.read_text())["sampler_differences"] == {"guidance_scale": [5.0, 7.5]}
     (tmp_path / "bad.json").write_text("{not json")
     done = subprocess.run([*script, str(a), str(tmp_path / "bad.json"), "--out", str(out)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])

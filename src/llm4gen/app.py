@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .examples import DEMO_PROMPTS
+
 __all__ = [
     "LoadedModel",
     "ModelManager",
@@ -45,11 +47,8 @@ __all__ = [
 ]
 
 APP_TITLE = "LLM4GEN: long prompts, side by side"
-EXAMPLE_PROMPT = (
-    "A small red circle sits in the upper left corner of a plain grey canvas, while a large blue square fills the "
-    "lower right; between them, slightly below the centre, a green triangle points upwards, and a yellow star "
-    "floats just above the triangle, half the size of the square."
-)
+# The page's starting prompt: a dense prompt past CLIP's 77 tokens, in the vocabulary the bundled model knows
+EXAMPLE_PROMPT = DEMO_PROMPTS[1]
 SAME_UNET_BASE = "the LLM4GEN model's own UNet with CLIP-only conditioning (the base conditioning path)"
 BASE_ARM = "the model's base arm (base_unet/: the same recipe trained on CLIP only, at equal compute)"
 
@@ -322,7 +321,8 @@ def build_app(
     device: str = "cpu",
     trust_remote_code: bool = False,
     model_choices: list[str] | None = None,
-    default_steps: int = 20,
+    default_steps: int = 25,
+    default_guidance: float = 7.5,
 ):
     """The page as a ``gr.Blocks``. ``model`` is the default model: a folder or hub id (loaded on first use), an
     already built :class:`LoadedModel`, or an LLM4GEN pipeline object (its base side is built from it)."""
@@ -414,7 +414,8 @@ def build_app(
                                         label="Model (LLM4GEN folder or hub id)", elem_id="model")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(0.0, 20.0, value=7.5, step=0.5, label="Guidance", elem_id="guidance")
+                    guidance = gr.Slider(0.0, 20.0, value=default_guidance, step=0.5, label="Guidance",
+                                         elem_id="guidance")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                     num_images = gr.Slider(1, 8, value=1, step=1, label="Images", elem_id="num-images")
@@ -450,13 +451,14 @@ def launch(
     device: str = "cpu",
     trust_remote_code: bool = False,
     block: bool = True,
-    default_steps: int = 20,
+    default_steps: int = 25,
+    default_guidance: float = 7.5,
 ):
     """Build the page and serve it (on 127.0.0.1 unless ``host`` says otherwise). With ``block=False`` it returns
     ``(demo, url)`` at once and serves from a background thread; ``demo.close()`` stops it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_app(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code,
-                     default_steps=default_steps)
+                     default_steps=default_steps, default_guidance=default_guidance)
     port = port or free_port(host)
     demo.queue(default_concurrency_limit=1)
     _, local_url, share_url = demo.launch(

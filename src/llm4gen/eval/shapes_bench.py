@@ -45,6 +45,7 @@ __all__ = [
     "bootstrap_ci",
     "clip_only_pipeline",
     "compare_runs",
+    "config_differences",
     "format_percent",
     "load_arm",
     "load_with_tokenizers",
@@ -74,6 +75,7 @@ class QualityConfig:
     image_seed: int = 0
     num_inference_steps: int = 25
     guidance_scale: float = 5.0
+    guidance_rescale: float = 0.0  # Lin et al. 2024's rescale of the guided prediction (0 = plain guidance)
     scheduler: str = "dpm"  # dpm (DPM-Solver++ multistep) | ddim | own (whatever the model folder has)
     batch_size: int = 50
     size: int = 64
@@ -85,6 +87,8 @@ class QualityConfig:
 
         if self.num_prompts < 1 or self.batch_size < 1 or self.num_inference_steps < 1 or self.bootstrap < 100:
             raise ValueError("num_prompts, batch_size and num_inference_steps must be >= 1, bootstrap >= 100.")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must lie in [0, 1] (0 = plain guidance), got {self.guidance_rescale}.")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
         if self.split not in SPLITS:
@@ -273,7 +277,8 @@ def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any 
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 out = pipe(prompt=texts, num_inference_steps=cfg.num_inference_steps,
-                           guidance_scale=cfg.guidance_scale, generator=gens, height=cfg.size, width=cfg.size)
+                           guidance_scale=cfg.guidance_scale, guidance_rescale=cfg.guidance_rescale,
+                           generator=gens, height=cfg.size, width=cfg.size)
             if len(out.images) != len(texts):
                 raise RuntimeError(f"The pipeline returned {len(out.images)} images for {len(texts)} prompts.")
             images.extend(out.images)
@@ -400,30 +405,49 @@ def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: 
 
 # The QualityConfig fields that decide which prompts and noise a run used: two runs compared prompt by prompt must
 # agree on them (bootstrap and batch_size change neither)
-PAIRING_KEYS = ("num_prompts", "prompt_seed", "caption_style", "image_seed", "num_inference_steps", "guidance_scale",
-                "scheduler", "size", "split")
+PAIRING_KEYS = ("num_prompts", "prompt_seed", "caption_style", "image_seed", "size", "split")
+# How the noise became images: the same unless a comparison is about them (a sampling sweep)
+SAMPLER_KEYS = ("num_inference_steps", "guidance_scale", "guidance_rescale", "scheduler")
+# Keys added after results were published: a run that lacks one used this value
+_CONFIG_DEFAULTS = {"guidance_rescale": 0.0}
+
+
+def config_differences(before: dict[str, Any], after: dict[str, Any],
+                       keys: tuple[str, ...] = PAIRING_KEYS + SAMPLER_KEYS) -> dict[str, tuple[Any, Any]]:
+    """The ``keys`` of two ``llm4gen bench quality`` runs' configs that differ: ``{key: (before's, after's)}``. A
+    key absent from both is no difference; one added since a run was saved takes the value that run used."""
+    values = {k: tuple(run.get("config", {}).get(k, _CONFIG_DEFAULTS.get(k)) for run in (before, after))
+              for k in keys}
+    return {k: v for k, v in values.items() if v[0] != v[1]}
 
 
 def compare_runs(before: dict[str, Any], after: dict[str, Any], arm: str = "llm4gen", before_arm: str | None = None,
-                 n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+                 n_boot: int = 2000, sampler_may_differ: bool = False) -> dict[str, dict[str, Any]]:
     """Paired difference ``after - before`` of one arm across two ``llm4gen bench quality`` runs (their results.json
     contents), e.g. a new model against the one it replaces: ``{bucket: {metric: {"mean", "ci95", "n"}}}``.
 
-    The runs must have rendered the same prompts from the same noise with the same sampler (the config keys in
-    ``PAIRING_KEYS``; a key absent from both is fine) and hold the same prompt texts in the same order, else a
-    ValueError says which differs: a pairing of different prompts would give a meaningless interval.
+    The runs must have rendered the same prompts from the same noise (the config keys in ``PAIRING_KEYS``) with the
+    same sampler (``SAMPLER_KEYS``: steps, guidance, guidance rescale, scheduler) and hold the same prompt texts in
+    the same order, else a ValueError says which differs: a pairing of different prompts would give a meaningless
+    interval, and a sampler change would mix into a model comparison. ``sampler_may_differ=True`` allows the
+    latter, for comparing sampler settings themselves (one model, same prompts and noise).
     ``before_arm`` defaults to ``arm``."""
     before_arm = before_arm or arm
     for name, run, key in (("before", before, before_arm), ("after", after, arm)):
         if key not in run.get("results", {}):
             raise ValueError(f"The {name} run has no arm {key!r} (it has {sorted(run.get('results', {}))}); "
                              "pick one with arm= / before_arm=.")
-    differ = {k: (before.get("config", {}).get(k), after.get("config", {}).get(k)) for k in PAIRING_KEYS}
-    differ = {k: v for k, v in differ.items() if v[0] != v[1]}
+    differ = config_differences(before, after, PAIRING_KEYS)
     if differ:
         listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
         raise ValueError(f"The two runs did not render the same prompts and noise ({listed}); rerun one of them "
                          "with the other's settings.")
+    differ = {} if sampler_may_differ else config_differences(before, after, SAMPLER_KEYS)
+    if differ:
+        listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+        raise ValueError(f"The two runs sampled with different settings ({listed}): rerun one with the other's, or "
+                         "pass sampler_may_differ=True (compare_quality.py: --sampler-may-differ) if comparing "
+                         "those settings is the point.")
     a, b = before["results"][before_arm], after["results"][arm]
     if [r.get("text") for r in a] != [r.get("text") for r in b]:
         raise ValueError("The two runs hold different prompt texts (another prompt generator or split); they "
