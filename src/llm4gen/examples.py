@@ -1,4 +1,4 @@
-"""Example prompts shared by `llm4gen demo`, the web app and the README (no heavy imports: the CLI loads this)."""
+"""Example prompts shared by `llm4gen demo` and the web app (no heavy imports: the CLI loads this module)."""
 
 from __future__ import annotations
 

@@ -437,17 +437,18 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], arm: str = "llm4
         if key not in run.get("results", {}):
             raise ValueError(f"The {name} run has no arm {key!r} (it has {sorted(run.get('results', {}))}); "
                              "pick one with arm= / before_arm=.")
+    def listed(differ: dict[str, tuple[Any, Any]]) -> str:
+        return "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
+
     differ = config_differences(before, after, PAIRING_KEYS)
     if differ:
-        listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
-        raise ValueError(f"The two runs did not render the same prompts and noise ({listed}); rerun one of them "
-                         "with the other's settings.")
+        raise ValueError(f"The two runs did not render the same prompts and noise ({listed(differ)}); rerun one of "
+                         "them with the other's settings.")
     differ = {} if sampler_may_differ else config_differences(before, after, SAMPLER_KEYS)
     if differ:
-        listed = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
-        raise ValueError(f"The two runs sampled with different settings ({listed}): rerun one with the other's, or "
-                         "pass sampler_may_differ=True (compare_quality.py: --sampler-may-differ) if comparing "
-                         "those settings is the point.")
+        raise ValueError(f"The two runs sampled with different settings ({listed(differ)}): rerun one with the "
+                         "other's, or pass sampler_may_differ=True (compare_quality.py: --sampler-may-differ) if "
+                         "comparing those settings is the point.")
     a, b = before["results"][before_arm], after["results"][arm]
     if [r.get("text") for r in a] != [r.get("text") for r in b]:
         raise ValueError("The two runs hold different prompt texts (another prompt generator or split); they "
