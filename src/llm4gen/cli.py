@@ -38,6 +38,13 @@ def bundled_model_dir() -> Path | None:
     return None
 
 
+def _guidance_or_default(guidance: float | None, model: str | None) -> float:
+    """``guidance`` if given, else the bundled model's (no ``--model``) or diffusers' usual 7.5 for any other."""
+    if guidance is not None:
+        return guidance
+    return BUNDLED_GUIDANCE if model is None else 7.5
+
+
 def _model_or_bundled(model: str | None, hint: str = "") -> str:
     """``model``, or the bundled model's folder; without either, say so and exit with status 2."""
     if model is not None:
@@ -109,8 +116,7 @@ def generate(
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
     import torch
 
-    if guidance is None:
-        guidance = 7.5 if model is not None else BUNDLED_GUIDANCE
+    guidance = _guidance_or_default(guidance, model)
     model = _model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
@@ -255,8 +261,7 @@ def app_cmd(
     except ImportError as err:
         console.print(f"[red]The web app needs gradio:[/red] pip install 'llm4gen[app]' ({err}).")
         raise typer.Exit(2) from None
-    if guidance is None:
-        guidance = 7.5 if model is not None else BUNDLED_GUIDANCE
+    guidance = _guidance_or_default(guidance, model)
     model = _model_or_bundled(model)
     try:
         loaded = load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code)

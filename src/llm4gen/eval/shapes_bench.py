@@ -437,6 +437,7 @@ def compare_runs(before: dict[str, Any], after: dict[str, Any], arm: str = "llm4
         if key not in run.get("results", {}):
             raise ValueError(f"The {name} run has no arm {key!r} (it has {sorted(run.get('results', {}))}); "
                              "pick one with arm= / before_arm=.")
+
     def listed(differ: dict[str, tuple[Any, Any]]) -> str:
         return "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in differ.items())
 
