@@ -55,6 +55,37 @@ def test_generate_adapter_scale_and_guidance_rescale(tiny_sd_dir, tmp_path):
     assert result.exit_code == 2 and "--guidance-rescale" in result.output
 
 
+def test_generate_region_guidance(tiny_sd_dir, tmp_path):
+    import numpy as np
+    import torch
+
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.cli import parse_region
+    from llm4gen.regions import Region
+
+    def render(out, *extra):
+        return runner.invoke(app, ["generate", "a red circle and a blue square", "--model", tiny_sd_dir, "--out",
+                                   str(out), "--steps", "3", *extra])
+
+    result = render(tmp_path / "a", "--region", "red circle:0,0,0.5,0.5", "--region", "blue square:0.5,0.5,1,1",
+                    "--region-scale", "0.5", "--region-steps", "2")
+    assert result.exit_code == 0, result.output
+    # exactly what the pipeline gives for those regions (the CLI's guidance is 7.5 for a model given by path)
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    want = pipe("a red circle and a blue square", num_inference_steps=3, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(0), region_guidance_scale=0.5, region_guidance_steps=2,
+                regions=[Region("red circle", (0, 0, 0.5, 0.5)), Region("blue square", (0.5, 0.5, 1, 1))]).images[0]
+    got = Image.open(tmp_path / "a" / "seed0_0000.png")
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert render(tmp_path / "b").exit_code == 0
+    assert Image.open(tmp_path / "b" / "seed0_0000.png").tobytes() != got.tobytes()
+    assert parse_region("a big: red circle : 0, 0.1, 0.5,1") == Region("a big: red circle", (0, 0.1, 0.5, 1))
+    for bad, message in [("red circle", "PHRASE:X0,Y0,X1,Y1"), ("red circle:0,0,1", "PHRASE:X0,Y0,X1,Y1"),
+                         ("green star:0,0,1,1", "'green star' does not occur"), ("red circle:0,0,2,1", "x1 <= 1")]:
+        result = render(tmp_path / "c", "--region", bad)
+        assert result.exit_code == 1 and message in result.output, (bad, result.output)
+
+
 def test_generate_guidance_default_is_the_bundled_models_own(tiny_sd_dir, tmp_path, monkeypatch):
     from pathlib import Path
 
@@ -120,12 +151,14 @@ def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monk
     assert "RANDOMLY" not in result.output and "side by side" in result.output
     base = sorted(out.glob("demo_*_base.png"))
     llm = sorted(out.glob("demo_*_llm4gen.png"))
-    assert len(base) == len(llm) == len(DEMO_PROMPTS)
+    guided = sorted(out.glob("demo_*_llm4gen_regions.png"))
+    assert len(base) == len(llm) == len(guided) == len(DEMO_PROMPTS)
     # same seed, same UNet here: the arms differ only by the LLM tokens, so the images differ but share a size
     a, b = np.asarray(Image.open(base[0])), np.asarray(Image.open(llm[0]))
     assert a.shape == b.shape and not np.array_equal(a, b)
+    assert not np.array_equal(b, np.asarray(Image.open(guided[0])))  # the third column is guided
     with Image.open(out / "grid.png") as grid:
-        assert grid.size[0] >= 2 * 256
+        assert grid.size[0] >= 3 * 256
 
 
 def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):

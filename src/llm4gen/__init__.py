@@ -20,6 +20,8 @@ _LAZY = {
     "LLM4GenPipeline": ".pipeline",
     "LLM4GenXLPipeline": ".pipeline",
     "CoordUNet2DConditionModel": ".unet",
+    "Region": ".regions",
+    "RegionGuidance": ".regions",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -28,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .adapter import CrossAdapter, CrossAdapterConfig, CrossAdapterOutput
     from .encoders import LLMEncoder, LLMEncoderOutput, PromptTruncationWarning
     from .pipeline import FusedPrompt, LLM4GenPipeline, LLM4GenXLPipeline
+    from .regions import Region, RegionGuidance
     from .unet import CoordUNet2DConditionModel
 
 

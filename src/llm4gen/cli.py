@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .examples import DEMO_PROMPTS
+from .examples import DEMO_PROMPTS, DEMO_REGIONS
 
 app = typer.Typer(
     name="llm4gen",
@@ -85,6 +85,20 @@ def _save_images(images, out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def parse_region(text: str):
+    """``"red circle:0,0,0.4,0.4"`` -> ``Region("red circle", (0, 0, 0.4, 0.4))``; a ValueError naming the form."""
+    from .regions import Region
+
+    phrase, sep, box = text.rpartition(":")
+    try:
+        values = tuple(float(v) for v in box.split(","))
+    except ValueError:
+        values = ()
+    if not sep or not phrase.strip() or len(values) != 4:
+        raise ValueError(f"--region takes PHRASE:X0,Y0,X1,Y1 such as 'red circle:0,0,0.4,0.4'; got {text!r}.")
+    return Region(phrase.strip(), values)
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt; long, dense descriptions are welcome."),
@@ -111,6 +125,13 @@ def generate(
     adapter_scale: float | None = typer.Option(
         None, "--adapter-scale", min=0.0,
         help="The CAM's balance factor λ for the LLM tokens (default: the adapter's, 1.0 as trained)."),
+    region: list[str] = typer.Option(
+        [], "--region", metavar="PHRASE:X0,Y0,X1,Y1",
+        help="Region guidance: draw PHRASE (words of the prompt) inside the box, in fractions of the image with y "
+             "down, e.g. --region 'red circle:0,0,0.4,0.4'. Repeatable; SD1.x models."),
+    region_scale: float = typer.Option(
+        0.1, "--region-scale", min=0.0, help="Region guidance: RMS change of the latents per guided step."),
+    region_steps: int = typer.Option(10, "--region-steps", min=0, help="Region guidance: how many first steps."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
 ) -> None:
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
@@ -119,6 +140,7 @@ def generate(
     guidance = _guidance_or_default(guidance, model)
     model = _model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
+        regions = [parse_region(r) for r in region]
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)
@@ -133,8 +155,10 @@ def generate(
             generator=generator,
             height=height,
             width=width,
+            **(dict(regions=regions, region_guidance_scale=region_scale, region_guidance_steps=region_steps)
+               if regions else {}),
         )
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
     paths = _save_images(result.images, out, f"seed{seed}")
@@ -152,8 +176,10 @@ def demo(
     """Run the main job offline: generate images for a few dense prompts and write them with a grid.
 
     Uses the bundled default model (models/default) and renders each prompt side by side with its base arm (the same
-    recipe trained on CLIP only, models/default/base_unet) from the same noise. Without a bundled model it builds a
-    tiny random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its images are noise.
+    recipe trained on CLIP only, models/default/base_unet) from the same noise, and a third time with region
+    guidance: boxes for each object from the prompt's place words (``llm4gen.examples.DEMO_REGIONS``). Without a
+    bundled model it builds a tiny random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its
+    images are noise.
     """
     import torch
 
@@ -178,14 +204,22 @@ def demo(
         )
         pipe = build_tiny_pipeline(llm=MINILM_REF, llm_max_length=256, llm_padding="longest", seed=seed)
     arms["llm4gen"] = pipe
+    if bundled is not None:
+        arms["llm4gen + regions"] = pipe
     images, captions, paths = [], [], []
     out.mkdir(parents=True, exist_ok=True)
     for i, prompt in enumerate(DEMO_PROMPTS):
         for name, arm in arms.items():
             generator = torch.Generator().manual_seed(seed + i)  # the same noise in every arm
             arm.set_progress_bar_config(disable=True)
-            image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator).images[0]
-            path = out / f"demo_{i:02d}_{name.split()[0]}.png"
+            extra = {}
+            if name.endswith("regions"):
+                from .regions import Region
+
+                extra["regions"] = [Region(phrase, box) for phrase, box in DEMO_REGIONS[i]]
+            image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                        **extra).images[0]
+            path = out / f"demo_{i:02d}_{name.split(' (')[0].replace(' + ', '_')}.png"
             image.save(path)
             images.append(image)
             captions.append(f"[{name}] {prompt}")

@@ -197,19 +197,72 @@ class _LLM4GenMixin:
         *args: Any,
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
+        regions: Any = None,
+        region_guidance_scale: float = 0.1,
+        region_guidance_steps: int = 10,
+        region_tokens: str = "llm",
         **kwargs: Any,
     ):
         """Generate exactly like the base diffusers pipeline's ``__call__`` (same arguments).
 
         ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds``
         (see :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on.
+
+        ``regions`` (SD1.x pipelines): :class:`~llm4gen.regions.Region` s (phrase + box) for one prompt, or one list per
+        prompt, steer where those words are drawn by region guidance (:mod:`llm4gen.regions`): after each of the first
+        ``region_guidance_steps`` steps the latents move by an RMS of ``region_guidance_scale`` to pull the phrase's
+        attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box.
         """
         if prompt is None and kwargs.get("prompt_embeds") is None:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
         if prompt is not None:
             validate_prompts(prompt, "prompt")
         with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
-            return super().__call__(prompt, *args, **kwargs)
+            if not regions:
+                return super().__call__(prompt, *args, **kwargs)
+            guide = self._region_guidance(prompt, regions, region_guidance_scale, region_guidance_steps, region_tokens,
+                                          kwargs)
+            with guide.attached(self.unet):
+                return super().__call__(prompt, *args, **kwargs)
+
+    def _region_guidance(self, prompt: Any, regions: Any, scale: float, steps: int, tokens: str,
+                         kwargs: dict[str, Any]) -> Any:
+        """Build the region guidance for a call and chain it before any ``callback_on_step_end`` given."""
+        from .regions import Region, RegionGuidance
+
+        if isinstance(self, StableDiffusionXLPipeline):
+            raise NotImplementedError("regions= is implemented for SD1.x pipelines (LLM4GenPipeline); SDXL is not "
+                                      "supported yet.")
+        if prompt is None:
+            raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
+                             "`prompt_embeds`.")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        regions = list(regions)
+        if all(isinstance(r, Region) for r in regions):
+            if len(prompts) != 1:
+                raise ValueError(f"regions: with {len(prompts)} prompts give one list of Region per prompt.")
+            per_prompt = [regions]
+        else:
+            per_prompt = [list(rs) if isinstance(rs, (list, tuple)) else rs for rs in regions]
+            if len(per_prompt) != len(prompts) or not all(
+                    isinstance(rs, list) and all(isinstance(r, Region) for r in rs) for rs in per_prompt):
+                raise ValueError(f"regions must be a list of Region (one prompt) or one such list per prompt "
+                                 f"({len(prompts)} prompts, {len(per_prompt)} entries given).")
+        guide = RegionGuidance(self, prompts, per_prompt, scale=scale, steps=steps, tokens=tokens,
+                               num_images_per_prompt=int(kwargs.get("num_images_per_prompt") or 1))
+        user = kwargs.pop("callback_on_step_end", None)
+        inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
+        kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(inputs + guide.tensor_inputs))
+        if user is None:
+            kwargs["callback_on_step_end"] = guide
+        else:
+            def chained(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+                out = guide(pipe, step, timestep, callback_kwargs)
+                callback_kwargs.update(out)
+                return {**out, **(user(pipe, step, timestep, callback_kwargs) or {})}
+
+            kwargs["callback_on_step_end"] = chained
+        return guide
 
     # ------------------------------------------------------------------ the UNet's attention mask
     @contextmanager

@@ -61,6 +61,7 @@ __all__ = [
     "ShapesScorer",
     "clip_token_count",
     "detect_objects",
+    "cell_box",
     "in_cell",
     "position_chance",
     "score_folder",
@@ -213,6 +214,15 @@ def _relation_holds(a: Detection, rel: str, b: Detection, tol: float = 2 / 64) -
 _lo, _hi = REGION_EDGES
 _CELL_SPANS = {"left": (0.0, _lo), "top": (0.0, _lo), "centre": (_lo, _hi), "middle": (_lo, _hi), "right": (_hi, 1.0),
                "bottom": (_hi, 1.0)}  # each cell name of position_region: the span it covers on its axis
+
+
+def cell_box(cell: tuple[str, str]) -> tuple[float, float, float, float]:
+    """The box ``(x0, y0, x1, y1)`` (fractions of the image, y down) of ``cell`` of the 3x3 grid, as
+    :func:`~llm4gen.data.shapes.position_region` names it: what a dense caption's place phrase says."""
+    if cell[0] not in ("left", "centre", "right") or cell[1] not in ("top", "middle", "bottom"):
+        raise ValueError(f"A cell is (left|centre|right, top|middle|bottom), got {cell!r}.")
+    (x0, x1), (y0, y1) = _CELL_SPANS[cell[0]], _CELL_SPANS[cell[1]]
+    return x0, y0, x1, y1
 
 
 def in_cell(x: Any, y: Any, cell: tuple[str, str], tol: float = 2 / 64) -> Any:

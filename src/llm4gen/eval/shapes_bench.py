@@ -38,6 +38,7 @@ from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, length_bucket, sc
 
 __all__ = [
     "QualityConfig",
+    "RegionArm",
     "base_schedule_differences",
     "base_unet_dir",
     "benchmark_prompts",
@@ -56,6 +57,7 @@ __all__ = [
     "quality_bars",
     "render_arm",
     "run_quality_benchmark",
+    "scene_regions",
     "score_with_count_errors",
     "summarize_arm",
     "training_schedule",
@@ -142,6 +144,50 @@ def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     return base.to(pipe.device)
+
+
+def scene_regions(text: str, scene: Any) -> list[Any]:
+    """Region guidance's regions for a ShapesWorld caption: per object that the caption names by colour and noun
+    (every such mention, its colour, size and noun words), the box of the 3x3 cell its place phrase names
+    (:func:`~llm4gen.eval.shapes.cell_box`). The boxes come from the caption's words, not the scene's exact
+    positions; objects the caption never names that way get no region."""
+    from ..data.shapes import position_region
+    from ..regions import Region
+    from ..training.data import _scene_matches
+    from .shapes import cell_box
+
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for ent, attrs, k in _scene_matches(text, scene):
+        spans.setdefault(k, []).extend([ent, *attrs])
+    return [Region(None, cell_box(position_region(scene.objects[k].x, scene.objects[k].y)),
+                   spans=tuple(sorted(set(spans[k])))) for k in sorted(spans)]
+
+
+class RegionArm:
+    """A benchmark arm that samples ``pipe`` with region guidance (:class:`llm4gen.regions.RegionGuidance`):
+    ``regions`` maps each prompt text to its regions (prompts it lacks are sampled unguided). Everything else
+    (``scheduler``, progress bars, ...) is the pipeline's."""
+
+    def __init__(self, pipe: Any, regions: dict[str, list[Any]], scale: float = 0.1, steps: int = 10,
+                 tokens: str = "llm") -> None:
+        object.__setattr__(self, "_pipe", pipe)
+        object.__setattr__(self, "_settings", (regions, scale, steps, tokens))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._pipe, name, value)
+
+    def __call__(self, prompt: list[str], **kwargs: Any) -> Any:
+        from ..regions import RegionGuidance
+
+        regions, scale, steps, tokens = self._settings
+        guide = RegionGuidance(self._pipe, prompt, [regions.get(p, []) for p in prompt], scale=scale, steps=steps,
+                               tokens=tokens, num_images_per_prompt=int(kwargs.get("num_images_per_prompt") or 1))
+        with guide.attached():
+            return self._pipe(prompt=prompt, callback_on_step_end=guide,
+                              callback_on_step_end_tensor_inputs=guide.tensor_inputs, **kwargs)
 
 
 def base_unet_dir(model: str | os.PathLike) -> Path | None:
@@ -509,9 +555,11 @@ def plot_quality(summary: dict[str, Any], path: str | os.PathLike, title: str = 
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("accuracy (%), 95% CI")
-    np.atleast_1d(axes)[0].legend()
+    # one legend under the panels: inside a panel it covers bars once there are more than two arms
+    fig.legend(*np.atleast_1d(axes)[0].get_legend_handles_labels(), loc="lower center", ncol=len(arms), fontsize=9,
+               frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

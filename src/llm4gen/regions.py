@@ -1,0 +1,279 @@
+"""Region guidance: put the things a prompt names inside boxes at sampling time, without training.
+
+Training-free layout control by cross-attention guidance, as in Chen et al. 2024 ("Training-free layout control with
+cross-attention guidance", their backward guidance) and BoxDiff (Xie et al. 2023). Each :class:`Region` is a phrase of
+the prompt (every occurrence of it, or given character spans) and a box. While the image is sampled, the
+cross-attention probabilities of every UNet layer with at most 16 x 16 positions are recorded for the conditional
+prompt, and for the tokens ``t`` of each region's phrase the loss
+
+    L = mean_{layers, regions, tokens t}  1 - sum_xy P_t(x, y) * B(x, y)        in [0, 1]
+
+is the share of the token's attention that falls outside its box (``P_t``: the token's attention over positions,
+normalised to sum 1; ``B``: the fraction of each attention cell inside the box, :func:`box_cover`). After each of the
+first ``steps`` denoising steps, the latents entering the next step are moved against the gradient of ``L`` (computed
+by one more UNet pass at that step's timestep). The gradient is normalised per image to a root-mean-square of 1, so
+``scale`` is the RMS change of the latents per guided step, whatever the model's gradient magnitudes.
+
+With an LLM4GEN pipeline the guided tokens are the CAM's (one per LLM token, ``tokens="llm"``, the default), CLIP's
+(``"clip"``: the tokens inside its 77-token window) or both; a plain Stable Diffusion pipeline has only CLIP's.
+``LLM4GenPipeline(..., regions=[...])`` does all of this; :class:`RegionGuidance` is the same as a
+``callback_on_step_end`` for any SD1.x-style diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .training.losses import AttentionStore, _StoringProcessor
+
+__all__ = ["GUIDED_TOKENS", "Region", "RegionGuidance", "box_cover", "region_loss", "region_spans", "span_tokens"]
+
+GUIDED_TOKENS = ("llm", "clip", "both")
+
+
+@dataclass(frozen=True)
+class Region:
+    """A phrase of the prompt and the box it should lie in.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in fractions of the image's width and height, y downwards (``(0, 0, 0.5, 0.5)``:
+    the upper left quarter). ``text`` is matched case-insensitively on word boundaries, every occurrence; or give
+    ``spans``, character ``(start, end)`` spans of the prompt, and ``text=None``.
+    """
+
+    text: str | None
+    box: tuple[float, float, float, float]
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            box = tuple(float(v) for v in self.box)
+        except (TypeError, ValueError):
+            raise ValueError(f"Region box must be four numbers (x0, y0, x1, y1), got {self.box!r}.") from None
+        if len(box) != 4:
+            raise ValueError(f"Region box must be four numbers (x0, y0, x1, y1), got {len(box)}: {self.box!r}.")
+        x0, y0, x1, y1 = box
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError(f"Region box {box} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (fractions of "
+                             "the image, y downwards).")
+        object.__setattr__(self, "box", box)
+        spans = tuple((int(s), int(e)) for s, e in self.spans)
+        if any(not 0 <= s < e for s, e in spans):
+            raise ValueError(f"Region spans must be (start, end) character offsets with 0 <= start < end: {spans}.")
+        object.__setattr__(self, "spans", spans)
+        if bool(self.text and self.text.strip()) == bool(spans):
+            raise ValueError("A Region needs either a phrase (text) or character spans of the prompt, not both.")
+
+
+def box_cover(box: Sequence[float], side: int) -> torch.Tensor:
+    """Per cell of a ``side`` x ``side`` grid over the image (flattened row-major, y down, as a UNet's attention
+    positions), the fraction of the cell's area inside ``box`` = ``(x0, y0, x1, y1)``; float32, ``[side * side]``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    lo = torch.arange(side, dtype=torch.float64) / side
+    hi = lo + 1.0 / side
+
+    def overlap(a: float, b: float) -> torch.Tensor:
+        return (torch.clamp(hi, max=b) - torch.clamp(lo, min=a)).clamp_min(0.0) * side
+
+    return (overlap(y0, y1)[:, None] * overlap(x0, x1)[None, :]).reshape(-1).float()
+
+
+def region_spans(prompt: str, region: Region) -> list[tuple[int, int]]:
+    """The character spans of ``prompt`` that ``region`` names; a clear error when its phrase is not there."""
+    if region.spans:
+        bad = [s for s in region.spans if s[1] > len(prompt)]
+        if bad:
+            raise ValueError(f"Region spans {bad} run past the end of the prompt ({len(prompt)} characters).")
+        return list(region.spans)
+    pattern = r"(?<!\w)" + re.escape(region.text.strip()) + r"(?!\w)"
+    found = [(m.start(), m.end()) for m in re.finditer(pattern, prompt, flags=re.IGNORECASE)]
+    if not found:
+        shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+        raise ValueError(f"Region phrase {region.text!r} does not occur in the prompt {shown!r}; give words of the "
+                         "prompt (case does not matter) or character spans.")
+    return found
+
+
+def span_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], prefix_len: int = 0,
+                limit: int | None = None) -> list[int]:
+    """Every token (by a fast tokenizer's ``offset_mapping`` of ``prefix + text``) that overlaps one of the character
+    ``spans`` of the text, below ``limit``; special tokens (empty offsets) never."""
+    out = []
+    for i, (a, b) in enumerate(offsets):
+        if limit is not None and i >= limit:
+            break
+        if b > a and any(a < e + prefix_len and b > s + prefix_len for s, e in spans):
+            out.append(i)
+    return out
+
+
+def region_loss(maps: Sequence[torch.Tensor], rows: Sequence[tuple[int, int, int]], covers: dict[int, torch.Tensor],
+                batch: int, eps: float = 1e-8) -> torch.Tensor:
+    """Per image ``[batch]``: the mean over ``maps`` (per layer ``[B, HW, T]`` attention probabilities, square grids)
+    and ``rows`` ``(image b, token t, region r)`` of the share of the token's attention outside region r's box;
+    ``covers[side]`` is ``[regions, side * side]`` (:func:`box_cover`). 0 for images without rows."""
+    device = maps[0].device if maps else torch.device("cpu")
+    total = torch.zeros(batch, device=device)
+    if not maps or not rows:
+        return total
+    b_idx = torch.tensor([r[0] for r in rows], device=device)
+    t_idx = torch.tensor([r[1] for r in rows], device=device)
+    r_idx = torch.tensor([r[2] for r in rows], device=device)
+    per_image = torch.zeros(batch, device=device).index_add_(0, b_idx, torch.ones(len(rows), device=device))
+    for m in maps:
+        side = int(round(m.shape[1] ** 0.5))
+        if side * side != m.shape[1] or side not in covers:
+            raise ValueError(f"region_loss needs square attention grids with a cover for each side, got "
+                             f"{m.shape[1]} positions (covers for sides {sorted(covers)}).")
+        p = m.float()[b_idx, :, t_idx]
+        p = p / p.sum(-1, keepdim=True).clamp_min(eps)
+        outside = 1.0 - (p * covers[side].to(device)[r_idx]).sum(-1)
+        total = total + torch.zeros(batch, device=device).index_add(0, b_idx, outside) / per_image.clamp_min(1)
+    return total / len(maps)
+
+
+class RegionGuidance:
+    """Region guidance (module docs) as a diffusers ``callback_on_step_end``.
+
+    ``regions[i]`` are the regions of ``prompts[i]`` (a list of :class:`Region`, possibly empty); each prompt's
+    ``num_images_per_prompt`` images share them. Use it inside :meth:`attached` and ask the pipeline for the latents
+    and the prompt embeddings::
+
+        guide = RegionGuidance(pipe, prompts, regions)
+        with guide.attached():
+            pipe(prompts, callback_on_step_end=guide, callback_on_step_end_tensor_inputs=guide.tensor_inputs)
+
+    ``losses`` holds ``(step, mean loss before the update)`` per guided step.
+    """
+
+    tensor_inputs = ["latents", "prompt_embeds"]
+
+    def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], scale: float = 0.1,
+                 steps: int = 10, tokens: str = "llm", num_images_per_prompt: int = 1, max_resolution: int = 16
+                 ) -> None:
+        if len(regions) != len(prompts):
+            raise ValueError(f"Give one list of regions per prompt: {len(prompts)} prompts, {len(regions)} lists.")
+        if tokens not in GUIDED_TOKENS:
+            raise ValueError(f"region tokens must be one of {GUIDED_TOKENS}, got {tokens!r}.")
+        if not scale >= 0:
+            raise ValueError(f"region_guidance_scale must be >= 0 (the RMS change of the latents per step), got "
+                             f"{scale}.")
+        if not (isinstance(steps, int) and steps >= 0):
+            raise ValueError(f"region_guidance_steps must be a whole number >= 0, got {steps!r}.")
+        llm = getattr(pipe, "llm_encoder", None)
+        if tokens in ("llm", "both") and llm is None:
+            raise ValueError(f"tokens={tokens!r} guides the LLM's tokens, but this pipeline has no LLM encoder; use "
+                             "tokens='clip'.")
+        self.pipe, self.scale, self.steps, self.tokens = pipe, float(scale), steps, tokens
+        self.prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        self.regions = [list(r) for r in regions for _ in range(num_images_per_prompt)]
+        self.spans = [[region_spans(p, r) for r in rs] for p, rs in zip(self.prompts, self.regions)]
+        self.store = AttentionStore(max_resolution)  # the conditional pass's cross-attention, while active
+        self.losses: list[tuple[int, float]] = []
+        self._rows: list[tuple[int, int, int]] | None = None
+        self._boxes = [region.box for rs in self.regions for region in rs]  # one per (image, region)
+        firsts = [0]
+        for rs in self.regions[:-1]:
+            firsts.append(firsts[-1] + len(rs))
+        self._first_box = firsts
+
+    # ------------------------------------------------------------------ tokens
+    def _windows(self, fused_len: int) -> list[tuple[Any, str, int, int]]:
+        """(tokenizer, prefix, shift, limit) of each guided token sequence inside the fused one."""
+        clip_len = int(self.pipe.tokenizer.model_max_length)
+        adapter = getattr(self.pipe, "adapter", None)
+        llm = getattr(self.pipe, "llm_encoder", None)
+        llm_len = fused_len - clip_len if llm is not None else 0
+        clip_first = adapter is None or getattr(adapter.config, "concat_order", "clip_first") == "clip_first"
+        out = []
+        if self.tokens in ("clip", "both"):
+            out.append((self.pipe.tokenizer, "", 0 if clip_first else llm_len, clip_len))
+        if self.tokens in ("llm", "both"):
+            out.append((llm.tokenizer, llm.config.prefix, clip_len if clip_first else 0, llm_len))
+        for tok, *_ in out:
+            if not getattr(tok, "is_fast", False):
+                raise ValueError(f"Region guidance maps words to tokens with offsets, which {type(tok).__name__} "
+                                 "does not give; load a fast tokenizer.")
+        return out
+
+    def _build_rows(self, fused_len: int) -> None:
+        rows: list[tuple[int, int, int]] = []
+        for tok, prefix, shift, limit in self._windows(fused_len):
+            offsets = tok([prefix + p for p in self.prompts], return_offsets_mapping=True, truncation=True,
+                          max_length=limit)["offset_mapping"]
+            for b, spans in enumerate(self.spans):
+                for r, s in enumerate(spans):
+                    ids = span_tokens(offsets[b], s, len(prefix), limit)
+                    rows += [(b, t + shift, self._first_box[b] + r) for t in ids]
+        guided = {box for _, _, box in rows}
+        for b, regions in enumerate(self.regions):
+            for r, region in enumerate(regions):
+                if self._first_box[b] + r not in guided:
+                    warnings.warn(f"Region {region.text or region.spans!r} of prompt {b} has no token inside the "
+                                  f"guided window(s) ({self.tokens}); it is not guided. Move it earlier in the prompt "
+                                  "or guide other tokens.", stacklevel=3)
+        self._rows = rows
+
+    # ------------------------------------------------------------------ the callback
+    @contextmanager
+    def attached(self, unet: Any = None) -> Iterator[RegionGuidance]:
+        """Record attention in ``unet`` (the pipeline's) while inside; its processors are restored after."""
+        unet = unet if unet is not None else self.pipe.unet
+        original = unet.attn_processors
+        unet.set_attn_processor({name: _StoringProcessor(self.store, proc) if name.endswith("attn2.processor")
+                                 else proc for name, proc in original.items()})
+        try:
+            yield self
+        finally:
+            unet.set_attn_processor(original)
+            self.store.reset()
+
+    def loss(self, latents: torch.Tensor, timestep: Any, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """The per-image loss ``[B]`` of ``latents`` at ``timestep`` (one conditional UNet pass, with gradients)."""
+        pipe = self.pipe
+        if self._rows is None:
+            self._build_rows(prompt_embeds.shape[1])
+        if not self._rows:  # no region has a token in the guided window(s): nothing to guide
+            return torch.zeros(latents.shape[0], device=latents.device)
+        self.store.reset()
+        self.store.active = True
+        try:
+            pipe.unet(pipe.scheduler.scale_model_input(latents, timestep), timestep,
+                      encoder_hidden_states=prompt_embeds)
+        finally:
+            self.store.active = False
+        maps = self.store.maps
+        self.store.reset()
+        if not maps:
+            raise RuntimeError("Region guidance recorded no cross-attention layer with at most "
+                               f"{self.store.max_tokens} positions; is this an SD1.x-style UNet?")
+        sides = {int(round(m.shape[1] ** 0.5)) for m in maps}
+        covers = {s: torch.stack([box_cover(box, s) for box in self._boxes]) if self._boxes else torch.zeros(0, s * s)
+                  for s in sides}
+        return region_loss(maps, self._rows, covers, latents.shape[0])
+
+    def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        timesteps = pipe.scheduler.timesteps
+        if self.scale == 0 or step >= self.steps or step + 1 >= len(timesteps):
+            return {}
+        latents = callback_kwargs["latents"]
+        n = latents.shape[0]
+        if n != len(self.prompts):
+            raise ValueError(f"Region guidance was built for {len(self.prompts)} images, the pipeline sampled {n}.")
+        embeds = callback_kwargs["prompt_embeds"][-n:]  # with classifier-free guidance: [negative; positive]
+        with torch.enable_grad():
+            x = latents.detach().float().requires_grad_(True)
+            per_image = self.loss(x.to(latents.dtype), timesteps[step + 1], embeds)
+            self.losses.append((step, float(per_image.detach().mean())))
+            if not per_image.requires_grad:
+                return {}
+            (grad,) = torch.autograd.grad(per_image.sum(), x)
+        rms = grad.flatten(1).pow(2).mean(1).sqrt().view(-1, *([1] * (grad.ndim - 1)))
+        step_dir = torch.where(rms > 0, grad / rms.clamp_min(1e-20), torch.zeros_like(grad))
+        return {"latents": (x - self.scale * step_dir).detach().to(latents.dtype)}

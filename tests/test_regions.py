@@ -1,0 +1,342 @@
+"""Region guidance (llm4gen.regions): boxes, phrases, tokens, the loss, and guided sampling on tiny pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm4gen.regions import Region, RegionGuidance, box_cover, region_loss, region_spans, span_tokens
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------- boxes and regions
+def test_box_cover_counts_each_cells_area_inside_the_box():
+    # the upper left quarter of a 4 x 4 grid: the four cells of rows 0-1, columns 0-1, fully
+    want = np.zeros((4, 4), dtype=np.float32)
+    want[:2, :2] = 1
+    assert torch.equal(box_cover((0, 0, 0.5, 0.5), 4), torch.from_numpy(want.reshape(-1)))
+    # x from 1/8 to 3/8 and y from 0 to 1/4: half of cell (0, 0) and half of cell (0, 1)
+    cover = box_cover((0.125, 0, 0.375, 0.25), 4).reshape(4, 4)
+    assert cover[0, 0] == pytest.approx(0.5) and cover[0, 1] == pytest.approx(0.5)
+    assert float(cover.sum()) == pytest.approx(1.0)
+    # any box: the covers sum to its area in cells (an independent identity), and every value lies in [0, 1]
+    for box in [(0.1, 0.2, 0.73, 0.9), (0.0, 0.0, 1.0, 1.0), (0.36, 0.64, 0.64, 1.0)]:
+        c = box_cover(box, 7)
+        area = (box[2] - box[0]) * (box[3] - box[1])
+        assert float(c.sum()) == pytest.approx(area * 49, rel=1e-5)
+        assert float(c.min()) >= 0 and float(c.max()) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(text="a", box=(0.5, 0, 0.4, 1)), "x0 < x1"),
+    (dict(text="a", box=(0, 0, 1, 1.5)), "y1 <= 1"),
+    (dict(text="a", box=(0, 0, 1)), "four numbers"),
+    (dict(text="a", box="abcd"), "four numbers"),
+    (dict(text=None, box=(0, 0, 1, 1)), "either a phrase"),
+    (dict(text="a", box=(0, 0, 1, 1), spans=((0, 1),)), "not both"),
+    (dict(text=None, box=(0, 0, 1, 1), spans=((3, 3),)), "start < end"),
+])
+def test_region_rejects_bad_boxes_and_phrases(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Region(**kwargs)
+
+
+def test_region_spans_finds_every_occurrence_on_word_boundaries():
+    prompt = "A red circle, a reddish square and another Red Circle."
+    assert region_spans(prompt, Region("red circle", (0, 0, 1, 1))) == [(2, 12), (43, 53)]
+    assert region_spans(prompt, Region("red", (0, 0, 1, 1))) == [(2, 5), (43, 46)]  # not "reddish"
+    assert region_spans(prompt, Region(None, (0, 0, 1, 1), spans=((16, 23),))) == [(16, 23)]
+    with pytest.raises(ValueError, match="'blue star' does not occur in the prompt"):
+        region_spans(prompt, Region("blue star", (0, 0, 1, 1)))
+    with pytest.raises(ValueError, match="run past the end"):
+        region_spans("short", Region(None, (0, 0, 1, 1), spans=((2, 9),)))
+
+
+def test_span_tokens_maps_characters_to_tokens():
+    # offsets of "<s> a red circle </s>" as a fast tokenizer gives them (special tokens have empty offsets)
+    offsets = [(0, 0), (0, 1), (2, 5), (6, 12), (0, 0)]
+    assert span_tokens(offsets, [(2, 12)]) == [2, 3]
+    assert span_tokens(offsets, [(3, 4)]) == [2]  # a span inside a token takes the token
+    assert span_tokens(offsets, [(2, 12)], limit=3) == [2]  # the window ends before "circle"
+    # the same text after a 4-character prefix: offsets shift, the spans do not
+    shifted = [(0, 0), (4, 5), (6, 9), (10, 16), (0, 0)]
+    assert span_tokens(shifted, [(2, 5)], prefix_len=4) == [2]
+
+
+def test_region_loss_against_a_hand_computation():
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, 4, 5, generator=gen).softmax(-1), torch.rand(2, 16, 5, generator=gen).softmax(-1)]
+    boxes = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 1)]
+    covers = {s: torch.stack([box_cover(b, s) for b in boxes]) for s in (2, 4)}
+    rows = [(0, 1, 0), (0, 3, 0), (0, 4, 1), (1, 2, 1)]
+    got = region_loss(maps, rows, covers, batch=3)
+
+    def by_hand(b: int) -> float:
+        per_layer = []
+        for m in maps:
+            side = int(m.shape[1] ** 0.5)
+            vals = []
+            for bb, t, r in rows:
+                if bb != b:
+                    continue
+                p = m[bb, :, t].numpy() / m[bb, :, t].numpy().sum()
+                inside = sum(p[y * side + x] * covers[side][r][y * side + x].item()
+                             for y in range(side) for x in range(side))
+                vals.append(1 - inside)
+            per_layer.append(np.mean(vals))
+        return float(np.mean(per_layer))
+
+    assert got[0].item() == pytest.approx(by_hand(0), rel=1e-5)
+    assert got[1].item() == pytest.approx(by_hand(1), rel=1e-5)
+    assert got[2].item() == 0  # an image without regions
+
+
+def test_region_loss_identities():
+    side = 4
+    cover = box_cover((0, 0, 0.5, 0.5), side)
+    inside = torch.zeros(1, side * side, 2)
+    inside[0, :, 0] = cover  # attends only inside the box
+    inside[0, :, 1] = 1.0  # attends everywhere alike
+    got = region_loss([inside], [(0, 0, 0)], {side: cover[None]}, batch=1)
+    assert got.item() == pytest.approx(0.0, abs=1e-6)
+    got = region_loss([inside], [(0, 1, 0)], {side: cover[None]}, batch=1)
+    assert got.item() == pytest.approx(0.75)  # 1 - the box's share of the image
+    with pytest.raises(ValueError, match="square attention grids"):
+        region_loss([torch.ones(1, 6, 2)], [(0, 0, 0)], {side: cover[None]}, batch=1)
+
+
+# ---------------------------------------------------------------------- guided sampling (tiny pipelines)
+PROMPT = "a red circle on the left and a blue square on the right"
+REGIONS = [Region("red circle", (0, 0, 0.5, 1)), Region("blue square", (0.5, 0, 1, 1))]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_sd_dir):
+    from llm4gen import LLM4GenPipeline
+
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe, **kwargs):
+    return pipe(PROMPT, num_inference_steps=4, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("tokens", ["llm", "clip", "both"])
+def test_a_step_against_the_gradient_lowers_the_loss(tiny_pipe, tokens):
+    """The update direction is right: the loss of the moved latents is below that of the latents before."""
+    guide = RegionGuidance(tiny_pipe, [PROMPT], [REGIONS], tokens=tokens)
+    embeds = tiny_pipe.encode_fused_prompt(PROMPT, do_classifier_free_guidance=False).prompt_embeds
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[1]
+    latents = torch.randn(1, tiny_pipe.unet.config.in_channels, 4, 4, generator=torch.Generator().manual_seed(1))
+    with guide.attached():
+        before = guide.loss(latents, t, embeds).item()
+        x = latents.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(guide.loss(x, t, embeds).sum(), x)
+        after = guide.loss(latents - 0.05 * grad / grad.pow(2).mean().sqrt(), t, embeds).item()
+    assert 0 < before <= 1 and after < before
+    # the rows are the phrases' tokens, in the windows asked for
+    clip_len = tiny_pipe.tokenizer.model_max_length
+    positions = {t for _, t, _ in guide._rows}
+    assert (min(positions) < clip_len) == (tokens in ("clip", "both"))
+    assert (max(positions) >= clip_len) == (tokens in ("llm", "both"))
+
+
+def test_pipeline_regions_guide_the_latents_and_restore_the_unet(tiny_pipe):
+    processors = {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()}
+    plain = _sample(tiny_pipe)
+    guided = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_guidance_steps=3)
+    assert not np.allclose(plain, guided)
+    assert {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()} == processors
+    # scale 0 or no guided step: exactly the unguided images
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.0), plain)
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_steps=0), plain)
+    # regions= is the RegionGuidance callback, chained before the caller's own callback
+    seen = []
+
+    def mine(pipe, step, timestep, kw):
+        seen.append(step)
+        return {}
+
+    guide = RegionGuidance(tiny_pipe, [PROMPT], [REGIONS], scale=0.5, steps=3)
+    with guide.attached():
+        by_hand = _sample(tiny_pipe, callback_on_step_end=guide, callback_on_step_end_tensor_inputs=guide.tensor_inputs)
+    chained = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_guidance_steps=3,
+                      callback_on_step_end=mine)
+    assert np.allclose(by_hand, guided) and np.allclose(chained, guided) and seen == [0, 1, 2, 3]
+    assert [s for s, _ in guide.losses] == [0, 1, 2]  # the last step has no next step to guide
+
+
+def test_pipeline_regions_per_prompt_and_per_image(tiny_pipe):
+    prompts = [PROMPT, "a green star"]
+    out = tiny_pipe(prompts, regions=[REGIONS, []], num_images_per_prompt=2, num_inference_steps=2,
+                    region_guidance_scale=0.5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    plain = tiny_pipe(prompts, num_images_per_prompt=2, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == plain.shape == (4, 32, 32, 3)
+    # the two images of the first prompt are guided; the second prompt has no regions, so its images are unchanged
+    assert not np.allclose(out[:2], plain[:2]) and np.allclose(out[2:], plain[2:], atol=1e-6)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (dict(regions=[Region("green star", (0, 0, 1, 1))]), ValueError, "'green star' does not occur"),
+    (dict(regions=[[Region("red circle", (0, 0, 1, 1))], []]), ValueError, "one such list per prompt"),
+    (dict(regions=["red circle"]), ValueError, "list of Region"),
+    (dict(regions=REGIONS, region_tokens="t5"), ValueError, "one of"),
+    (dict(regions=REGIONS, region_guidance_scale=-1), ValueError, ">= 0"),
+])
+def test_pipeline_regions_bad_input(tiny_pipe, call, error, match):
+    with pytest.raises(error, match=match):
+        _sample(tiny_pipe, **call)
+
+
+def test_regions_need_the_prompt_text_and_an_sd1_pipeline(tiny_pipe, tiny_xl_dir):
+    from llm4gen import LLM4GenXLPipeline
+
+    fused = tiny_pipe.encode_fused_prompt(PROMPT)
+    embeds, negative = fused.prompt_embeds, fused.negative_prompt_embeds
+    with pytest.raises(ValueError, match="needs the prompt text"):
+        tiny_pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, regions=REGIONS, num_inference_steps=2)
+    xl = LLM4GenXLPipeline.from_pretrained(tiny_xl_dir)
+    with pytest.raises(NotImplementedError, match="SDXL is not supported yet"):
+        xl(PROMPT, regions=REGIONS, num_inference_steps=2)
+    # a plain SD pipeline has no LLM tokens to guide
+    from llm4gen.eval.shapes_bench import clip_only_pipeline
+
+    base = clip_only_pipeline(tiny_pipe)
+    with pytest.raises(ValueError, match="no LLM encoder"):
+        RegionGuidance(base, [PROMPT], [REGIONS], tokens="llm")
+
+
+def test_a_region_beyond_the_guided_window_warns(tiny_pipe):
+    far = "x " * 80 + PROMPT  # the character-level CLIP window (77) ends long before the phrase
+    guide = RegionGuidance(tiny_pipe, [far], [[Region("red circle", (0, 0, 1, 1))]], tokens="clip")
+    embeds = tiny_pipe.encode_fused_prompt(far, do_classifier_free_guidance=False).prompt_embeds
+    with pytest.warns(UserWarning, match="no token inside the guided window"):
+        guide._build_rows(embeds.shape[1])
+    assert guide._rows == []
+
+
+# ---------------------------------------------------------------------- ShapesWorld
+def test_scene_regions_box_each_named_object_in_its_cell():
+    from llm4gen.data.shapes import REGION_EDGES
+    from llm4gen.eval.shapes import cell_box
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, scene_regions
+
+    lo, hi = REGION_EDGES
+    for text, scene in benchmark_prompts(QualityConfig(num_prompts=20)):
+        regions = scene_regions(text, scene)
+        assert regions
+        boxes = []
+        for o in scene.objects:
+            xs = (0.0, lo) if o.x < lo else (hi, 1.0) if o.x > hi else (lo, hi)
+            ys = (0.0, lo) if o.y < lo else (hi, 1.0) if o.y > hi else (lo, hi)
+            boxes.append((xs[0], ys[0], xs[1], ys[1]))
+        for r in regions:
+            words = " ".join(text[s:e].lower() for s, e in r.spans)
+            owners = [k for k, o in enumerate(scene.objects) if o.colour in words and r.box == boxes[k]]
+            assert owners, (text, words, r.box)  # the region's words name an object whose cell is its box
+    assert cell_box(("left", "top")) == (0.0, 0.0, lo, lo)
+    with pytest.raises(ValueError, match="left|centre|right"):
+        cell_box(("up", "top"))
+
+
+def test_region_arm_guides_only_prompts_with_regions(tiny_pipe):
+    from llm4gen.eval.shapes_bench import RegionArm
+
+    arm = RegionArm(tiny_pipe, {PROMPT: REGIONS}, scale=0.5, steps=2)
+    kwargs = dict(num_inference_steps=3, generator=[torch.Generator().manual_seed(k) for k in range(2)],
+                  output_type="np")
+    plain = tiny_pipe(prompt=[PROMPT, "a green star"], **kwargs).images
+    kwargs["generator"] = [torch.Generator().manual_seed(k) for k in range(2)]
+    guided = arm(prompt=[PROMPT, "a green star"], **kwargs).images
+    assert not np.allclose(guided[0], plain[0]) and np.allclose(guided[1], plain[1], atol=1e-6)
+    arm.scheduler = type(tiny_pipe.scheduler).from_config(tiny_pipe.scheduler.config)  # reaches the pipeline
+    assert arm.scheduler is tiny_pipe.scheduler
+
+
+def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    from llm4gen.tiny import build_tiny_pipeline
+    from test_diagnostics import _run_script
+
+    model = tmp_path / "model"
+    build_tiny_pipeline(llm_max_length=256, work_dir=tmp_path / "parts").save_pretrained(model)
+    shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
+    out = tmp_path / "rg.json"
+    _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
+                "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
+                "--out", str(out))
+    report = json.loads(out.read_text())
+    run = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert report["arms"] == ["base", "base + regions", "llm4gen", "llm4gen + regions"]
+    assert out.with_suffix(".png").stat().st_size > 0 and "llm4gen + regions - llm4gen" in capsys.readouterr().out
+    for name, (before, after) in {"llm4gen + regions - llm4gen": ("llm4gen", "llm4gen + regions"),
+                                  "base + regions - base": ("base", "base + regions"),
+                                  "llm4gen + regions - base + regions": ("base + regions", "llm4gen + regions")
+                                  }.items():
+        for metric in ("colour", "count", "all_correct"):
+            want = np.mean([b[metric] - a[metric] for a, b in zip(run["results"][before], run["results"][after])])
+            assert report["differences"][name]["all"][metric]["mean"] == pytest.approx(want), (name, metric)
+    # the guidance changed the llm4gen arm's images (the tiny CLIP reads characters: its 77-token window ends before
+    # these dense captions name their objects, so the base arm has nothing to guide)
+    assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
+        (tmp_path / "work" / "llm4gen + regions" / "00000.png").read_bytes()
+    with pytest.raises(SystemExit, match="no base arm"):
+        shutil.rmtree(model / "base_unet")
+        _run_script("region_guidance", monkeypatch, "--model", str(model), "--out", str(out))
+
+
+def test_region_guidance_moves_the_bundled_models_objects_into_their_boxes():
+    """On the bundled model, boxes for the demo's first prompt put each object in its corner in every one of four
+    images; without them the same noise misses at least once (the scorer finds objects by colour and shape)."""
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.eval.shapes import detect_objects
+    from llm4gen.examples import DEMO_PROMPTS
+
+    model = ROOT / "models" / "default"
+    if not (model / "model_index.json").is_file():
+        pytest.skip("models/default is missing")
+    pipe = LLM4GenPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    boxes = {"red": (0, 0, 0.36, 0.36), "blue": (0.64, 0.64, 1, 1)}
+    regions = [Region("large red circle", boxes["red"]), Region("small blue square", boxes["blue"])]
+
+    def placed(**kwargs) -> int:
+        out = pipe(DEMO_PROMPTS[0], num_inference_steps=25, guidance_scale=5.0, num_images_per_prompt=4,
+                   generator=torch.Generator().manual_seed(0), height=64, width=64, **kwargs).images
+        hits = 0
+        for img in out:
+            found = detect_objects(img)
+            hits += all(any(d.colour == c and x0 - 0.05 <= d.x <= x1 + 0.05 and y0 - 0.05 <= d.y <= y1 + 0.05
+                            for d in found) for c, (x0, y0, x1, y1) in boxes.items())
+        return hits
+
+    guided, plain = placed(regions=regions), placed()
+    assert guided == 4 and plain < guided
+
+
+def test_demo_regions_box_each_object_in_the_cell_its_words_name():
+    """DEMO_REGIONS (the demo's third column) are the prompts' own place words: each phrase occurs in its prompt, and
+    its box is the cell whose place phrase follows it in the same clause."""
+    import re
+
+    from llm4gen.data.shapes import POSITION_CELLS, place_phrase
+    from llm4gen.eval.shapes import cell_box
+    from llm4gen.examples import DEMO_PROMPTS, DEMO_REGIONS
+
+    assert len(DEMO_REGIONS) == len(DEMO_PROMPTS)
+    for prompt, regions in zip(DEMO_PROMPTS, DEMO_REGIONS):
+        for phrase, box in regions:
+            start = region_spans(prompt, Region(phrase, box))[0][0]
+            clause = re.split(r"\. | and a ", prompt[start:])[0]
+            named = [c for c in POSITION_CELLS if place_phrase(c) in clause]
+            assert len(named) == 1, (phrase, clause)
+            assert box == pytest.approx(cell_box(named[0])), (phrase, named)
