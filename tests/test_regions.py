@@ -195,22 +195,56 @@ def test_pipeline_regions_bad_input(tiny_pipe, call, error, match):
         _sample(tiny_pipe, **call)
 
 
-def test_regions_need_the_prompt_text_and_an_sd1_pipeline(tiny_pipe, tiny_xl_dir):
-    from llm4gen import LLM4GenXLPipeline
-
+def test_regions_need_the_prompt_text_and_llm_tokens(tiny_pipe):
     fused = tiny_pipe.encode_fused_prompt(PROMPT)
     embeds, negative = fused.prompt_embeds, fused.negative_prompt_embeds
     with pytest.raises(ValueError, match="needs the prompt text"):
         tiny_pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, regions=REGIONS, num_inference_steps=2)
-    xl = LLM4GenXLPipeline.from_pretrained(tiny_xl_dir)
-    with pytest.raises(NotImplementedError, match="SDXL is not supported yet"):
-        xl(PROMPT, regions=REGIONS, num_inference_steps=2)
     # a plain SD pipeline has no LLM tokens to guide
     from llm4gen.eval.shapes_bench import clip_only_pipeline
 
     base = clip_only_pipeline(tiny_pipe)
     with pytest.raises(ValueError, match="no LLM encoder"):
         RegionGuidance(base, [PROMPT], [REGIONS], tokens="llm")
+
+
+def test_sdxl_region_guidance(tiny_xl_dir):
+    """SDXL: the UNet pass gets the pooled embeddings and time ids, a step against the gradient lowers the loss, and
+    the pipeline's regions= change the images (scale 0: exactly the unguided ones)."""
+    from llm4gen import LLM4GenXLPipeline
+
+    xl = LLM4GenXLPipeline.from_pretrained(tiny_xl_dir)
+    xl.set_progress_bar_config(disable=True)
+    guide = RegionGuidance(xl, [PROMPT], [REGIONS], tokens="both")
+    assert guide.tensor_inputs == ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]
+    assert guide.store.max_tokens == 32 * 32
+    seen = {}
+
+    def record(pipe, step, timestep, kw):
+        if step == 0:
+            seen.update({k: v.clone() for k, v in kw.items()})
+        return {}
+
+    def sample(**kwargs):
+        return xl(PROMPT, num_inference_steps=3, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                  output_type="np", **kwargs).images
+
+    plain = sample(callback_on_step_end=record, callback_on_step_end_tensor_inputs=guide.tensor_inputs)
+    n = seen["latents"].shape[0]
+    added = {"text_embeds": seen["add_text_embeds"][-n:], "time_ids": seen["add_time_ids"][-n:]}
+    t = xl.scheduler.timesteps[1]
+    with guide.attached():
+        x = seen["latents"].clone().requires_grad_(True)
+        before = guide.loss(x, t, seen["prompt_embeds"][-n:], added)
+        (grad,) = torch.autograd.grad(before.sum(), x)
+        after = guide.loss(seen["latents"] - 0.05 * grad / grad.pow(2).mean().sqrt(), t, seen["prompt_embeds"][-n:],
+                           added)
+    assert after.item() < before.item()
+    assert not np.allclose(sample(regions=REGIONS, region_guidance_scale=0.5), plain)
+    assert np.array_equal(sample(regions=REGIONS, region_guidance_scale=0.0), plain)
+    with pytest.raises(ValueError, match="add_text_embeds"):  # a hand-made callback must ask for the SDXL inputs
+        with guide.attached():
+            sample(callback_on_step_end=guide, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
 
 
 def test_a_region_beyond_the_guided_window_warns(tiny_pipe):

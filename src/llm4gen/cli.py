@@ -128,7 +128,7 @@ def generate(
     region: list[str] = typer.Option(
         [], "--region", metavar="PHRASE:X0,Y0,X1,Y1",
         help="Region guidance: draw PHRASE (words of the prompt) inside the box, in fractions of the image with y "
-             "down, e.g. --region 'red circle:0,0,0.4,0.4'. Repeatable; SD1.x models."),
+             "down, e.g. --region 'red circle:0,0,0.4,0.4'. Repeatable."),
     region_scale: float = typer.Option(
         0.1, "--region-scale", min=0.0, help="Region guidance: RMS change of the latents per guided step."),
     region_steps: int = typer.Option(10, "--region-steps", min=0, help="Region guidance: how many first steps."),

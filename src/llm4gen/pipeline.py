@@ -208,7 +208,7 @@ class _LLM4GenMixin:
         ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds``
         (see :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on.
 
-        ``regions`` (SD1.x pipelines): :class:`~llm4gen.regions.Region` s (phrase + box) for one prompt, or one list per
+        ``regions``: :class:`~llm4gen.regions.Region` s (phrase + box) for one prompt, or one list per
         prompt, steer where those words are drawn by region guidance (:mod:`llm4gen.regions`): after each of the first
         ``region_guidance_steps`` steps the latents move by an RMS of ``region_guidance_scale`` to pull the phrase's
         attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box.
@@ -230,9 +230,6 @@ class _LLM4GenMixin:
         """Build the region guidance for a call and chain it before any ``callback_on_step_end`` given."""
         from .regions import Region, RegionGuidance
 
-        if isinstance(self, StableDiffusionXLPipeline):
-            raise NotImplementedError("regions= is implemented for SD1.x pipelines (LLM4GenPipeline); SDXL is not "
-                                      "supported yet.")
         if prompt is None:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
                              "`prompt_embeds`.")

@@ -16,8 +16,9 @@ by one more UNet pass at that step's timestep). The gradient is normalised per i
 
 With an LLM4GEN pipeline the guided tokens are the CAM's (one per LLM token, ``tokens="llm"``, the default), CLIP's
 (``"clip"``: the tokens inside its 77-token window) or both; a plain Stable Diffusion pipeline has only CLIP's.
-``LLM4GenPipeline(..., regions=[...])`` does all of this; :class:`RegionGuidance` is the same as a
-``callback_on_step_end`` for any SD1.x-style diffusers pipeline.
+``LLM4GenPipeline(..., regions=[...])`` (and ``LLM4GenXLPipeline``) does all of this; :class:`RegionGuidance` is the
+same as a ``callback_on_step_end`` for any SD1.x or SDXL diffusers pipeline. By default the layers read are those of
+at most 16 x 16 positions (SD1.x) or 32 x 32 (SDXL, whose cross-attention starts at 32 x 32 at 1024 px).
 """
 
 from __future__ import annotations
@@ -152,11 +153,9 @@ class RegionGuidance:
     ``losses`` holds ``(step, mean loss before the update)`` per guided step.
     """
 
-    tensor_inputs = ["latents", "prompt_embeds"]
-
     def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], scale: float = 0.1,
-                 steps: int = 10, tokens: str = "llm", num_images_per_prompt: int = 1, max_resolution: int = 16
-                 ) -> None:
+                 steps: int = 10, tokens: str = "llm", num_images_per_prompt: int = 1,
+                 max_resolution: int | None = None) -> None:
         if len(regions) != len(prompts):
             raise ValueError(f"Give one list of regions per prompt: {len(prompts)} prompts, {len(regions)} lists.")
         if tokens not in GUIDED_TOKENS:
@@ -174,6 +173,12 @@ class RegionGuidance:
         self.prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self.regions = [list(r) for r in regions for _ in range(num_images_per_prompt)]
         self.spans = [[region_spans(p, r) for r in rs] for p, rs in zip(self.prompts, self.regions)]
+        # SDXL (a second text encoder) needs its pooled embeddings and time ids in the UNet pass; its cross-attention
+        # starts at 32 x 32 at 1024 px, where SD1.x's starts at 16 x 16 at 512 px
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None or hasattr(pipe, "tokenizer_2")
+        self.tensor_inputs = ["latents", "prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if self.xl else [])
+        if max_resolution is None:
+            max_resolution = 32 if self.xl else 16
         self.store = AttentionStore(max_resolution)  # the conditional pass's cross-attention, while active
         self.losses: list[tuple[int, float]] = []
         self._rows: list[tuple[int, int, int]] | None = None
@@ -234,8 +239,10 @@ class RegionGuidance:
             unet.set_attn_processor(original)
             self.store.reset()
 
-    def loss(self, latents: torch.Tensor, timestep: Any, prompt_embeds: torch.Tensor) -> torch.Tensor:
-        """The per-image loss ``[B]`` of ``latents`` at ``timestep`` (one conditional UNet pass, with gradients)."""
+    def loss(self, latents: torch.Tensor, timestep: Any, prompt_embeds: torch.Tensor,
+             added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The per-image loss ``[B]`` of ``latents`` at ``timestep`` (one conditional UNet pass, with gradients;
+        SDXL: ``added_cond_kwargs`` = the conditional ``text_embeds`` and ``time_ids``)."""
         pipe = self.pipe
         if self._rows is None:
             self._build_rows(prompt_embeds.shape[1])
@@ -245,7 +252,7 @@ class RegionGuidance:
         self.store.active = True
         try:
             pipe.unet(pipe.scheduler.scale_model_input(latents, timestep), timestep,
-                      encoder_hidden_states=prompt_embeds)
+                      encoder_hidden_states=prompt_embeds, added_cond_kwargs=added_cond_kwargs)
         finally:
             self.store.active = False
         maps = self.store.maps
@@ -267,9 +274,17 @@ class RegionGuidance:
         if n != len(self.prompts):
             raise ValueError(f"Region guidance was built for {len(self.prompts)} images, the pipeline sampled {n}.")
         embeds = callback_kwargs["prompt_embeds"][-n:]  # with classifier-free guidance: [negative; positive]
+        added = None
+        if self.xl:
+            missing = [k for k in ("add_text_embeds", "add_time_ids") if k not in callback_kwargs]
+            if missing:
+                raise ValueError(f"SDXL region guidance needs {missing} among callback_on_step_end_tensor_inputs; "
+                                 "pass guide.tensor_inputs.")
+            added = {"text_embeds": callback_kwargs["add_text_embeds"][-n:],
+                     "time_ids": callback_kwargs["add_time_ids"][-n:]}
         with torch.enable_grad():
             x = latents.detach().float().requires_grad_(True)
-            per_image = self.loss(x.to(latents.dtype), timesteps[step + 1], embeds)
+            per_image = self.loss(x.to(latents.dtype), timesteps[step + 1], embeds, added)
             self.losses.append((step, float(per_image.detach().mean())))
             if not per_image.requires_grad:
                 return {}
