@@ -69,7 +69,7 @@ def test_region_loss_against_a_hand_computation():
     gen = torch.Generator().manual_seed(0)
     maps = [torch.rand(2, 4, 5, generator=gen).softmax(-1), torch.rand(2, 16, 5, generator=gen).softmax(-1)]
     boxes = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 1)]
-    covers = {s: torch.stack([box_cover(b, s) for b in boxes]) for s in (2, 4)}
+    covers = {s * s: torch.stack([box_cover(b, s) for b in boxes]) for s in (2, 4)}
     rows = [(0, 1, 0), (0, 3, 0), (0, 4, 1), (1, 2, 1)]
     got = region_loss(maps, rows, covers, batch=3)
 
@@ -82,7 +82,7 @@ def test_region_loss_against_a_hand_computation():
                 if bb != b:
                     continue
                 p = m[bb, :, t].numpy() / m[bb, :, t].numpy().sum()
-                inside = sum(p[y * side + x] * covers[side][r][y * side + x].item()
+                inside = sum(p[y * side + x] * covers[side * side][r][y * side + x].item()
                              for y in range(side) for x in range(side))
                 vals.append(1 - inside)
             per_layer.append(np.mean(vals))
@@ -99,12 +99,25 @@ def test_region_loss_identities():
     inside = torch.zeros(1, side * side, 2)
     inside[0, :, 0] = cover  # attends only inside the box
     inside[0, :, 1] = 1.0  # attends everywhere alike
-    got = region_loss([inside], [(0, 0, 0)], {side: cover[None]}, batch=1)
+    got = region_loss([inside], [(0, 0, 0)], {16: cover[None]}, batch=1)
     assert got.item() == pytest.approx(0.0, abs=1e-6)
-    got = region_loss([inside], [(0, 1, 0)], {side: cover[None]}, batch=1)
+    got = region_loss([inside], [(0, 1, 0)], {16: cover[None]}, batch=1)
     assert got.item() == pytest.approx(0.75)  # 1 - the box's share of the image
-    with pytest.raises(ValueError, match="square attention grids"):
-        region_loss([torch.ones(1, 6, 2)], [(0, 0, 0)], {side: cover[None]}, batch=1)
+    with pytest.raises(ValueError, match="no box covers for a layer of 6 positions"):
+        region_loss([torch.ones(1, 6, 2)], [(0, 0, 0)], {16: cover[None]}, batch=1)
+
+
+def test_rectangular_grids():
+    from llm4gen.regions import attention_grid
+
+    # 2 rows x 4 columns; the box is the right half: the two right columns of both rows
+    want = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.float32).reshape(-1)
+    assert torch.equal(box_cover((0.5, 0, 1, 1), 2, 4), want)
+    assert float(box_cover((0.1, 0.2, 0.7, 0.9), 3, 5).sum()) == pytest.approx(0.6 * 0.7 * 15, rel=1e-5)
+    # a layer's grid keeps the latents' aspect: 64 x 96 latents, a layer of 24 positions -> 4 x 6
+    assert attention_grid(24, 64, 96) == (4, 6) and attention_grid(16, 16, 16) == (4, 4)
+    with pytest.raises(ValueError, match="Cannot lay 7 attention positions"):
+        attention_grid(7, 16, 16)
 
 
 # ---------------------------------------------------------------------- guided sampling (tiny pipelines)
@@ -170,6 +183,30 @@ def test_pipeline_regions_guide_the_latents_and_restore_the_unet(tiny_pipe):
                       callback_on_step_end=mine)
     assert np.allclose(by_hand, guided) and np.allclose(chained, guided) and seen == [0, 1, 2, 3]
     assert [s for s, _ in guide.losses] == [0, 1, 2]  # the last step has no next step to guide
+
+    class WantsNegatives:  # like diffusers' PipelineCallback objects, it names the tensors it reads
+        tensor_inputs = ["negative_prompt_embeds"]
+        keys: list = []
+
+        def __call__(self, pipe, step, timestep, kw):
+            self.keys.append(sorted(kw))
+            return {}
+
+    wants = WantsNegatives()
+    _sample(tiny_pipe, regions=REGIONS, region_guidance_steps=1, callback_on_step_end=wants)
+    assert "negative_prompt_embeds" in wants.keys[0] and "prompt_embeds" in wants.keys[0]
+    # one Region alone is one prompt's list of one
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS[0], region_guidance_scale=0.5),
+                          _sample(tiny_pipe, regions=[REGIONS[0]], region_guidance_scale=0.5))
+
+
+def test_pipeline_regions_on_a_wide_image(tiny_pipe):
+    """Non-square images: each layer's grid keeps the latents' aspect ratio, and the guidance runs and steers."""
+    kwargs = dict(height=32, width=64, num_inference_steps=3, output_type="np")
+    plain = tiny_pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kwargs).images
+    guided = tiny_pipe(PROMPT, regions=REGIONS, region_guidance_scale=0.5, generator=torch.Generator().manual_seed(0),
+                       **kwargs).images
+    assert plain.shape == guided.shape == (1, 32, 64, 3) and not np.allclose(plain, guided)
 
 
 def test_pipeline_regions_per_prompt_and_per_image(tiny_pipe):

@@ -158,7 +158,7 @@ def generate(
             **(dict(regions=regions, region_guidance_scale=region_scale, region_guidance_steps=region_steps)
                if regions else {}),
         )
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+    except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
     paths = _save_images(result.images, out, f"seed{seed}")

@@ -208,8 +208,8 @@ class _LLM4GenMixin:
         ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds``
         (see :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on.
 
-        ``regions``: :class:`~llm4gen.regions.Region` s (phrase + box) for one prompt, or one list per
-        prompt, steer where those words are drawn by region guidance (:mod:`llm4gen.regions`): after each of the first
+        ``regions`` (a list of :class:`~llm4gen.regions.Region`, words + box, for one prompt, or one list per prompt)
+        steer where those words are drawn by region guidance (:mod:`llm4gen.regions`): after each of the first
         ``region_guidance_steps`` steps the latents move by an RMS of ``region_guidance_scale`` to pull the phrase's
         attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box.
         """
@@ -234,7 +234,7 @@ class _LLM4GenMixin:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
                              "`prompt_embeds`.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        regions = list(regions)
+        regions = [regions] if isinstance(regions, Region) else list(regions)
         if all(isinstance(r, Region) for r in regions):
             if len(prompts) != 1:
                 raise ValueError(f"regions: with {len(prompts)} prompts give one list of Region per prompt.")
@@ -249,6 +249,7 @@ class _LLM4GenMixin:
                                num_images_per_prompt=int(kwargs.get("num_images_per_prompt") or 1))
         user = kwargs.pop("callback_on_step_end", None)
         inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
+        inputs += list(getattr(user, "tensor_inputs", None) or [])  # diffusers' PipelineCallback objects name theirs
         kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(inputs + guide.tensor_inputs))
         if user is None:
             kwargs["callback_on_step_end"] = guide

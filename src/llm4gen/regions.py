@@ -34,7 +34,8 @@ import torch
 
 from .training.losses import AttentionStore, _StoringProcessor
 
-__all__ = ["GUIDED_TOKENS", "Region", "RegionGuidance", "box_cover", "region_loss", "region_spans", "span_tokens"]
+__all__ = ["GUIDED_TOKENS", "Region", "RegionGuidance", "attention_grid", "box_cover", "region_loss", "region_spans",
+           "span_tokens"]
 
 GUIDED_TOKENS = ("llm", "clip", "both")
 
@@ -72,17 +73,29 @@ class Region:
             raise ValueError("A Region needs either a phrase (text) or character spans of the prompt, not both.")
 
 
-def box_cover(box: Sequence[float], side: int) -> torch.Tensor:
-    """Per cell of a ``side`` x ``side`` grid over the image (flattened row-major, y down, as a UNet's attention
-    positions), the fraction of the cell's area inside ``box`` = ``(x0, y0, x1, y1)``; float32, ``[side * side]``."""
+def box_cover(box: Sequence[float], rows: int, cols: int | None = None) -> torch.Tensor:
+    """Per cell of a ``rows`` x ``cols`` grid over the image (``cols`` defaults to ``rows``; flattened row-major, y
+    down, as a UNet's attention positions), the fraction of the cell's area inside ``box`` = ``(x0, y0, x1, y1)``;
+    float32, ``[rows * cols]``."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    lo = torch.arange(side, dtype=torch.float64) / side
-    hi = lo + 1.0 / side
+    cols = rows if cols is None else cols
 
-    def overlap(a: float, b: float) -> torch.Tensor:
-        return (torch.clamp(hi, max=b) - torch.clamp(lo, min=a)).clamp_min(0.0) * side
+    def overlap(a: float, b: float, n: int) -> torch.Tensor:
+        lo = torch.arange(n, dtype=torch.float64) / n
+        return (torch.clamp(lo + 1.0 / n, max=b) - torch.clamp(lo, min=a)).clamp_min(0.0) * n
 
-    return (overlap(y0, y1)[:, None] * overlap(x0, x1)[None, :]).reshape(-1).float()
+    return (overlap(y0, y1, rows)[:, None] * overlap(x0, x1, cols)[None, :]).reshape(-1).float()
+
+
+def attention_grid(positions: int, height: int, width: int) -> tuple[int, int]:
+    """The ``(rows, cols)`` of a UNet layer's attention grid with ``positions`` cells, for latents of ``height`` x
+    ``width`` (the layer's grid keeps their aspect ratio); a clear error when no such grid fits."""
+    f = (height * width / positions) ** 0.5
+    rows, cols = round(height / f), round(width / f)
+    if rows * cols != positions:
+        raise ValueError(f"Cannot lay {positions} attention positions out as a grid with the latents' aspect "
+                         f"{height} x {width}; use a height and width divisible by the UNet's total downsampling.")
+    return rows, cols
 
 
 def region_spans(prompt: str, region: Region) -> list[tuple[int, int]]:
@@ -116,9 +129,9 @@ def span_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, i
 
 def region_loss(maps: Sequence[torch.Tensor], rows: Sequence[tuple[int, int, int]], covers: dict[int, torch.Tensor],
                 batch: int, eps: float = 1e-8) -> torch.Tensor:
-    """Per image ``[batch]``: the mean over ``maps`` (per layer ``[B, HW, T]`` attention probabilities, square grids)
-    and ``rows`` ``(image b, token t, region r)`` of the share of the token's attention outside region r's box;
-    ``covers[side]`` is ``[regions, side * side]`` (:func:`box_cover`). 0 for images without rows."""
+    """Per image ``[batch]``: the mean over ``maps`` (per layer ``[B, HW, T]`` attention probabilities) and ``rows``
+    ``(image b, token t, region r)`` of the share of the token's attention outside region r's box; ``covers[HW]`` is
+    ``[regions, HW]``, each box's cover of that layer's grid (:func:`box_cover`). 0 for images without rows."""
     device = maps[0].device if maps else torch.device("cpu")
     total = torch.zeros(batch, device=device)
     if not maps or not rows:
@@ -128,13 +141,12 @@ def region_loss(maps: Sequence[torch.Tensor], rows: Sequence[tuple[int, int, int
     r_idx = torch.tensor([r[2] for r in rows], device=device)
     per_image = torch.zeros(batch, device=device).index_add_(0, b_idx, torch.ones(len(rows), device=device))
     for m in maps:
-        side = int(round(m.shape[1] ** 0.5))
-        if side * side != m.shape[1] or side not in covers:
-            raise ValueError(f"region_loss needs square attention grids with a cover for each side, got "
-                             f"{m.shape[1]} positions (covers for sides {sorted(covers)}).")
+        if m.shape[1] not in covers:
+            raise ValueError(f"region_loss has no box covers for a layer of {m.shape[1]} positions (covers for "
+                             f"{sorted(covers)}).")
         p = m.float()[b_idx, :, t_idx]
         p = p / p.sum(-1, keepdim=True).clamp_min(eps)
-        outside = 1.0 - (p * covers[side].to(device)[r_idx]).sum(-1)
+        outside = 1.0 - (p * covers[m.shape[1]].to(device)[r_idx]).sum(-1)
         total = total + torch.zeros(batch, device=device).index_add(0, b_idx, outside) / per_image.clamp_min(1)
     return total / len(maps)
 
@@ -260,9 +272,10 @@ class RegionGuidance:
         if not maps:
             raise RuntimeError("Region guidance recorded no cross-attention layer with at most "
                                f"{self.store.max_tokens} positions; is this an SD1.x-style UNet?")
-        sides = {int(round(m.shape[1] ** 0.5)) for m in maps}
-        covers = {s: torch.stack([box_cover(box, s) for box in self._boxes]) if self._boxes else torch.zeros(0, s * s)
-                  for s in sides}
+        covers = {}
+        for hw in {m.shape[1] for m in maps}:
+            grid = attention_grid(hw, *latents.shape[-2:])
+            covers[hw] = torch.stack([box_cover(box, *grid) for box in self._boxes])
         return region_loss(maps, self._rows, covers, latents.shape[0])
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
