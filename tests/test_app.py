@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from llm4gen import app as webapp
 from llm4gen.cli import app as cli
 
+EXAMPLE_TEXT_LOWER = webapp.EXAMPLE_PROMPT.lower()
 LONG = ("a small red circle in the upper left corner, a large blue square in the lower right, a green triangle "
         "below the centre pointing up, and a yellow star floating just above the triangle")
 
@@ -129,6 +130,31 @@ def test_generate_side_by_side_matches_each_pipeline(loaded):
         webapp.generate_side_by_side(loaded, "   ")
 
 
+def test_generate_side_by_side_guides_only_the_llm4gen_side(loaded):
+    from llm4gen.regions import Region
+
+    regions = [Region("red circle", (0, 0, 0.5, 0.5))]
+    plain = webapp.generate_side_by_side(loaded, LONG, steps=3, seed=7)
+    guided = webapp.generate_side_by_side(loaded, LONG, steps=3, seed=7, regions=regions)
+    assert np.array_equal(np.asarray(plain.base_images[0]), np.asarray(guided.base_images[0]))
+    want = loaded.pipe(LONG, num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(7),
+                       regions=regions).images[0]
+    assert np.array_equal(np.asarray(guided.llm4gen_images[0]), np.asarray(want))
+    assert not np.array_equal(np.asarray(plain.llm4gen_images[0]), np.asarray(want))
+
+
+def test_parse_regions():
+    from llm4gen.regions import Region
+
+    assert webapp.parse_regions("") == webapp.parse_regions(None) == []
+    assert webapp.parse_regions(" red circle: 0,0,0.5,1 \n\n a, b: 0.1,0.2,0.3,0.4") == [
+        Region("red circle", (0, 0, 0.5, 1)), Region("a, b", (0.1, 0.2, 0.3, 0.4))]
+    with pytest.raises(ValueError, match="line 1: A region is PHRASE:X0,Y0,X1,Y1"):
+        webapp.parse_regions("red circle 0,0,1,1")
+    with pytest.raises(ValueError, match="line 2: Region box"):
+        webapp.parse_regions("red: 0,0,1,1\nblue: 0.5,0,0.4,1")
+
+
 def test_model_manager_caches_and_reports(tiny_sd_dir, loaded, tmp_path):
     manager = webapp.ModelManager()
     manager.add(loaded)
@@ -146,7 +172,7 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
     try:
         assert url.startswith("http://127.0.0.1:")
         client = Client(url, verbose=False, download_files=str(tmp_path))
-        base, llm, status = client.predict(loaded.ref, LONG, "", 2, 7.5, 3, 1, api_name="/run")
+        base, llm, status = client.predict(loaded.ref, LONG, "", 2, 7.5, 3, 1, "", api_name="/run")
         assert len(base) == len(llm) == 1 and "seed 3" in status
         from PIL import Image
 
@@ -155,10 +181,21 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
         assert np.array_equal(got, np.asarray(want))
         assert llm[0]["caption"].startswith("LLM4GEN · seed 3 · a small red circle")
         with pytest.raises(Exception) as info:
-            client.predict(str(tmp_path / "no-such-model"), LONG, "", 2, 7.5, 0, 1, api_name="/run")
+            client.predict(str(tmp_path / "no-such-model"), LONG, "", 2, 7.5, 0, 1, "", api_name="/run")
         assert "does not exist" in str(info.value) and "Traceback" not in str(info.value)
         with pytest.raises(Exception, match="prompt is empty"):
-            client.predict(loaded.ref, "  ", "", 2, 7.5, 0, 1, api_name="/run")
+            client.predict(loaded.ref, "  ", "", 2, 7.5, 0, 1, "", api_name="/run")
+        # regions guide the LLM4GEN side exactly as the pipeline's regions= do
+        text = "red circle: 0,0,0.5,0.5\n\n blue square: 0.5,0.5,1,1"
+        base2, llm, status = client.predict(loaded.ref, LONG, "", 2, 7.5, 3, 1, text, api_name="/run")
+        got = np.asarray(Image.open(llm[0]["image"]).convert("RGB"))
+        want = loaded.pipe(LONG, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+                           regions=webapp.parse_regions(text)).images[0]
+        assert np.array_equal(got, np.asarray(want)) and "guided by 2 region(s)" in status
+        assert llm[0]["caption"].startswith("LLM4GEN + 2 region(s) · seed 3")
+        assert Image.open(base2[0]["image"]).tobytes() == Image.open(base[0]["image"]).tobytes()  # base unchanged
+        with pytest.raises(Exception, match="Regions: line 2"):
+            client.predict(loaded.ref, LONG, "", 2, 7.5, 0, 1, "red circle: 0,0,1,1\nred: 0,0", api_name="/run")
     finally:
         demo.close()
 
@@ -173,6 +210,10 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
     props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
     assert (props["steps"]["value"], props["guidance"]["value"]) == (9, 4.5)
     assert props["prompt"]["value"] == webapp.EXAMPLE_PROMPT == DEMO_PROMPTS[1]
+    # the regions box starts empty (the page compares plain renders) and suggests the example's own boxes
+    assert not props["regions"].get("value") and "yellow star: 0.64,0,1,0.36" in props["regions"]["placeholder"]
+    for region in webapp.parse_regions(props["regions"]["placeholder"]):
+        assert region.text in EXAMPLE_TEXT_LOWER
     # `llm4gen app` serves the bundled model with its benchmark's guidance, any other model with 7.5
     served = []
     monkeypatch.setattr(webapp, "launch", lambda *a, **kw: served.append(kw))

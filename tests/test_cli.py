@@ -60,7 +60,6 @@ def test_generate_region_guidance(tiny_sd_dir, tmp_path):
     import torch
 
     from llm4gen import LLM4GenPipeline
-    from llm4gen.cli import parse_region
     from llm4gen.regions import Region
 
     def render(out, *extra):
@@ -79,7 +78,7 @@ def test_generate_region_guidance(tiny_sd_dir, tmp_path):
     assert np.array_equal(np.asarray(got), np.asarray(want))
     assert render(tmp_path / "b").exit_code == 0
     assert Image.open(tmp_path / "b" / "seed0_0000.png").tobytes() != got.tobytes()
-    assert parse_region("a big: red circle : 0, 0.1, 0.5,1") == Region("a big: red circle", (0, 0.1, 0.5, 1))
+    assert Region.parse("a big: red circle : 0, 0.1, 0.5,1") == Region("a big: red circle", (0, 0.1, 0.5, 1))
     for bad, message in [("red circle", "PHRASE:X0,Y0,X1,Y1"), ("red circle:0,0,1", "PHRASE:X0,Y0,X1,Y1"),
                          ("green star:0,0,1,1", "'green star' does not occur"), ("red circle:0,0,2,1", "x1 <= 1")]:
         result = render(tmp_path / "c", "--region", bad)

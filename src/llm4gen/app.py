@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .examples import DEMO_PROMPTS
+from .examples import DEMO_PROMPTS, DEMO_REGIONS
 
 __all__ = [
     "LoadedModel",
@@ -43,6 +43,7 @@ __all__ = [
     "free_port",
     "generate_side_by_side",
     "launch",
+    "parse_regions",
     "load_model",
 ]
 
@@ -256,9 +257,11 @@ def generate_side_by_side(
     height: int | None = None,
     width: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    regions: list[Any] | None = None,
 ) -> SideBySide:
     """Render ``prompt`` with the same seed by the base side and by LLM4GEN; ``progress(done, total, what)`` is
-    called after every denoising step (``total`` counts both renders)."""
+    called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`)
+    guide the LLM4GEN side only (region guidance through the LLM's tokens); the base side stays plain."""
     import torch
 
     from .utils import validate_prompts
@@ -278,6 +281,8 @@ def generate_side_by_side(
                 return cb
 
             kwargs["callback_on_step_end"] = step_end
+        if regions and pipe is model.pipe:
+            kwargs["regions"] = list(regions)
         result = pipe(
             prompt,
             negative_prompt=negative_prompt,
@@ -298,6 +303,25 @@ def generate_side_by_side(
 # it square and inside the frame (the galleries are 420 px high), so the whole image shows without scrolling.
 GALLERY_CSS = ("#base-gallery .thumbnail-lg, #llm4gen-gallery .thumbnail-lg "
                "{max-width: 360px; max-height: 360px; margin: 0 auto;}")
+
+
+# the example prompt's objects and the cells its place words name (llm4gen.examples.DEMO_REGIONS)
+REGION_PLACEHOLDER = "\n".join(f"{phrase}: {','.join(f'{v:g}' for v in box)}" for phrase, box in DEMO_REGIONS[1])
+
+
+def parse_regions(text: str | None) -> list[Any]:
+    """The regions box: one ``phrase: x0,y0,x1,y1`` per line (:meth:`llm4gen.regions.Region.parse`), blank lines
+    skipped; a ValueError naming the line otherwise."""
+    from .regions import Region
+
+    out = []
+    for k, line in enumerate((text or "").splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(Region.parse(line.strip()))
+            except ValueError as err:
+                raise ValueError(f"line {k}: {err}") from None
+    return out
 
 
 def _version_kwargs(target: Any, **candidates: Any) -> dict[str, Any]:
@@ -360,9 +384,13 @@ def build_app(
             return f"❌ {describe_app_error(err, 'loading the model')}"
         return f"Model: `{loaded.ref}` · base side: {loaded.base_source}."
 
-    def run(ref, prompt, negative, steps, guidance, seed, num_images, progress=gr.Progress()):
+    def run(ref, prompt, negative, steps, guidance, seed, num_images, region_text="", progress=gr.Progress()):
         if not prompt or not prompt.strip():
             raise gr.Error("The prompt is empty: describe the image to generate.")
+        try:
+            regions = parse_regions(region_text)
+        except ValueError as err:
+            raise gr.Error(f"Regions: {err}") from None
         progress(0, desc="loading the model")
         try:
             loaded = manager.get(ref)
@@ -379,7 +407,7 @@ def build_app(
         try:
             result = generate_side_by_side(
                 loaded, prompt, negative_prompt=negative, steps=int(steps), guidance=float(guidance),
-                seed=int(seed), num_images=int(num_images),
+                seed=int(seed), num_images=int(num_images), regions=regions,
                 progress=lambda done, total, what: progress(done / total, desc=what),
             )
         except Exception as err:
@@ -387,9 +415,11 @@ def build_app(
         n = len(result.llm4gen_images)
         base_items = [(im, _caption("base (CLIP only)", prompt, int(seed), i, n))
                       for i, im in enumerate(result.base_images)]
-        llm_items = [(im, _caption("LLM4GEN", prompt, int(seed), i, n)) for i, im in enumerate(result.llm4gen_images)]
+        label = f"LLM4GEN + {len(regions)} region(s)" if regions else "LLM4GEN"
+        llm_items = [(im, _caption(label, prompt, int(seed), i, n)) for i, im in enumerate(result.llm4gen_images)]
         status = (f"Generated {n} + {n} image(s) with seed {int(seed)} in {result.seconds:.1f} s. "
-                  f"Base side: {result.base_source}.")
+                  f"Base side: {result.base_source}."
+                  + (f" LLM4GEN side guided by {len(regions)} region(s)." if regions else ""))
         return base_items, llm_items, status
 
     gallery_kwargs = _version_kwargs(
@@ -401,7 +431,8 @@ def build_app(
             f"# {APP_TITLE}\n"
             "The same seed is rendered twice: on the left by the **base** path, which reads the prompt through CLIP "
             "alone (77 tokens), on the right by **LLM4GEN**, which also feeds the language model's reading of the "
-            "whole prompt through the Cross-Adapter. The difference is what the LLM adds."
+            "whole prompt through the Cross-Adapter. The difference is what the LLM adds. Optional **regions** "
+            "hold words of the prompt to boxes on the LLM4GEN side (region guidance)."
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -409,6 +440,9 @@ def build_app(
                                     placeholder="A long, dense description of the image ...")
                 tokens = gr.Markdown(elem_id="token-info")
                 negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+                region_box = gr.Textbox(
+                    label="Regions for the LLM4GEN side (optional): one 'phrase: x0,y0,x1,y1' per line, fractions "
+                          "of the image, y down", lines=2, elem_id="regions", placeholder=REGION_PLACEHOLDER)
             with gr.Column(scale=2):
                 model_box = gr.Dropdown(choices=choices, value=default_ref or None, allow_custom_value=True,
                                         label="Model (LLM4GEN folder or hub id)", elem_id="model")
@@ -429,7 +463,7 @@ def build_app(
         prompt.change(token_info, [model_box, prompt], tokens, show_progress="hidden", trigger_mode="always_last")
         model_box.change(model_info, model_box, info).then(token_info, [model_box, prompt], tokens)
         demo.load(model_info, model_box, info).then(token_info, [model_box, prompt], tokens)
-        button.click(run, [model_box, prompt, negative, steps, guidance, seed, num_images],
+        button.click(run, [model_box, prompt, negative, steps, guidance, seed, num_images, region_box],
                      [base_gallery, llm_gallery, status])
     return demo
 
@@ -585,8 +619,11 @@ def drive_browser(
             # the whole page, not just the first window: grow the window to the page's height first
             height = int(driver.execute_script(
                 "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"))
-            if height > window[1]:
-                driver.set_window_size(window[0], height + 20)
+            for _ in range(3):  # the window's own frame takes some of its height: grow until the viewport fits
+                inner = int(driver.execute_script("return window.innerHeight"))
+                if inner >= height:
+                    break
+                driver.set_window_size(window[0], int(driver.get_window_size()["height"]) + height - inner + 20)
                 time.sleep(0.5)
             out["page_height"] = height
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)

@@ -85,20 +85,6 @@ def _save_images(images, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def parse_region(text: str):
-    """``"red circle:0,0,0.4,0.4"`` -> ``Region("red circle", (0, 0, 0.4, 0.4))``; a ValueError naming the form."""
-    from .regions import Region
-
-    phrase, sep, box = text.rpartition(":")
-    try:
-        values = tuple(float(v) for v in box.split(","))
-    except ValueError:
-        values = ()
-    if not sep or not phrase.strip() or len(values) != 4:
-        raise ValueError(f"--region takes PHRASE:X0,Y0,X1,Y1 such as 'red circle:0,0,0.4,0.4'; got {text!r}.")
-    return Region(phrase.strip(), values)
-
-
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt; long, dense descriptions are welcome."),
@@ -140,7 +126,9 @@ def generate(
     guidance = _guidance_or_default(guidance, model)
     model = _model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
-        regions = [parse_region(r) for r in region]
+        from .regions import Region
+
+        regions = [Region.parse(r) for r in region]
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)

@@ -72,6 +72,19 @@ class Region:
         if bool(self.text and self.text.strip()) == bool(spans):
             raise ValueError("A Region needs either a phrase (text) or character spans of the prompt, not both.")
 
+    @classmethod
+    def parse(cls, text: str) -> Region:
+        """``"red circle: 0, 0, 0.4, 0.4"`` (``PHRASE:X0,Y0,X1,Y1``, the command line's and the app's form) ->
+        ``Region("red circle", (0, 0, 0.4, 0.4))``; a ValueError naming the form otherwise."""
+        phrase, sep, box = text.rpartition(":")
+        try:
+            values = tuple(float(v) for v in box.split(","))
+        except ValueError:
+            values = ()
+        if not sep or not phrase.strip() or len(values) != 4:
+            raise ValueError(f"A region is PHRASE:X0,Y0,X1,Y1 such as 'red circle:0,0,0.4,0.4'; got {text!r}.")
+        return cls(phrase.strip(), values)
+
 
 def box_cover(box: Sequence[float], rows: int, cols: int | None = None) -> torch.Tensor:
     """Per cell of a ``rows`` x ``cols`` grid over the image (``cols`` defaults to ``rows``; flattened row-major, y
