@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .training.losses import AttentionStore, _StoringProcessor
+from .training.losses import AttentionStore, _StoringProcessor, cover_share
 
 __all__ = ["GUIDED_TOKENS", "Region", "RegionGuidance", "attention_grid", "box_cover", "region_loss", "region_spans",
            "span_tokens"]
@@ -149,17 +149,15 @@ def region_loss(maps: Sequence[torch.Tensor], rows: Sequence[tuple[int, int, int
     total = torch.zeros(batch, device=device)
     if not maps or not rows:
         return total
+    tokens = [(b, t) for b, t, _ in rows]
     b_idx = torch.tensor([r[0] for r in rows], device=device)
-    t_idx = torch.tensor([r[1] for r in rows], device=device)
     r_idx = torch.tensor([r[2] for r in rows], device=device)
     per_image = torch.zeros(batch, device=device).index_add_(0, b_idx, torch.ones(len(rows), device=device))
     for m in maps:
         if m.shape[1] not in covers:
             raise ValueError(f"region_loss has no box covers for a layer of {m.shape[1]} positions (covers for "
                              f"{sorted(covers)}).")
-        p = m.float()[b_idx, :, t_idx]
-        p = p / p.sum(-1, keepdim=True).clamp_min(eps)
-        outside = 1.0 - (p * covers[m.shape[1]].to(device)[r_idx]).sum(-1)
+        outside = 1.0 - cover_share(m, tokens, covers[m.shape[1]].to(device)[r_idx], eps)
         total = total + torch.zeros(batch, device=device).index_add(0, b_idx, outside) / per_image.clamp_min(1)
     return total / len(maps)
 
@@ -206,6 +204,7 @@ class RegionGuidance:
             max_resolution = 32 if self.xl else 16
         self.store = AttentionStore(max_resolution)  # the conditional pass's cross-attention, while active
         self.losses: list[tuple[int, float]] = []
+        self._covers: dict[tuple[int, int, int], torch.Tensor] = {}  # (positions, latent h, w) -> [boxes, positions]
         self._rows: list[tuple[int, int, int]] | None = None
         self._boxes = [region.box for rs in self.regions for region in rs]  # one per (image, region)
         firsts = [0]
@@ -287,8 +286,11 @@ class RegionGuidance:
                                f"{self.store.max_tokens} positions; is this an SD1.x-style UNet?")
         covers = {}
         for hw in {m.shape[1] for m in maps}:
-            grid = attention_grid(hw, *latents.shape[-2:])
-            covers[hw] = torch.stack([box_cover(box, *grid) for box in self._boxes])
+            key = (hw, *latents.shape[-2:])
+            if key not in self._covers:  # the same every guided step: built once
+                grid = attention_grid(hw, *latents.shape[-2:])
+                self._covers[key] = torch.stack([box_cover(box, *grid) for box in self._boxes])
+            covers[hw] = self._covers[key]
         return region_loss(maps, self._rows, covers, latents.shape[0])
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
