@@ -1,18 +1,20 @@
 """Does region guidance make a ShapesWorld model draw what its dense prompts say? Both arms, with and without it.
 
 Region guidance (``llm4gen.regions``) moves the latents during the first denoising steps so that each named object's
-words attend inside a box. Here each object's box is the cell of the 3x3 grid that its place phrase names ("in the
-upper right corner" -> the upper right ninth) and its words are every mention of it by colour and noun
-(``llm4gen.eval.shapes_bench.scene_regions``): what the prompt says, not where the scene put the object. The script
-renders the headline benchmark's held-out prompts from the same noise (25 DPM-Solver++ steps, guidance 5) four
-times: the base arm and the llm4gen arm, each without and with region guidance (the base arm guides its CLIP tokens,
-the llm4gen arm ``--tokens``, default the CAM's), scores every image exactly and reports each arm with 95% bootstrap
-intervals and the paired differences: guidance on each arm, and llm4gen against base when both are guided.
+words attend inside a box. With ``--boxes scene`` (the default) each object's box is the cell of the 3x3 grid that its
+place phrase names ("in the upper right corner" -> the upper right ninth) and its words are every mention of it by
+colour and noun (``llm4gen.eval.shapes_bench.scene_regions``): what the prompt says, not where the scene put the
+object. With ``--boxes planned`` the regions come from the caption's words alone (``llm4gen.layout.plan_regions``,
+as ``regions="auto"`` plans them); ``--boxes scene planned`` runs both. The script renders the headline benchmark's
+held-out prompts from the same noise (25 DPM-Solver++ steps, guidance 5) without and with region guidance, for the
+base arm and the llm4gen arm (the base arm guides its CLIP tokens, the llm4gen arm ``--tokens``, default the CAM's),
+scores every image exactly and reports each arm with 95% bootstrap intervals and the paired differences: guidance on
+each arm, llm4gen against base when both are guided, and planned against scene boxes when both are run.
 
     python benchmarks/region_guidance.py --model models/default
 
 Images and the full results.json go to ``--work``; prints a table and writes JSON (default
-benchmarks/results/region_guidance.json) and a bar chart of the four arms (``.png`` beside it).
+benchmarks/results/region_guidance.json) and a bar chart of the arms (``.png`` beside it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.1, help="RMS change of the latents per guided step")
     ap.add_argument("--steps", type=int, default=10, help="guided denoising steps (the first ones)")
     ap.add_argument("--tokens", default="llm", choices=("llm", "clip", "both"), help="the llm4gen arm's guided tokens")
+    ap.add_argument("--boxes", nargs="+", default=["scene"], choices=("scene", "planned"),
+                    help="where the boxes come from: the scene's cells as its caption names them (scene_regions), "
+                         "and/or llm4gen.layout.plan_regions on the caption's words alone (planned_regions)")
     ap.add_argument("--no-base", action="store_true", help="leave out the base arm (base_unet/) and its guided twin")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
@@ -57,6 +62,7 @@ def main() -> None:
         length_bucket,
         load_arm,
         paired_difference,
+        planned_regions,
         plot_quality,
         run_quality_benchmark,
         scene_regions,
@@ -66,7 +72,11 @@ def main() -> None:
         cfg = QualityConfig(num_prompts=args.prompts, batch_size=args.batch_size, bootstrap=args.bootstrap)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    regions = {text: scene_regions(text, scene) for text, scene in benchmark_prompts(cfg)}
+    prompts = benchmark_prompts(cfg)
+    boxes = list(dict.fromkeys(args.boxes))
+    regions = {"scene": {text: scene_regions(text, scene) for text, scene in prompts},
+               "planned": {text: planned_regions(text) for text, _ in prompts}}
+    suffix = {"scene": " + regions", "planned": " + planned regions"}
     arms: dict = {}
     base_dir = None if args.no_base else base_unet_dir(args.model)
     if not args.no_base and base_dir is None:
@@ -74,18 +84,22 @@ def main() -> None:
     if base_dir is not None:
         base = load_arm(args.model, base_dir)
         arms["base"] = base
-        arms["base + regions"] = RegionArm(base, regions, args.scale, args.steps, tokens="clip")
+        for b in boxes:
+            arms["base" + suffix[b]] = RegionArm(base, regions[b], args.scale, args.steps, tokens="clip")
     llm4gen = load_arm(args.model)
     arms["llm4gen"] = llm4gen
-    arms["llm4gen + regions"] = RegionArm(llm4gen, regions, args.scale, args.steps, tokens=args.tokens)
+    for b in boxes:
+        arms["llm4gen" + suffix[b]] = RegionArm(llm4gen, regions[b], args.scale, args.steps, tokens=args.tokens)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CLIP's window ends before many regions of dense prompts: that is measured
         report = run_quality_benchmark(arms, args.work, cfg, progress=True)
 
-    pairs = [("llm4gen", "llm4gen + regions")]
-    if base_dir is not None:
-        pairs = [("base", "base + regions"), *pairs, ("base + regions", "llm4gen + regions")]
+    pairs = [(arm, arm + suffix[b]) for arm in (["base"] if base_dir is not None else []) + ["llm4gen"]
+             for b in boxes]
+    pairs += [("base" + suffix[b], "llm4gen" + suffix[b]) for b in boxes if base_dir is not None]
+    if len(boxes) == 2:
+        pairs += [(arm + suffix["scene"], arm + suffix["planned"]) for arm in ("base", "llm4gen") if arm in arms]
     results = report["results"]
     differences = {
         f"{after} - {before}": {bucket: {m: paired_difference(length_bucket(results[before], bucket),
@@ -94,9 +108,10 @@ def main() -> None:
                                 for bucket in LENGTH_BUCKETS}
         for before, after in pairs
     }
-    guided = sum(1 for rs in regions.values() if rs)
+    guided = {b: sum(1 for rs in regions[b].values() if rs) for b in boxes}
     table = Table(title=f"{args.model}: region guidance (scale {args.scale:g}, {args.steps} steps) on "
-                        f"{args.prompts} held-out dense prompts ({guided} with regions): % [95% CI]")
+                        f"{args.prompts} held-out dense prompts (with regions: "
+                        f"{', '.join(f'{n} {b}' for b, n in guided.items())}): % [95% CI]")
     table.add_column("arm / paired difference")
     for m in SHOWN:
         table.add_column(m.replace("_", "-"), justify="right")
@@ -110,7 +125,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "model": str(args.model), "prompts": args.prompts, "prompts_with_regions": guided,
+        "model": str(args.model), "prompts": args.prompts, "boxes": boxes,
+        "prompts_with_regions": guided[boxes[0]] if len(boxes) == 1 else guided,
+        "regions": {b: sum(len(regions[b][text]) for text, _ in prompts) for b in boxes},
         "scale": args.scale, "steps": args.steps, "llm4gen_tokens": args.tokens, "config": report["config"],
         "arms": list(arms), "render_seconds": report["render_seconds"], "summary": report["summary"],
         "differences": differences, "binding_breakdown": report["binding_breakdown"],

@@ -147,6 +147,7 @@ def test_parse_regions():
     from llm4gen.regions import Region
 
     assert webapp.parse_regions("") == webapp.parse_regions(None) == []
+    assert webapp.parse_regions(" Auto \n") == "auto"
     assert webapp.parse_regions(" red circle: 0,0,0.5,1 \n\n a, b: 0.1,0.2,0.3,0.4") == [
         Region("red circle", (0, 0, 0.5, 1)), Region("a, b", (0.1, 0.2, 0.3, 0.4))]
     with pytest.raises(ValueError, match="line 1: A region is PHRASE:X0,Y0,X1,Y1"):
@@ -194,6 +195,16 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
         assert np.array_equal(got, np.asarray(want)) and "guided by 2 region(s)" in status
         assert llm[0]["caption"].startswith("LLM4GEN + 2 region(s) · seed 3")
         assert Image.open(base2[0]["image"]).tobytes() == Image.open(base[0]["image"]).tobytes()  # base unchanged
+        # "auto": the boxes the planner reads from the prompt's place words
+        base3, llm, status = client.predict(loaded.ref, LONG, "", 2, 7.5, 3, 1, " auto ", api_name="/run")
+        from llm4gen.layout import plan_regions
+
+        planned = plan_regions(LONG)
+        want = loaded.pipe(LONG, num_inference_steps=2, generator=torch.Generator().manual_seed(3),
+                           regions=planned).images[0]
+        got = np.asarray(Image.open(llm[0]["image"]).convert("RGB"))
+        assert np.array_equal(got, np.asarray(want)) and f"guided by {len(planned)} region(s)" in status
+        assert len(planned) == 4
         with pytest.raises(Exception, match="Regions: line 2"):
             client.predict(loaded.ref, LONG, "", 2, 7.5, 0, 1, "red circle: 0,0,1,1\nred: 0,0", api_name="/run")
     finally:
@@ -210,9 +221,11 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
     props = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]}
     assert (props["steps"]["value"], props["guidance"]["value"]) == (9, 4.5)
     assert props["prompt"]["value"] == webapp.EXAMPLE_PROMPT == DEMO_PROMPTS[1]
-    # the regions box starts empty (the page compares plain renders) and suggests the example's own boxes
-    assert not props["regions"].get("value") and "yellow star: 0.64,0,1,0.36" in props["regions"]["placeholder"]
-    for region in webapp.parse_regions(props["regions"]["placeholder"]):
+    # the regions box starts empty (the page compares plain renders) and suggests "auto" or the example's own boxes
+    placeholder = props["regions"]["placeholder"]
+    assert not props["regions"].get("value") and placeholder.startswith("auto")
+    assert "yellow star: 0.64,0,1,0.36" in placeholder
+    for region in webapp.parse_regions(placeholder.split("\n", 1)[1]):
         assert region.text in EXAMPLE_TEXT_LOWER
     # `llm4gen app` serves the bundled model with its benchmark's guidance, any other model with 7.5
     served = []

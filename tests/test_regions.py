@@ -344,14 +344,18 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
     out = tmp_path / "rg.json"
     _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
                 "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
-                "--out", str(out))
+                "--out", str(out), "--boxes", "scene", "planned")
     report = json.loads(out.read_text())
     run = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert report["arms"] == ["base", "base + regions", "llm4gen", "llm4gen + regions"]
+    assert report["arms"] == ["base", "base + regions", "base + planned regions", "llm4gen", "llm4gen + regions",
+                              "llm4gen + planned regions"]
     assert out.with_suffix(".png").stat().st_size > 0 and "llm4gen + regions - llm4gen" in capsys.readouterr().out
     for name, (before, after) in {"llm4gen + regions - llm4gen": ("llm4gen", "llm4gen + regions"),
                                   "base + regions - base": ("base", "base + regions"),
-                                  "llm4gen + regions - base + regions": ("base + regions", "llm4gen + regions")
+                                  "llm4gen + regions - base + regions": ("base + regions", "llm4gen + regions"),
+                                  "llm4gen + planned regions - llm4gen": ("llm4gen", "llm4gen + planned regions"),
+                                  "llm4gen + planned regions - llm4gen + regions": ("llm4gen + regions",
+                                                                                    "llm4gen + planned regions"),
                                   }.items():
         for metric in ("colour", "count", "all_correct"):
             want = np.mean([b[metric] - a[metric] for a, b in zip(run["results"][before], run["results"][after])])
@@ -360,6 +364,8 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
     # these dense captions name their objects, so the base arm has nothing to guide)
     assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
         (tmp_path / "work" / "llm4gen + regions" / "00000.png").read_bytes()
+    # the planner's regions (words alone) cover at least the scene's: every object these captions name
+    assert report["regions"]["planned"] >= report["regions"]["scene"] > 0
     with pytest.raises(SystemExit, match="no base arm"):
         shutil.rmtree(model / "base_unet")
         _run_script("region_guidance", monkeypatch, "--model", str(model), "--out", str(out))
@@ -392,22 +398,3 @@ def test_region_guidance_moves_the_bundled_models_objects_into_their_boxes():
 
     guided, plain = placed(regions=regions), placed()
     assert guided == 4 and plain < guided
-
-
-def test_demo_regions_box_each_object_in_the_cell_its_words_name():
-    """DEMO_REGIONS (the demo's third column) are the prompts' own place words: each phrase occurs in its prompt, and
-    its box is the cell whose place phrase follows it in the same clause."""
-    import re
-
-    from llm4gen.data.shapes import POSITION_CELLS, place_phrase
-    from llm4gen.eval.shapes import cell_box
-    from llm4gen.examples import DEMO_PROMPTS, DEMO_REGIONS
-
-    assert len(DEMO_REGIONS) == len(DEMO_PROMPTS)
-    for prompt, regions in zip(DEMO_PROMPTS, DEMO_REGIONS):
-        for phrase, box in regions:
-            start = region_spans(prompt, Region(phrase, box))[0][0]
-            clause = re.split(r"\. | and a ", prompt[start:])[0]
-            named = [c for c in POSITION_CELLS if place_phrase(c) in clause]
-            assert len(named) == 1, (phrase, clause)
-            assert box == pytest.approx(cell_box(named[0])), (phrase, named)

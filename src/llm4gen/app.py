@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .examples import DEMO_PROMPTS, DEMO_REGIONS
+from .examples import DEMO_PROMPTS
 
 __all__ = [
     "LoadedModel",
@@ -257,11 +257,12 @@ def generate_side_by_side(
     height: int | None = None,
     width: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-    regions: list[Any] | None = None,
+    regions: list[Any] | str | None = None,
 ) -> SideBySide:
     """Render ``prompt`` with the same seed by the base side and by LLM4GEN; ``progress(done, total, what)`` is
-    called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`)
-    guide the LLM4GEN side only (region guidance through the LLM's tokens); the base side stays plain."""
+    called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`, or
+    ``"auto"``: planned from the prompt) guide the LLM4GEN side only (region guidance through the LLM's tokens); the
+    base side stays plain."""
     import torch
 
     from .utils import validate_prompts
@@ -282,7 +283,7 @@ def generate_side_by_side(
 
             kwargs["callback_on_step_end"] = step_end
         if regions and pipe is model.pipe:
-            kwargs["regions"] = list(regions)
+            kwargs["regions"] = regions if isinstance(regions, str) else list(regions)
         result = pipe(
             prompt,
             negative_prompt=negative_prompt,
@@ -305,15 +306,18 @@ GALLERY_CSS = ("#base-gallery .thumbnail-lg, #llm4gen-gallery .thumbnail-lg "
                "{max-width: 360px; max-height: 360px; margin: 0 auto;}")
 
 
-# the example prompt's objects and the cells its place words name (llm4gen.examples.DEMO_REGIONS)
-REGION_PLACEHOLDER = "\n".join(f"{phrase}: {','.join(f'{v:g}' for v in box)}" for phrase, box in DEMO_REGIONS[1])
+# "auto", or boxes by hand: the example prompt's objects and the cells its place words name
+REGION_PLACEHOLDER = "auto - or by hand, one per line:\nyellow star: 0.64,0,1,0.36\ngreen square: 0,0.64,0.36,1"
 
 
-def parse_regions(text: str | None) -> list[Any]:
-    """The regions box: one ``phrase: x0,y0,x1,y1`` per line (:meth:`llm4gen.regions.Region.parse`), blank lines
-    skipped; a ValueError naming the line otherwise."""
+def parse_regions(text: str | None) -> list[Any] | str:
+    """The regions box: ``auto`` (boxes planned from the prompt's own place words, :func:`llm4gen.layout.plan_regions`)
+    or one ``phrase: x0,y0,x1,y1`` per line (:meth:`llm4gen.regions.Region.parse`), blank lines skipped; a
+    ValueError naming the line otherwise."""
     from .regions import Region
 
+    if (text or "").strip().lower() == "auto":
+        return "auto"
     out = []
     for k, line in enumerate((text or "").splitlines(), start=1):
         if line.strip():
@@ -391,6 +395,13 @@ def build_app(
             regions = parse_regions(region_text)
         except ValueError as err:
             raise gr.Error(f"Regions: {err}") from None
+        if regions == "auto":
+            from .layout import plan_regions
+
+            regions = plan_regions(prompt)
+            if not regions:
+                gr.Warning("Regions 'auto': the prompt names no place for anything ('on the left', 'in the upper "
+                           "right corner', 'a dog to the left of a cat'); the LLM4GEN side is not guided.")
         progress(0, desc="loading the model")
         try:
             loaded = manager.get(ref)
@@ -432,7 +443,8 @@ def build_app(
             "The same seed is rendered twice: on the left by the **base** path, which reads the prompt through CLIP "
             "alone (77 tokens), on the right by **LLM4GEN**, which also feeds the language model's reading of the "
             "whole prompt through the Cross-Adapter. The difference is what the LLM adds. Optional **regions** "
-            "hold words of the prompt to boxes on the LLM4GEN side (region guidance)."
+            "hold words of the prompt to boxes on the LLM4GEN side (region guidance); `auto` plans them from the "
+            "prompt's place words."
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -441,8 +453,8 @@ def build_app(
                 tokens = gr.Markdown(elem_id="token-info")
                 negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
                 region_box = gr.Textbox(
-                    label="Regions for the LLM4GEN side (optional): one 'phrase: x0,y0,x1,y1' per line, fractions "
-                          "of the image, y down", lines=2, elem_id="regions", placeholder=REGION_PLACEHOLDER)
+                    label="Regions for the LLM4GEN side (optional): 'auto', or one 'phrase: x0,y0,x1,y1' per line, "
+                          "fractions of the image, y down", lines=2, elem_id="regions", placeholder=REGION_PLACEHOLDER)
             with gr.Column(scale=2):
                 model_box = gr.Dropdown(choices=choices, value=default_ref or None, allow_custom_value=True,
                                         label="Model (LLM4GEN folder or hub id)", elem_id="model")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .examples import DEMO_PROMPTS, DEMO_REGIONS
+from .examples import DEMO_PROMPTS
 
 app = typer.Typer(
     name="llm4gen",
@@ -115,6 +116,10 @@ def generate(
         [], "--region", metavar="PHRASE:X0,Y0,X1,Y1",
         help="Region guidance: draw PHRASE (words of the prompt) inside the box, in fractions of the image with y "
              "down, e.g. --region 'red circle:0,0,0.4,0.4'. Repeatable."),
+    auto_regions: bool = typer.Option(
+        False, "--auto-regions",
+        help="Region guidance with boxes planned from the prompt's own place words ('a red cube on the left', "
+             "'in the upper right corner', 'a dog to the left of a cat'); prints them. Not with --region."),
     region_scale: float = typer.Option(
         0.1, "--region-scale", min=0.0, help="Region guidance: RMS change of the latents per guided step."),
     region_steps: int = typer.Option(10, "--region-steps", min=0, help="Region guidance: how many first steps."),
@@ -128,7 +133,11 @@ def generate(
     try:
         from .regions import Region
 
-        regions = [Region.parse(r) for r in region]
+        regions: Any = [Region.parse(r) for r in region]
+        if auto_regions:
+            if regions:
+                raise ValueError("Give either --region boxes or --auto-regions, not both.")
+            regions = _print_planned_regions(prompt)
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)
@@ -154,6 +163,19 @@ def generate(
         typer.echo(str(p))
 
 
+def _print_planned_regions(prompt: str) -> list[Any]:
+    """``--auto-regions``: the regions :func:`llm4gen.layout.plan_regions` reads from ``prompt``, printed."""
+    from .layout import plan_regions, region_words
+
+    planned = plan_regions(prompt)
+    if not planned:
+        console.print("[yellow]--auto-regions: the prompt names no place for anything ('on the left', 'in the upper "
+                      "right corner', 'a dog to the left of a cat'); sampling without region guidance.[/yellow]")
+    for r in planned:
+        console.print(f"region: {region_words(prompt, r)!r} in box ({', '.join(f'{v:.2f}' for v in r.box)})")
+    return planned
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", "-o", help="Folder for the PNGs and the grid."),
@@ -165,9 +187,9 @@ def demo(
 
     Uses the bundled default model (models/default) and renders each prompt side by side with its base arm (the same
     recipe trained on CLIP only, models/default/base_unet) from the same noise, and a third time with region
-    guidance: boxes for each object from the prompt's place words (``llm4gen.examples.DEMO_REGIONS``). Without a
-    bundled model it builds a tiny random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its
-    images are noise.
+    guidance: boxes for each object planned from the prompt's own place words (``llm4gen.layout.plan_regions`` on
+    ShapesWorld's grid, ``llm4gen.eval.shapes_bench.planned_regions``). Without a bundled model it builds a tiny
+    random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its images are noise.
     """
     import torch
 
@@ -202,9 +224,9 @@ def demo(
             arm.set_progress_bar_config(disable=True)
             extra = {}
             if name.endswith("regions"):
-                from .regions import Region
+                from .eval.shapes_bench import planned_regions
 
-                extra["regions"] = [Region(phrase, box) for phrase, box in DEMO_REGIONS[i]]
+                extra["regions"] = planned_regions(prompt)
             image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
                         **extra).images[0]
             path = out / f"demo_{i:02d}_{name.split(' (')[0].replace(' + ', '_')}.png"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DEMO_PROMPTS", "DEMO_REGIONS"]
+__all__ = ["DEMO_PROMPTS"]
 
 # In ShapesWorld's vocabulary (the bundled model's world); the last two run past CLIP's 77 tokens
 DEMO_PROMPTS = [
@@ -18,13 +18,4 @@ DEMO_PROMPTS = [
     "in the scene. A large red star sits on the left side, halfway down. A small cyan ring sits in the upper right "
     "corner. A large purple triangle sits near the bottom edge, horizontally centred. The red star is to the left of "
     "the purple triangle.",
-]
-
-# For region guidance (llm4gen.regions): per demo prompt, each object's words and the box (x0, y0, x1, y1; fractions
-# of the image, y down) of the 3x3 cell its place words name, as llm4gen.eval.shapes.cell_box gives it
-_L, _H = 0.36, 0.64  # ShapesWorld's cell edges (llm4gen.data.shapes.REGION_EDGES)
-DEMO_REGIONS = [
-    [("large red circle", (0.0, 0.0, _L, _L)), ("small blue square", (_H, _H, 1.0, 1.0))],
-    [("yellow star", (_H, 0.0, 1.0, _L)), ("green square", (0.0, _H, _L, 1.0))],
-    [("red star", (0.0, _L, _L, _H)), ("cyan ring", (_H, 0.0, 1.0, _L)), ("purple triangle", (_L, _H, _H, 1.0))],
 ]

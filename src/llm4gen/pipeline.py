@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,12 +212,17 @@ class _LLM4GenMixin:
         ``regions`` (a list of :class:`~llm4gen.regions.Region`, words + box, for one prompt, or one list per prompt)
         steer where those words are drawn by region guidance (:mod:`llm4gen.regions`): after each of the first
         ``region_guidance_steps`` steps the latents move by an RMS of ``region_guidance_scale`` to pull the phrase's
-        attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box.
+        attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box. ``regions="auto"`` plans
+        the boxes from each prompt's own place words (:func:`llm4gen.layout.plan_regions`; a prompt that places
+        nothing is sampled unguided, with a warning).
         """
         if prompt is None and kwargs.get("prompt_embeds") is None:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
         if prompt is not None:
             validate_prompts(prompt, "prompt")
+        if isinstance(regions, str) and prompt is not None:
+            regions = _planned_regions([prompt] if isinstance(prompt, str) else list(prompt), regions)
+            regions = regions if any(regions) else None
         with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
             if not regions:
                 return super().__call__(prompt, *args, **kwargs)
@@ -234,6 +240,9 @@ class _LLM4GenMixin:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
                              "`prompt_embeds`.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if isinstance(regions, str):
+            raise ValueError(f"regions must be a list of Region, one such list per prompt, or \"auto\"; got "
+                             f"{regions!r}.")
         regions = [regions] if isinstance(regions, Region) else list(regions)
         if all(isinstance(r, Region) for r in regions):
             if len(prompts) != 1:
@@ -646,3 +655,18 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         return self.encode_prompt(
             prompt, None, device, 1, do_classifier_free_guidance, negative_prompt, clip_skip=clip_skip
         )
+
+
+def _planned_regions(prompts: list[str], mode: str) -> list[list[Any]]:
+    """``regions="auto"``: each prompt's regions from its own words (:func:`llm4gen.layout.plan_regions`)."""
+    if mode != "auto":
+        raise ValueError(f"regions must be a list of Region, one such list per prompt, or \"auto\"; got {mode!r}.")
+    from .layout import plan_regions
+
+    planned = [plan_regions(p) for p in prompts]
+    empty = [i for i, rs in enumerate(planned) if not rs]
+    if empty:
+        warnings.warn(f"regions=\"auto\": prompt(s) {empty} name no place for anything (\"on the left\", \"in the "
+                      "upper right corner\", \"a dog to the left of a cat\"); sampled without region guidance.",
+                      stacklevel=4)
+    return planned

@@ -52,6 +52,7 @@ __all__ = [
     "load_with_tokenizers",
     "metric_summary",
     "paired_difference",
+    "planned_regions",
     "plot_quality",
     "position_breakdown",
     "quality_bars",
@@ -161,6 +162,17 @@ def scene_regions(text: str, scene: Any) -> list[Any]:
         spans.setdefault(k, []).extend([ent, *attrs])
     return [Region(None, cell_box(position_region(scene.objects[k].x, scene.objects[k].y)),
                    spans=tuple(sorted(set(spans[k])))) for k in sorted(spans)]
+
+
+def planned_regions(text: str) -> list[Any]:
+    """Region guidance's regions for a ShapesWorld caption from its words alone: :func:`llm4gen.layout.plan_regions`
+    on ShapesWorld's 3x3 grid (:data:`~llm4gen.data.shapes.REGION_EDGES`) with its nouns' synonyms ("round disc",
+    "plus sign"). Unlike :func:`scene_regions` it needs no scene: it is what a user's prompt gives."""
+    from ..data.shapes import REGION_EDGES
+    from ..layout import plan_regions
+    from ..training.data import _NOUN_SHAPES
+
+    return plan_regions(text, edges=REGION_EDGES, synonyms=_NOUN_SHAPES)
 
 
 class RegionArm:
