@@ -158,6 +158,14 @@ def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monk
     assert not np.array_equal(b, np.asarray(Image.open(guided[0])))  # the third column is guided
     with Image.open(out / "grid.png") as grid:
         assert grid.size[0] >= 3 * 256
+        # the grid's third column shows the guided image with the planned boxes drawn on it
+        from llm4gen.eval.shapes_bench import planned_regions
+        from llm4gen.images import draw_regions
+        from llm4gen.layout import region_words
+
+        boxes = [(region_words(DEMO_PROMPTS[0], r), r.box) for r in planned_regions(DEMO_PROMPTS[0])]
+        drawn = draw_regions(Image.open(guided[0]), boxes).resize((256, 256), Image.NEAREST)
+        assert len(boxes) == 2 and np.array_equal(np.asarray(grid.convert("RGB"))[:256, 512:768], np.asarray(drawn))
 
 
 def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):

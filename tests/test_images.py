@@ -52,3 +52,36 @@ def test_images_from_pixels_inverts_pixels_from_uint8_and_clamps():
 
     out = images_from_pixels(torch.tensor([-3.0, 0.0, 2.0]).view(1, 3, 1, 1))[0]
     assert np.asarray(out)[0, 0].tolist() == [0, 128, 255]  # out of range clamps; 0 is mid-grey (127.5 rounds to 128)
+
+
+def test_draw_regions_outlines_each_box_where_its_fractions_say():
+    from llm4gen.images import REGION_COLOURS, draw_regions
+
+    image = Image.new("RGB", (50, 100), (255, 255, 255))  # scaled to 128 x 256: the longer side to 256
+    out = draw_regions(image, [("red cube", (0.0, 0.0, 0.5, 0.25)), ("blue ball", (0.5, 0.5, 1.0, 1.0))],
+                       width=2)
+    assert out.size == (128, 256) and image.getpixel((0, 0)) == (255, 255, 255)  # a copy
+    px = np.asarray(out)
+    first, second = REGION_COLOURS[0], REGION_COLOURS[1]
+    # box 1 spans x 0..63, y 0..63 (by hand: 0.5 * 128 = 64, 0.25 * 256 = 64); its outline is 2 px inside
+    assert tuple(px[40, 0]) == tuple(px[40, 63]) == tuple(px[0, 40]) == tuple(px[63, 40]) == first
+    assert tuple(px[40, 1]) == first and tuple(px[40, 2]) == (255, 255, 255)
+    assert tuple(px[64, 40]) == (255, 255, 255) and tuple(px[40, 64]) == (255, 255, 255)  # just outside
+    # box 2 spans x 64..127, y 128..255
+    assert tuple(px[200, 64]) == tuple(px[200, 127]) == tuple(px[128, 100]) == tuple(px[255, 100]) == second
+    assert tuple(px[127, 100]) == (255, 255, 255) and tuple(px[200, 63]) == (255, 255, 255)
+    # the labels: black text on a tag of the box's colour inside the box's upper left corner (the text anti-aliased
+    # between the two, so a channel that is 0 in the colour stays 0)
+    for area, colour in ((px[2:14, 2:40], first), (px[130:142, 66:110], second)):
+        pixels = area.reshape(-1, 3).astype(int)
+        tag = (pixels == colour).all(axis=1)
+        text = pixels.sum(axis=1) < sum(colour) - 150
+        assert tag.sum() > 100 and text.sum() > 20
+        assert (pixels[:, np.array(colour) == 0] == 0).all()
+    # a label at the right edge moves left to stay in the image
+    edge = np.asarray(draw_regions(image, [("a long label here", (0.9, 0.0, 1.0, 0.5))]))
+    assert (edge[4:12, 80:127] == REGION_COLOURS[0]).all(axis=-1).sum() > 100
+    # size=None keeps the image's own size
+    assert draw_regions(image, [("a", (0, 0, 1, 1))], size=None).size == (50, 100)
+    with pytest.raises(ValueError, match="for 'bad'.*0 <= x0 < x1 <= 1"):
+        draw_regions(image, [("bad", (0.5, 0, 0.4, 1))])

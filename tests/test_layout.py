@@ -47,6 +47,8 @@ def box(x0, y0, x1, y1):
     ("a ball under a table", [("ball", box(0, 0.5, 1, 1)), ("table", box(0, 0, 1, 0.5))]),
     ("a girl on the top of a bowl", [("girl", box(0, 0, 1, 0.5)), ("bowl", box(0, 0.5, 1, 1))]),
     ("a man on the bottom of a bench", [("man", box(0, 0.5, 1, 1)), ("bench", box(0, 0, 1, 0.5))]),
+    ("a dog next to a wooden chair", [("dog", box(0, 0, 0.5, 1)), ("wooden chair", box(0.5, 0, 1, 1))]),
+    ("A red apple sits beside a green pear.", [("red apple", box(0, 0, 0.5, 1)), ("green pear", box(0.5, 0, 1, 1))]),
     # "the centre" is no thing; a relation needs its things close by: the star and "the triangle" are, the
     # triangle and the star before it are not
     ("a green triangle below the centre pointing up, and a yellow star floating just above the triangle",
@@ -184,6 +186,13 @@ def test_generate_auto_regions(tiny_sd_dir, tmp_path):
     want = pipe(prompt, num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                 regions=plan_regions(prompt), region_guidance_scale=0.5).images[0]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "seed0_0000.png")), np.asarray(want))
+    # beside it, the image with the boxes drawn (llm4gen.images.draw_regions), and its path printed
+    from llm4gen.images import draw_regions
+
+    drawn = tmp_path / "a" / "seed0_0000_regions.png"
+    assert str(drawn) in result.output.replace("\n", "")
+    want_drawn = draw_regions(want, [(region_words(prompt, r), r.box) for r in plan_regions(prompt)])
+    assert np.array_equal(np.asarray(Image.open(drawn)), np.asarray(want_drawn))
     result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path / "b"),
                                  "--steps", "2", "--auto-regions"])
     assert result.exit_code == 0 and "names no place" in result.output

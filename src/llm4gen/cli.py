@@ -159,6 +159,14 @@ def generate(
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
     paths = _save_images(result.images, out, f"seed{seed}")
+    if regions:  # beside each image, the same with the boxes it was guided to
+        from .images import draw_regions
+        from .layout import region_words
+
+        labelled = [(region_words(prompt, r), r.box) for r in regions]
+        for path, image in zip(list(paths), result.images):
+            paths.append(path.with_name(path.stem + "_regions.png"))
+            draw_regions(image, labelled).save(paths[-1])
     for p in paths:
         typer.echo(str(p))
 
@@ -231,6 +239,12 @@ def demo(
                         **extra).images[0]
             path = out / f"demo_{i:02d}_{name.split(' (')[0].replace(' + ', '_')}.png"
             image.save(path)
+            if "regions" in extra:  # the grid shows the boxes the image was guided to
+                from .images import draw_regions
+                from .layout import region_words
+
+                image = draw_regions(image, [(region_words(prompt, r), r.box) for r in extra["regions"]])
+                name += " (boxes drawn)"
             images.append(image)
             captions.append(f"[{name}] {prompt}")
             paths.append((path, prompt))

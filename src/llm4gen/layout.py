@@ -21,8 +21,9 @@ The rules, all on the text (no model):
   its noun is (after ``synonyms``) and its colour words do not differ; its words join that region.
 - **Relations** between two things that have no place ("a dog to the left of a cat", "a lamp above a sofa"; the
   first thing at most three words before the relation, the second at most two after) give each the half of the
-  image the relation says: left / right halves for left of, right of; top / bottom halves for above, on (the) top
-  of, below, under, beneath, on the bottom of (T2I-CompBench's spatial prompts say "a girl on the top of a bowl").
+  image the relation says: left / right halves for left of, right of, and (the first named on the left) next to,
+  beside, alongside; top / bottom halves for above, on (the) top of, below, under, beneath, on the bottom of
+  (T2I-CompBench's spatial prompts say "a girl on the top of a bowl", "a dog next to a chair").
 - Things that get no place get no region. The planner reads English; anything it misses can be given as
   :class:`~llm4gen.regions.Region` objects by hand.
 """
@@ -60,12 +61,13 @@ _PLACES: list[tuple[str, int | str | None, int | str | None]] = [
 _PLACE_RES = [(re.compile(p, re.IGNORECASE), h, v) for p, h, v in _PLACES]
 _JOIN = re.compile(r"^[\s,]*(?:and\s+)?$", re.IGNORECASE)  # what may stand between two halves of one place
 _RELATIONS = [
-    (re.compile(r"\b(?:to|on|at)\s+the\s+(left|right)(?:(?:\s+|-)hand)?(?:\s+side)?\s+of\b|\b(left|right)\s+of\b",
-                re.IGNORECASE), "x"),
+    (re.compile(r"\b(?:to|on|at)\s+the\s+(left|right)(?:(?:\s+|-)hand)?(?:\s+side)?\s+of\b|\b(left|right)\s+of\b|"
+                r"\b(next\s+to|beside|alongside)\b", re.IGNORECASE), "x"),
     (re.compile(r"\b(above|over|on\s+(?:the\s+)?top\s+of|atop|below|under|underneath|beneath|"
                 r"(?:on|at)\s+the\s+bottom\s+of)\b", re.IGNORECASE), "y"),
 ]
-_FIRST = {"left", "above", "over", "top", "atop"}  # the first thing of such a relation takes the first half
+# the first thing of such a relation takes the first half (side by side: the first named on the left)
+_FIRST = {"left", "above", "over", "top", "atop", "next", "beside", "alongside"}
 _DETERMINERS = {"a", "an", "the", "one", "two", "three", "four", "five", "some", "several", "another", "this", "that",
                 "these", "those", "his", "her", "their", "its", "my", "our"}
 _BOUNDARY = {
