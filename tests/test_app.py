@@ -194,6 +194,12 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
                            regions=webapp.parse_regions(text)).images[0]
         assert np.array_equal(got, np.asarray(want)) and "guided by 2 region(s)" in status
         assert llm[0]["caption"].startswith("LLM4GEN + 2 region(s) · seed 3")
+        # after the image, the same with its boxes drawn
+        from llm4gen.images import draw_regions
+
+        assert len(llm) == 2 and llm[1]["caption"].startswith("LLM4GEN + 2 region(s), boxes drawn · seed 3")
+        drawn = draw_regions(want, [("red circle", (0, 0, 0.5, 0.5)), ("blue square", (0.5, 0.5, 1, 1))])
+        assert np.array_equal(np.asarray(Image.open(llm[1]["image"]).convert("RGB")), np.asarray(drawn))
         assert Image.open(base2[0]["image"]).tobytes() == Image.open(base[0]["image"]).tobytes()  # base unchanged
         # "auto": the boxes the planner reads from the prompt's place words
         base3, llm, status = client.predict(loaded.ref, LONG, "", 2, 7.5, 3, 1, " auto ", api_name="/run")

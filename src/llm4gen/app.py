@@ -428,6 +428,13 @@ def build_app(
                       for i, im in enumerate(result.base_images)]
         label = f"LLM4GEN + {len(regions)} region(s)" if regions else "LLM4GEN"
         llm_items = [(im, _caption(label, prompt, int(seed), i, n)) for i, im in enumerate(result.llm4gen_images)]
+        if regions:  # then each image again with the boxes it was guided to
+            from .images import draw_regions
+            from .layout import region_words
+
+            labelled = [(region_words(prompt, r), r.box) for r in regions]
+            llm_items += [(draw_regions(im, labelled), _caption(f"{label}, boxes drawn", prompt, int(seed), i, n))
+                          for i, im in enumerate(result.llm4gen_images)]
         status = (f"Generated {n} + {n} image(s) with seed {int(seed)} in {result.seconds:.1f} s. "
                   f"Base side: {result.base_source}."
                   + (f" LLM4GEN side guided by {len(regions)} region(s)." if regions else ""))
