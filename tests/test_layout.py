@@ -199,3 +199,14 @@ def test_generate_auto_regions(tiny_sd_dir, tmp_path):
     result = runner.invoke(app, ["generate", prompt, "--model", tiny_sd_dir, "--out", str(tmp_path / "c"),
                                  "--auto-regions", "--region", "red circle:0,0,1,1"])
     assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_singular_by_hand_and_plural_mentions_join_their_region():
+    from llm4gen.utils import singular
+
+    cases = {"berries": "berry", "boxes": "box", "dishes": "dish", "benches": "bench", "glasses": "glass",
+             "Cats": "cat", "glass": "glass", "bus": "bus", "ties": "tie", "cat": "cat"}
+    assert {w: singular(w) for w in cases} == cases
+    # "the boxes" later in the prompt is the wooden box placed before
+    prompt = "A wooden box sits on the left. The boxes are stacked."
+    assert plan(prompt) == [("wooden box / boxes", box(0, 0, T, 1))]

@@ -257,12 +257,11 @@ def generate_side_by_side(
     height: int | None = None,
     width: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
-    regions: list[Any] | str | None = None,
+    regions: list[Any] | None = None,
 ) -> SideBySide:
     """Render ``prompt`` with the same seed by the base side and by LLM4GEN; ``progress(done, total, what)`` is
-    called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`, or
-    ``"auto"``: planned from the prompt) guide the LLM4GEN side only (region guidance through the LLM's tokens); the
-    base side stays plain."""
+    called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`)
+    guide the LLM4GEN side only (region guidance through the LLM's tokens); the base side stays plain."""
     import torch
 
     from .utils import validate_prompts
@@ -283,7 +282,7 @@ def generate_side_by_side(
 
             kwargs["callback_on_step_end"] = step_end
         if regions and pipe is model.pipe:
-            kwargs["regions"] = regions if isinstance(regions, str) else list(regions)
+            kwargs["regions"] = list(regions)
         result = pipe(
             prompt,
             negative_prompt=negative_prompt,
@@ -396,12 +395,12 @@ def build_app(
         except ValueError as err:
             raise gr.Error(f"Regions: {err}") from None
         if regions == "auto":
-            from .layout import plan_regions
+            from .layout import PLACE_EXAMPLES, plan_regions
 
             regions = plan_regions(prompt)
             if not regions:
-                gr.Warning("Regions 'auto': the prompt names no place for anything ('on the left', 'in the upper "
-                           "right corner', 'a dog to the left of a cat'); the LLM4GEN side is not guided.")
+                gr.Warning(f"Regions 'auto': the prompt names no place for anything ({PLACE_EXAMPLES}); the LLM4GEN "
+                           "side is not guided.")
         progress(0, desc="loading the model")
         try:
             loaded = manager.get(ref)

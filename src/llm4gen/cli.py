@@ -173,12 +173,12 @@ def generate(
 
 def _print_planned_regions(prompt: str) -> list[Any]:
     """``--auto-regions``: the regions :func:`llm4gen.layout.plan_regions` reads from ``prompt``, printed."""
-    from .layout import plan_regions, region_words
+    from .layout import PLACE_EXAMPLES, plan_regions, region_words
 
     planned = plan_regions(prompt)
     if not planned:
-        console.print("[yellow]--auto-regions: the prompt names no place for anything ('on the left', 'in the upper "
-                      "right corner', 'a dog to the left of a cat'); sampling without region guidance.[/yellow]")
+        console.print(f"[yellow]--auto-regions: the prompt names no place for anything ({PLACE_EXAMPLES}); sampling "
+                      "without region guidance.[/yellow]")
     for r in planned:
         console.print(f"region: {region_words(prompt, r)!r} in box ({', '.join(f'{v:.2f}' for v in r.box)})")
     return planned

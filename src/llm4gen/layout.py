@@ -35,8 +35,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .regions import Region
+from .training.data import _CLAUSE_BREAK, _STOP, ATTRIBUTE_WORDS, COLOUR_WORDS, _colours_named
+from .training.data import _mentions as entity_mentions
+from .utils import singular
 
-__all__ = ["plan_regions", "region_words"]
+__all__ = ["PLACE_EXAMPLES", "plan_regions", "region_words"]
+
+# what a prompt says for the planner to find a place; messages that it found none quote these
+PLACE_EXAMPLES = "'on the left', 'in the upper right corner', 'a dog to the left of a cat'"
 
 _H = {"left": "left", "right": "right"}
 _V = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
@@ -121,9 +127,6 @@ def _places(sentence: str, offset: int) -> list[tuple[int, int, str | None, str 
 
 def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, frozenset[str], list[tuple[int, int]]]]:
     """(noun, colour words, spans) of each thing ``text`` names, in order, none inside a ``blocked`` span."""
-    from .training.data import _STOP, ATTRIBUTE_WORDS, COLOUR_WORDS, _colours_named
-    from .training.data import _mentions as entity_mentions
-
     def free(span: tuple[int, int]) -> bool:
         return not any(span[0] < e and span[1] > s for s, e in blocked)
 
@@ -140,7 +143,7 @@ def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, 
         for nxt in words[i + 1:i + 6]:
             low = nxt.group().lower()
             between = text[(chunk[-1].end() if chunk else w.end()):nxt.start()]
-            if low in _BOUNDARY or low in _DETERMINERS or re.search(r"[,.;:!?()]", between) or (
+            if low in _BOUNDARY or low in _DETERMINERS or _CLAUSE_BREAK.search(between) or (
                     chunk and low.endswith("ing") and len(low) > 5):  # "a cat sleeping ...", not "a sleeping cat"
                 break
             chunk.append(nxt)
@@ -165,14 +168,13 @@ def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, 
 
 def _near(between: str, words: int) -> bool:
     """Whether the text between a relation and a thing is at most ``words`` words, with no punctuation."""
-    return not re.search(r"[,.;:!?()]", between) and len(between.split()) <= words
+    return not _CLAUSE_BREAK.search(between) and len(between.split()) <= words
 
 
 def _noun(word: str, synonyms: Mapping[str, str]) -> str:
-    word = synonyms.get(word, word)
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        word = synonyms.get(word[:-1], word[:-1])
-    return word
+    """The name a mention's noun is matched by: its synonym's, in the singular."""
+    word = singular(synonyms.get(word, word))
+    return synonyms.get(word, word)
 
 
 def plan_regions(prompt: str, edges: Sequence[float] = (1 / 3, 2 / 3),

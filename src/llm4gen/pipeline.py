@@ -240,9 +240,6 @@ class _LLM4GenMixin:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
                              "`prompt_embeds`.")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if isinstance(regions, str):
-            raise ValueError(f"regions must be a list of Region, one such list per prompt, or \"auto\"; got "
-                             f"{regions!r}.")
         regions = [regions] if isinstance(regions, Region) else list(regions)
         if all(isinstance(r, Region) for r in regions):
             if len(prompts) != 1:
@@ -661,12 +658,11 @@ def _planned_regions(prompts: list[str], mode: str) -> list[list[Any]]:
     """``regions="auto"``: each prompt's regions from its own words (:func:`llm4gen.layout.plan_regions`)."""
     if mode != "auto":
         raise ValueError(f"regions must be a list of Region, one such list per prompt, or \"auto\"; got {mode!r}.")
-    from .layout import plan_regions
+    from .layout import PLACE_EXAMPLES, plan_regions
 
     planned = [plan_regions(p) for p in prompts]
     empty = [i for i, rs in enumerate(planned) if not rs]
     if empty:
-        warnings.warn(f"regions=\"auto\": prompt(s) {empty} name no place for anything (\"on the left\", \"in the "
-                      "upper right corner\", \"a dog to the left of a cat\"); sampled without region guidance.",
-                      stacklevel=4)
+        warnings.warn(f"regions=\"auto\": prompt(s) {empty} name no place for anything ({PLACE_EXAMPLES}); sampled "
+                      "without region guidance.", stacklevel=4)
     return planned

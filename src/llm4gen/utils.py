@@ -25,6 +25,19 @@ def validate_prompts(prompts: Any, name: str = "prompt", allow_empty: bool = Fal
     return items
 
 
+def singular(word: str) -> str:
+    """A plural English noun's singular by suffix rules, lower-case ("berries" -> "berry", "boxes" -> "box", "cats" ->
+    "cat"); other words lower-cased as they are ("glass", "bus")."""
+    w = word.lower()
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("ches", "shes", "sses", "xes")):
+        return w[:-2]
+    if w.endswith("s") and not w.endswith("ss") and len(w) > 3:
+        return w[:-1]
+    return w
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..utils import singular
 from .detect import Detection, Detector
 from .vqa import VQAScorer
 
@@ -320,25 +321,14 @@ def determine_position(relation: str | None, box1: Box, box2: Box, iou_threshold
     return 0.0
 
 
-def _singular(word: str) -> str:
-    w = word.lower()
-    if w.endswith("ies") and len(w) > 4:
-        return w[:-3] + "y"
-    if w.endswith(("ches", "shes", "sses", "xes")):
-        return w[:-2]
-    if w.endswith("s") and not w.endswith("ss") and len(w) > 3:
-        return w[:-1]
-    return w
-
-
 def _find(detections: Sequence[Detection], word: str | None) -> Detection | None:
     """The most confident detection whose label is ``word`` (or its singular), or ends with it."""
     if word is None:
         return None
-    targets = {word.lower(), _singular(word)}
+    targets = {word.lower(), singular(word)}
     for det in detections:  # sorted by score, highest first
         label = det.label.lower().strip()
-        if label in targets or _singular(label) in targets or any(label.endswith(" " + t) for t in targets):
+        if label in targets or singular(label) in targets or any(label.endswith(" " + t) for t in targets):
             return det
     return None
 

@@ -321,6 +321,7 @@ ATTRIBUTE_WORDS = COLOUR_WORDS | SIZE_WORDS | MATERIAL_WORDS
 _STOP = {"a", "an", "the", "and", "or", "of", "with", "in", "on", "at", "to", "is", "are", "it", "its", "one", "two",
          "three", "four", "very", "quite", "rather", "light", "dark", "bright", "pale", "deep", "coloured", "colored"}
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*")
+_CLAUSE_BREAK = re.compile(r"[,.;:!?()]")  # punctuation that ends a clause
 
 
 def parse_entities(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -333,10 +334,9 @@ def parse_entities(text: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """
     pairs = []
     pending: list[tuple[int, int]] = []
-    clause_break = re.compile(r"[,.;:!?()]")
     last_end = 0
     for m in _WORD.finditer(text):
-        if clause_break.search(text[last_end : m.start()]):
+        if _CLAUSE_BREAK.search(text[last_end : m.start()]):
             pending = []
         last_end = m.end()
         word = m.group().lower()
