@@ -10,6 +10,10 @@ held-out prompts from the same noise (25 DPM-Solver++ steps, guidance 5) without
 base arm and the llm4gen arm (the base arm guides its CLIP tokens, the llm4gen arm ``--tokens``, default the CAM's),
 scores every image exactly and reports each arm with 95% bootstrap intervals and the paired differences: guidance on
 each arm, llm4gen against base when both are guided, and planned against scene boxes when both are run.
+``--methods`` picks how the boxes act: ``guide`` (region guidance alone, this script's default), ``mask`` (masked
+cross-attention alone, ``llm4gen.regions.RegionMask``: in prompts with two regions or more each object's words are
+read only inside its box; no extra UNet pass) and ``both`` (what ``regions=`` does by default); each is paired against
+the unguided arm, and against ``guide`` when that runs too.
 
     python benchmarks/region_guidance.py --model models/default
 
@@ -24,6 +28,7 @@ import json
 import warnings
 from pathlib import Path
 
+METHODS = {"guide": "", "mask": " (mask)", "both": " (guide + mask)"}  # method -> arm-name suffix
 SHOWN = ("colour", "shape", "binding", "count", "position", "all_correct")
 
 
@@ -37,6 +42,9 @@ def main() -> None:
     ap.add_argument("--boxes", nargs="+", default=["scene"], choices=("scene", "planned"),
                     help="where the boxes come from: the scene's cells as its caption names them (scene_regions), "
                          "and/or llm4gen.layout.plan_regions on the caption's words alone (planned_regions)")
+    ap.add_argument("--methods", nargs="+", default=["guide"], choices=METHODS,
+                    help="guide: region guidance; mask: masked cross-attention (RegionMask, every step, the CLIP and "
+                         "LLM tokens, prompts with two regions or more); both: the two (the pipeline's default)")
     ap.add_argument("--no-base", action="store_true", help="leave out the base arm (base_unet/) and its guided twin")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
@@ -74,9 +82,19 @@ def main() -> None:
         raise SystemExit(str(err)) from None
     prompts = benchmark_prompts(cfg)
     boxes = list(dict.fromkeys(args.boxes))
+    methods = list(dict.fromkeys(args.methods))
     regions = {"scene": {text: scene_regions(text, scene) for text, scene in prompts},
                "planned": {text: planned_regions(text) for text, _ in prompts}}
     suffix = {"scene": " + regions", "planned": " + planned regions"}
+    variants = [(b, m) for b in boxes for m in methods]  # each arm is rendered once per (box source, method)
+
+    def arm_name(arm: str, b: str, m: str) -> str:
+        return arm + suffix[b] + METHODS[m]
+
+    def controlled(pipe, b: str, m: str, tokens: str) -> RegionArm:
+        return RegionArm(pipe, regions[b], args.scale if m != "mask" else 0.0, args.steps, tokens=tokens,
+                         mask=m != "guide")
+
     arms: dict = {}
     base_dir = None if args.no_base else base_unet_dir(args.model)
     if not args.no_base and base_dir is None:
@@ -84,22 +102,25 @@ def main() -> None:
     if base_dir is not None:
         base = load_arm(args.model, base_dir)
         arms["base"] = base
-        for b in boxes:
-            arms["base" + suffix[b]] = RegionArm(base, regions[b], args.scale, args.steps, tokens="clip")
+        for b, m in variants:
+            arms[arm_name("base", b, m)] = controlled(base, b, m, "clip")
     llm4gen = load_arm(args.model)
     arms["llm4gen"] = llm4gen
-    for b in boxes:
-        arms["llm4gen" + suffix[b]] = RegionArm(llm4gen, regions[b], args.scale, args.steps, tokens=args.tokens)
+    for b, m in variants:
+        arms[arm_name("llm4gen", b, m)] = controlled(llm4gen, b, m, args.tokens)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CLIP's window ends before many regions of dense prompts: that is measured
         report = run_quality_benchmark(arms, args.work, cfg, progress=True)
 
-    pairs = [(arm, arm + suffix[b]) for arm in (["base"] if base_dir is not None else []) + ["llm4gen"]
-             for b in boxes]
-    pairs += [("base" + suffix[b], "llm4gen" + suffix[b]) for b in boxes if base_dir is not None]
+    sides = (["base"] if base_dir is not None else []) + ["llm4gen"]
+    pairs = [(arm, arm_name(arm, b, m)) for arm in sides for b, m in variants]
+    pairs += [(arm_name("base", b, m), arm_name("llm4gen", b, m)) for b, m in variants if base_dir is not None]
     if len(boxes) == 2:
-        pairs += [(arm + suffix["scene"], arm + suffix["planned"]) for arm in ("base", "llm4gen") if arm in arms]
+        pairs += [(arm_name(arm, "scene", m), arm_name(arm, "planned", m)) for arm in sides for m in methods]
+    if "guide" in methods:
+        pairs += [(arm_name(arm, b, "guide"), arm_name(arm, b, m))
+                  for arm in sides for b, m in variants if m != "guide"]
     results = report["results"]
     differences = {
         f"{after} - {before}": {bucket: {m: paired_difference(length_bucket(results[before], bucket),
@@ -109,7 +130,8 @@ def main() -> None:
         for before, after in pairs
     }
     guided = {b: sum(1 for rs in regions[b].values() if rs) for b in boxes}
-    table = Table(title=f"{args.model}: region guidance (scale {args.scale:g}, {args.steps} steps) on "
+    table = Table(title=f"{args.model}: region guidance (scale {args.scale:g}, {args.steps} steps; "
+                        f"{', '.join(methods)}) on "
                         f"{args.prompts} held-out dense prompts (with regions: "
                         f"{', '.join(f'{n} {b}' for b, n in guided.items())}): % [95% CI]")
     table.add_column("arm / paired difference")
@@ -128,7 +150,8 @@ def main() -> None:
         "model": str(args.model), "prompts": args.prompts, "boxes": boxes,
         "prompts_with_regions": guided[boxes[0]] if len(boxes) == 1 else guided,
         "regions": {b: sum(len(regions[b][text]) for text, _ in prompts) for b in boxes},
-        "scale": args.scale, "steps": args.steps, "llm4gen_tokens": args.tokens, "config": report["config"],
+        "methods": methods, "scale": args.scale, "steps": args.steps, "llm4gen_tokens": args.tokens,
+        "config": report["config"],
         "arms": list(arms), "render_seconds": report["render_seconds"], "summary": report["summary"],
         "differences": differences, "binding_breakdown": report["binding_breakdown"],
         "position_breakdown": report["position_breakdown"],

@@ -78,6 +78,27 @@ def test_generate_region_guidance(tiny_sd_dir, tmp_path):
     assert np.array_equal(np.asarray(got), np.asarray(want))
     assert render(tmp_path / "b").exit_code == 0
     assert Image.open(tmp_path / "b" / "seed0_0000.png").tobytes() != got.tobytes()
+    # the mask is on by default (above, as the pipeline's); here alone (scale 0) for the first two steps
+    result = render(tmp_path / "m", "--region", "red circle:0,0,0.5,0.5", "--region", "blue square:0.5,0.5,1,1",
+                    "--region-scale", "0", "--region-mask-steps", "2")
+    assert result.exit_code == 0, result.output
+    want = pipe("a red circle and a blue square", num_inference_steps=3, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(0), region_guidance_scale=0, region_mask=True,
+                region_mask_steps=2,
+                regions=[Region("red circle", (0, 0, 0.5, 0.5)), Region("blue square", (0.5, 0.5, 1, 1))]).images[0]
+    masked = Image.open(tmp_path / "m" / "seed0_0000.png")
+    assert np.array_equal(np.asarray(masked), np.asarray(want))
+    assert masked.tobytes() not in (got.tobytes(), Image.open(tmp_path / "b" / "seed0_0000.png").tobytes())
+    # --no-region-mask: the guidance alone
+    result = render(tmp_path / "g", "--region", "red circle:0,0,0.5,0.5", "--region", "blue square:0.5,0.5,1,1",
+                    "--region-scale", "0.5", "--region-steps", "2", "--no-region-mask")
+    assert result.exit_code == 0, result.output
+    want = pipe("a red circle and a blue square", num_inference_steps=3, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(0), region_guidance_scale=0.5, region_guidance_steps=2,
+                region_mask=False,
+                regions=[Region("red circle", (0, 0, 0.5, 0.5)), Region("blue square", (0.5, 0.5, 1, 1))]).images[0]
+    alone = Image.open(tmp_path / "g" / "seed0_0000.png")
+    assert np.array_equal(np.asarray(alone), np.asarray(want)) and alone.tobytes() != got.tobytes()
     assert Region.parse("a big: red circle : 0, 0.1, 0.5,1") == Region("a big: red circle", (0, 0.1, 0.5, 1))
     for bad, message in [("red circle", "PHRASE:X0,Y0,X1,Y1"), ("red circle:0,0,1", "PHRASE:X0,Y0,X1,Y1"),
                          ("green star:0,0,1,1", "'green star' does not occur"), ("red circle:0,0,2,1", "x1 <= 1")]:

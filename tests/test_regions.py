@@ -163,13 +163,14 @@ def test_a_step_against_the_gradient_lowers_the_loss(tiny_pipe, tokens):
 def test_pipeline_regions_guide_the_latents_and_restore_the_unet(tiny_pipe):
     processors = {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()}
     plain = _sample(tiny_pipe)
-    guided = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_guidance_steps=3)
+    guided = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_guidance_steps=3,
+                     region_mask=False)
     assert not np.allclose(plain, guided)
     assert {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()} == processors
-    # scale 0 or no guided step: exactly the unguided images
-    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.0), plain)
-    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_steps=0), plain)
-    # regions= is the RegionGuidance callback, chained before the caller's own callback
+    # without the mask, scale 0 or no guided step: exactly the unguided images
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.0, region_mask=False), plain)
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_steps=0, region_mask=False), plain)
+    # regions= without the mask is the RegionGuidance callback, chained before the caller's own callback
     seen = []
 
     def mine(pipe, step, timestep, kw):
@@ -180,7 +181,7 @@ def test_pipeline_regions_guide_the_latents_and_restore_the_unet(tiny_pipe):
     with guide.attached():
         by_hand = _sample(tiny_pipe, callback_on_step_end=guide, callback_on_step_end_tensor_inputs=guide.tensor_inputs)
     chained = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_guidance_steps=3,
-                      callback_on_step_end=mine)
+                      region_mask=False, callback_on_step_end=mine)
     assert np.allclose(by_hand, guided) and np.allclose(chained, guided) and seen == [0, 1, 2, 3]
     assert [s for s, _ in guide.losses] == [0, 1, 2]  # the last step has no next step to guide
 
@@ -247,7 +248,7 @@ def test_regions_need_the_prompt_text_and_llm_tokens(tiny_pipe):
 
 def test_sdxl_region_guidance(tiny_xl_dir):
     """SDXL: the UNet pass gets the pooled embeddings and time ids, a step against the gradient lowers the loss, and
-    the pipeline's regions= change the images (scale 0: exactly the unguided ones)."""
+    the pipeline's regions= change the images (scale 0 without the mask: exactly the unguided ones)."""
     from llm4gen import LLM4GenXLPipeline
 
     xl = LLM4GenXLPipeline.from_pretrained(tiny_xl_dir)
@@ -278,7 +279,7 @@ def test_sdxl_region_guidance(tiny_xl_dir):
                            added)
     assert after.item() < before.item()
     assert not np.allclose(sample(regions=REGIONS, region_guidance_scale=0.5), plain)
-    assert np.array_equal(sample(regions=REGIONS, region_guidance_scale=0.0), plain)
+    assert np.array_equal(sample(regions=REGIONS, region_guidance_scale=0.0, region_mask=False), plain)
     with pytest.raises(ValueError, match="add_text_embeds"):  # a hand-made callback must ask for the SDXL inputs
         with guide.attached():
             sample(callback_on_step_end=guide, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
@@ -291,6 +292,202 @@ def test_a_region_beyond_the_guided_window_warns(tiny_pipe):
     with pytest.warns(UserWarning, match="no token inside the guided window"):
         guide._build_rows(embeds.shape[1])
     assert guide._rows == []
+
+
+# ---------------------------------------------------------------------- masked cross-attention
+def _phrase_tokens(pipe, prompt, phrase):
+    """The fused-sequence indices of ``phrase``'s tokens, from each tokenizer's own offsets (CLIP first, then LLM)."""
+    start = prompt.index(phrase)
+    clip_len = pipe.tokenizer.model_max_length
+    out = []
+    for tok, prefix, shift in [(pipe.tokenizer, "", 0), (pipe.llm_encoder.tokenizer, pipe.llm_encoder.config.prefix,
+                                                        clip_len)]:
+        enc = tok(prefix + prompt, return_offsets_mapping=True)
+        for i, (a, b) in enumerate(enc["offset_mapping"]):
+            if b > a and a < start + len(phrase) + len(prefix) and b > start + len(prefix):
+                out.append(i + shift)
+    return out
+
+
+def _masked_maps(pipe, mask, key_mask=None):
+    """Every cross-attention layer's probabilities ``[2, HW, T]`` (negative, positive) of one UNet pass with ``mask``
+    attached; ``key_mask`` ``[2, T]`` is passed as the UNet's ``encoder_attention_mask``."""
+    from llm4gen.training.losses import AttentionStore, install_attention_store
+
+    fused = pipe.encode_fused_prompt(PROMPT)
+    embeds = torch.cat([fused.negative_prompt_embeds, fused.prompt_embeds])
+    latents = torch.randn(2, pipe.unet.config.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    store, original = AttentionStore(64), pipe.unet.attn_processors
+    install_attention_store(pipe.unet, store)  # inside the mask: it records the masked probabilities
+    try:
+        with mask.attached(), torch.no_grad():
+            store.active = True
+            out = pipe.unet(latents, 500, encoder_hidden_states=embeds, encoder_attention_mask=key_mask).sample
+    finally:
+        pipe.unet.set_attn_processor(original)
+    return store.maps, out, embeds.shape[1]
+
+
+def test_region_mask_keeps_each_phrases_attention_inside_its_box(tiny_pipe):
+    from llm4gen.regions import RegionMask
+
+    mask = RegionMask(tiny_pipe, [PROMPT], [REGIONS])  # red circle: left half; blue square: right half
+    maps, _, fused_len = _masked_maps(tiny_pipe, mask)
+    red, blue = (_phrase_tokens(tiny_pipe, PROMPT, p) for p in ("red circle", "blue square"))
+    assert red and blue and min(red) < tiny_pipe.tokenizer.model_max_length <= max(red)  # both windows ("both")
+    assert len(maps) >= 1
+    for m in maps:
+        side = int(m.shape[1] ** 0.5)
+        col = torch.arange(m.shape[1]) % side
+        left, right = col < side // 2, col >= side // 2
+        pos, neg = m[1], m[0]
+        assert float(pos[right][:, red].max()) < 1e-6 and float(pos[left][:, red].min()) > 0
+        assert float(pos[left][:, blue].max()) < 1e-6 and float(pos[right][:, blue].min()) > 0
+        # the other tokens and the negative prompt's image are not masked
+        others = [t for t in range(fused_len) if t not in red + blue]
+        assert float(pos[:, others].min()) > 0 and float(neg.min()) > 0
+        assert torch.allclose(pos.sum(-1), torch.ones(m.shape[1]))
+    # the bias by hand: -1e4 exactly where a phrase's token meets a position outside its box
+    bias = mask.bias(2, 16, fused_len, torch.float32, torch.device("cpu"))
+    want = torch.zeros(2, 16, fused_len)
+    col = torch.arange(16) % 4
+    for tokens, outside in ((red, col >= 2), (blue, col < 2)):
+        for t in tokens:
+            want[1, outside, t] = -1e4
+    assert torch.equal(bias, want)
+
+
+def test_region_mask_adds_to_the_unets_own_key_mask(tiny_pipe):
+    from llm4gen.regions import RegionMask
+
+    fused_len = tiny_pipe.encode_fused_prompt(PROMPT).prompt_embeds.shape[1]
+    key_mask = torch.ones(2, fused_len)
+    key_mask[:, -5:] = 0  # five padding tokens of both prompts
+    maps, _, _ = _masked_maps(tiny_pipe, RegionMask(tiny_pipe, [PROMPT], [REGIONS]), key_mask)
+    red = _phrase_tokens(tiny_pipe, PROMPT, "red circle")
+    for m in maps:
+        side = int(m.shape[1] ** 0.5)
+        right = torch.arange(m.shape[1]) % side >= side // 2
+        assert float(m[:, :, -5:].max()) < 1e-6 and float(m[1][right][:, red].max()) < 1e-6
+
+
+def test_region_mask_whole_image_boxes_change_nothing_and_small_boxes_do(tiny_pipe):
+    """An invariance: boxes over the whole image mask nothing, so the UNet's output is exactly the unmasked one."""
+    from llm4gen.regions import RegionMask
+
+    whole = [Region("red circle", (0, 0, 1, 1)), Region("blue square", (0, 0, 1, 1))]
+    processors = {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()}
+    _, plain, _ = _masked_maps(tiny_pipe, RegionMask(tiny_pipe, [PROMPT], [[]]))
+    _, out_whole, _ = _masked_maps(tiny_pipe, RegionMask(tiny_pipe, [PROMPT], [whole]))
+    _, out_boxes, _ = _masked_maps(tiny_pipe, RegionMask(tiny_pipe, [PROMPT], [REGIONS]))
+    assert torch.equal(plain, out_whole) and not torch.allclose(plain[1], out_boxes[1])
+    assert torch.equal(plain[0], out_boxes[0])  # the negative prompt's half is never masked
+    assert {k: type(v) for k, v in tiny_pipe.unet.attn_processors.items()} == processors
+
+
+def test_region_mask_steps_and_bad_input(tiny_pipe):
+    from llm4gen.regions import RegionMask
+
+    def sample(mask=None):
+        kwargs = {} if mask is None else {"callback_on_step_end": mask}
+        if mask is None:
+            return _sample(tiny_pipe)
+        with mask.attached():
+            return _sample(tiny_pipe, **kwargs)
+
+    plain = sample()
+    every = sample(RegionMask(tiny_pipe, [PROMPT], [REGIONS]))
+    first = sample(RegionMask(tiny_pipe, [PROMPT], [REGIONS], steps=1))
+    assert np.array_equal(sample(RegionMask(tiny_pipe, [PROMPT], [REGIONS], steps=0)), plain)
+    assert not np.allclose(every, plain) and not np.allclose(first, plain) and not np.allclose(first, every)
+    with pytest.raises(ValueError, match="built for 1 images"):
+        with RegionMask(tiny_pipe, [PROMPT], [REGIONS]).attached():
+            tiny_pipe([PROMPT, PROMPT], num_inference_steps=1)
+    with pytest.raises(ValueError, match="one of"):
+        RegionMask(tiny_pipe, [PROMPT], [REGIONS], tokens="t5")
+    with pytest.raises(ValueError, match="whole number"):
+        RegionMask(tiny_pipe, [PROMPT], [REGIONS], steps=-1)
+    with pytest.raises(ValueError, match="one list of regions per prompt"):
+        RegionMask(tiny_pipe, [PROMPT], [REGIONS, REGIONS])
+    with pytest.raises(ValueError, match="min_regions"):
+        RegionMask(tiny_pipe, [PROMPT], [REGIONS], min_regions=0)
+    # a prompt with fewer than min_regions regions (default 2) is not masked: one object has nothing to be kept from
+    lone = [REGIONS[0]]
+    assert np.array_equal(sample(RegionMask(tiny_pipe, [PROMPT], [lone])), plain)
+    assert not np.allclose(sample(RegionMask(tiny_pipe, [PROMPT], [lone], min_regions=1)), plain)
+    assert np.array_equal(sample(RegionMask(tiny_pipe, [PROMPT], [REGIONS], min_regions=3)), plain)
+    # per image in a batch: the second prompt's image (one region) is left as it is
+    two = RegionMask(tiny_pipe, [PROMPT, PROMPT], [REGIONS, lone])
+    two._latent_hw = (4, 4)
+    fused_len = tiny_pipe.encode_fused_prompt(PROMPT).prompt_embeds.shape[1]
+    bias = two.bias(4, 16, fused_len, torch.float32, torch.device("cpu"))
+    assert bias[2].min() < 0 and bool((bias[3] == 0).all()) and bool((bias[:2] == 0).all())
+
+
+def test_pipeline_region_mask_is_the_mask_by_hand_and_chains_callbacks(tiny_pipe):
+    from llm4gen.regions import RegionMask
+
+    plain = _sample(tiny_pipe)
+    mask = RegionMask(tiny_pipe, [PROMPT], [REGIONS], steps=2)
+    with mask.attached():
+        by_hand = _sample(tiny_pipe, callback_on_step_end=mask)
+    seen = []
+
+    def mine(pipe, step, timestep, kw):
+        seen.append(step)
+        return {}
+
+    masked = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.0, region_mask=True, region_mask_steps=2,
+                     callback_on_step_end=mine)
+    assert np.array_equal(masked, by_hand) and not np.allclose(masked, plain) and seen == [0, 1, 2, 3]
+    # with guidance too: neither the guidance alone nor the mask alone
+    guided = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_mask=False)
+    both = _sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_mask_steps=2)  # the mask: default
+    assert not np.allclose(both, guided) and not np.allclose(both, masked)
+    assert np.array_equal(_sample(tiny_pipe, regions=REGIONS, region_guidance_scale=0.5, region_mask=True,
+                                  region_mask_steps=0), guided)
+    with pytest.raises(ValueError, match="one of"):
+        _sample(tiny_pipe, regions=REGIONS, region_mask=True, region_mask_tokens="t5")
+
+
+def test_region_guidance_under_the_mask_reads_the_unmasked_attention(tiny_pipe):
+    """The guidance reads each layer's attention before the mask's bias: attached inside the mask (as region_control
+    does), its loss stays the unmasked one up to the masked features that deeper layers get, far from the ~0 that
+    the masked maps would give (these boxes align with the 4x4 grid: no partly covered cells)."""
+    from llm4gen.regions import RegionMask
+
+    guide = RegionGuidance(tiny_pipe, [PROMPT], [REGIONS], tokens="both")
+    embeds = tiny_pipe.encode_fused_prompt(PROMPT, do_classifier_free_guidance=False).prompt_embeds
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[1]
+    latents = torch.randn(1, tiny_pipe.unet.config.in_channels, 4, 4, generator=torch.Generator().manual_seed(1))
+    with guide.attached():
+        free = guide.loss(latents, t, embeds)
+    mask = RegionMask(tiny_pipe, [PROMPT], [REGIONS])
+    with mask.attached(), guide.attached():
+        under = guide.loss(latents, t, embeds)
+        with torch.no_grad():
+            masked_out = tiny_pipe.unet(latents, t, encoder_hidden_states=embeds).sample
+    with torch.no_grad():
+        free_out = tiny_pipe.unet(latents, t, encoder_hidden_states=embeds).sample
+    assert abs(free.item() - under.item()) < 0.01 and under.item() > 0.2
+    assert not torch.allclose(masked_out, free_out)
+
+
+def test_sdxl_region_mask(tiny_xl_dir):
+    from llm4gen import LLM4GenXLPipeline
+
+    xl = LLM4GenXLPipeline.from_pretrained(tiny_xl_dir)
+    xl.set_progress_bar_config(disable=True)
+
+    def sample(**kwargs):
+        return xl(PROMPT, num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                  output_type="np", **kwargs).images
+
+    plain = sample()
+    whole = [Region("red circle", (0, 0, 1, 1)), Region("blue square", (0, 0, 1, 1))]
+    assert np.array_equal(sample(regions=whole, region_guidance_scale=0.0, region_mask=True), plain)
+    assert not np.allclose(sample(regions=REGIONS, region_guidance_scale=0.0, region_mask=True), plain)
 
 
 # ---------------------------------------------------------------------- ShapesWorld
@@ -344,11 +541,13 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
     out = tmp_path / "rg.json"
     _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
                 "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
-                "--out", str(out), "--boxes", "scene", "planned")
+                "--out", str(out), "--boxes", "scene", "planned", "--methods", "guide", "mask")
     report = json.loads(out.read_text())
     run = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert report["arms"] == ["base", "base + regions", "base + planned regions", "llm4gen", "llm4gen + regions",
-                              "llm4gen + planned regions"]
+    assert report["arms"] == ["base", "base + regions", "base + regions (mask)", "base + planned regions",
+                              "base + planned regions (mask)", "llm4gen", "llm4gen + regions",
+                              "llm4gen + regions (mask)", "llm4gen + planned regions",
+                              "llm4gen + planned regions (mask)"]
     assert out.with_suffix(".png").stat().st_size > 0 and "llm4gen + regions - llm4gen" in capsys.readouterr().out
     for name, (before, after) in {"llm4gen + regions - llm4gen": ("llm4gen", "llm4gen + regions"),
                                   "base + regions - base": ("base", "base + regions"),
@@ -356,14 +555,20 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
                                   "llm4gen + planned regions - llm4gen": ("llm4gen", "llm4gen + planned regions"),
                                   "llm4gen + planned regions - llm4gen + regions": ("llm4gen + regions",
                                                                                     "llm4gen + planned regions"),
+                                  "llm4gen + regions (mask) - llm4gen": ("llm4gen", "llm4gen + regions (mask)"),
+                                  "llm4gen + planned regions (mask) - llm4gen + planned regions": (
+                                      "llm4gen + planned regions", "llm4gen + planned regions (mask)"),
+                                  "llm4gen + planned regions (mask) - llm4gen + regions (mask)": (
+                                      "llm4gen + regions (mask)", "llm4gen + planned regions (mask)"),
                                   }.items():
         for metric in ("colour", "count", "all_correct"):
             want = np.mean([b[metric] - a[metric] for a, b in zip(run["results"][before], run["results"][after])])
             assert report["differences"][name]["all"][metric]["mean"] == pytest.approx(want), (name, metric)
     # the guidance changed the llm4gen arm's images (the tiny CLIP reads characters: its 77-token window ends before
     # these dense captions name their objects, so the base arm has nothing to guide)
-    assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
-        (tmp_path / "work" / "llm4gen + regions" / "00000.png").read_bytes()
+    for arm in ("llm4gen + regions", "llm4gen + regions (mask)"):
+        assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
+            (tmp_path / "work" / arm / "00000.png").read_bytes()
     # the planner's regions (words alone) cover at least the scene's: every object these captions name
     assert report["regions"]["planned"] >= report["regions"]["scene"] > 0
     with pytest.raises(SystemExit, match="no base arm"):

@@ -202,6 +202,9 @@ class _LLM4GenMixin:
         region_guidance_scale: float = 0.1,
         region_guidance_steps: int = 10,
         region_tokens: str = "llm",
+        region_mask: bool = True,
+        region_mask_steps: int | None = None,
+        region_mask_tokens: str = "both",
         **kwargs: Any,
     ):
         """Generate exactly like the base diffusers pipeline's ``__call__`` (same arguments).
@@ -214,7 +217,11 @@ class _LLM4GenMixin:
         ``region_guidance_steps`` steps the latents move by an RMS of ``region_guidance_scale`` to pull the phrase's
         attention (``region_tokens``: ``"llm"``, ``"clip"`` or ``"both"``) into its box. ``regions="auto"`` plans
         the boxes from each prompt's own place words (:func:`llm4gen.layout.plan_regions`; a prompt that places
-        nothing is sampled unguided, with a warning).
+        nothing is sampled unguided, with a warning). ``region_mask`` (default True) also masks the cross-attention
+        of prompts with two regions or more (:class:`~llm4gen.regions.RegionMask`): each phrase's tokens
+        (``region_mask_tokens``) are read only by the positions inside its box, during the first ``region_mask_steps``
+        steps (None: all). It costs no extra UNet pass: ``region_guidance_scale=0`` leaves the mask alone, the fast
+        way to place things; ``region_mask=False`` the guidance alone.
         """
         if prompt is None and kwargs.get("prompt_embeds") is None:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
@@ -226,15 +233,18 @@ class _LLM4GenMixin:
         with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
             if not regions:
                 return super().__call__(prompt, *args, **kwargs)
-            guide = self._region_guidance(prompt, regions, region_guidance_scale, region_guidance_steps, region_tokens,
-                                          kwargs)
-            with guide.attached(self.unet):
+            from .regions import region_control
+
+            prompts, per_prompt = self._regions_per_prompt(prompt, regions)
+            with region_control(self, prompts, per_prompt, kwargs, scale=region_guidance_scale,
+                                steps=region_guidance_steps, tokens=region_tokens, mask=region_mask,
+                                mask_steps=region_mask_steps, mask_tokens=region_mask_tokens):
                 return super().__call__(prompt, *args, **kwargs)
 
-    def _region_guidance(self, prompt: Any, regions: Any, scale: float, steps: int, tokens: str,
-                         kwargs: dict[str, Any]) -> Any:
-        """Build the region guidance for a call and chain it before any ``callback_on_step_end`` given."""
-        from .regions import Region, RegionGuidance
+    @staticmethod
+    def _regions_per_prompt(prompt: Any, regions: Any) -> tuple[list[str], list[list[Any]]]:
+        """The prompts as a list and one list of Region per prompt, from the forms ``regions=`` accepts."""
+        from .regions import Region
 
         if prompt is None:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
@@ -244,29 +254,13 @@ class _LLM4GenMixin:
         if all(isinstance(r, Region) for r in regions):
             if len(prompts) != 1:
                 raise ValueError(f"regions: with {len(prompts)} prompts give one list of Region per prompt.")
-            per_prompt = [regions]
-        else:
-            per_prompt = [list(rs) if isinstance(rs, (list, tuple)) else rs for rs in regions]
-            if len(per_prompt) != len(prompts) or not all(
-                    isinstance(rs, list) and all(isinstance(r, Region) for r in rs) for rs in per_prompt):
-                raise ValueError(f"regions must be a list of Region (one prompt) or one such list per prompt "
-                                 f"({len(prompts)} prompts, {len(per_prompt)} entries given).")
-        guide = RegionGuidance(self, prompts, per_prompt, scale=scale, steps=steps, tokens=tokens,
-                               num_images_per_prompt=int(kwargs.get("num_images_per_prompt") or 1))
-        user = kwargs.pop("callback_on_step_end", None)
-        inputs = list(kwargs.pop("callback_on_step_end_tensor_inputs", None) or ["latents"])
-        inputs += list(getattr(user, "tensor_inputs", None) or [])  # diffusers' PipelineCallback objects name theirs
-        kwargs["callback_on_step_end_tensor_inputs"] = list(dict.fromkeys(inputs + guide.tensor_inputs))
-        if user is None:
-            kwargs["callback_on_step_end"] = guide
-        else:
-            def chained(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-                out = guide(pipe, step, timestep, callback_kwargs)
-                callback_kwargs.update(out)
-                return {**out, **(user(pipe, step, timestep, callback_kwargs) or {})}
-
-            kwargs["callback_on_step_end"] = chained
-        return guide
+            return prompts, [regions]
+        per_prompt = [list(rs) if isinstance(rs, (list, tuple)) else rs for rs in regions]
+        if len(per_prompt) != len(prompts) or not all(
+                isinstance(rs, list) and all(isinstance(r, Region) for r in rs) for rs in per_prompt):
+            raise ValueError(f"regions must be a list of Region (one prompt) or one such list per prompt "
+                             f"({len(prompts)} prompts, {len(per_prompt)} entries given).")
+        return prompts, per_prompt
 
     # ------------------------------------------------------------------ the UNet's attention mask
     @contextmanager

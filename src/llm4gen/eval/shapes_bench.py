@@ -176,14 +176,18 @@ def planned_regions(text: str) -> list[Any]:
 
 
 class RegionArm:
-    """A benchmark arm that samples ``pipe`` with region guidance (:class:`llm4gen.regions.RegionGuidance`):
-    ``regions`` maps each prompt text to its regions (prompts it lacks are sampled unguided). Everything else
-    (``scheduler``, progress bars, ...) is the pipeline's."""
+    """A benchmark arm that samples ``pipe`` with region guidance (:class:`llm4gen.regions.RegionGuidance`) and/or
+    masked cross-attention (``mask``: :class:`llm4gen.regions.RegionMask`), as :func:`llm4gen.regions.region_control`
+    sets them up: ``regions`` maps each prompt text to its regions (prompts it lacks are sampled unguided).
+    Everything else (``scheduler``, progress bars, ...) is the pipeline's."""
 
     def __init__(self, pipe: Any, regions: dict[str, list[Any]], scale: float = 0.1, steps: int = 10,
-                 tokens: str = "llm") -> None:
+                 tokens: str = "llm", mask: bool = False, mask_steps: int | None = None,
+                 mask_tokens: str = "both") -> None:
         object.__setattr__(self, "_pipe", pipe)
-        object.__setattr__(self, "_settings", (regions, scale, steps, tokens))
+        object.__setattr__(self, "_regions", regions)
+        object.__setattr__(self, "_settings", dict(scale=scale, steps=steps, tokens=tokens, mask=mask,
+                                                   mask_steps=mask_steps, mask_tokens=mask_tokens))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipe, name)
@@ -192,14 +196,11 @@ class RegionArm:
         setattr(self._pipe, name, value)
 
     def __call__(self, prompt: list[str], **kwargs: Any) -> Any:
-        from ..regions import RegionGuidance
+        from ..regions import region_control
 
-        regions, scale, steps, tokens = self._settings
-        guide = RegionGuidance(self._pipe, prompt, [regions.get(p, []) for p in prompt], scale=scale, steps=steps,
-                               tokens=tokens, num_images_per_prompt=int(kwargs.get("num_images_per_prompt") or 1))
-        with guide.attached():
-            return self._pipe(prompt=prompt, callback_on_step_end=guide,
-                              callback_on_step_end_tensor_inputs=guide.tensor_inputs, **kwargs)
+        with region_control(self._pipe, prompt, [self._regions.get(p, []) for p in prompt], kwargs,
+                            **self._settings):
+            return self._pipe(prompt=prompt, **kwargs)
 
 
 def base_unet_dir(model: str | os.PathLike) -> Path | None:
