@@ -369,6 +369,22 @@ def test_region_mask_adds_to_the_unets_own_key_mask(tiny_pipe):
         side = int(m.shape[1] ** 0.5)
         right = torch.arange(m.shape[1]) % side >= side // 2
         assert float(m[:, :, -5:].max()) < 1e-6 and float(m[1][right][:, red].max()) < 1e-6
+    # the whole mask a layer gets: bias + key mask, repeated per head (image-major, as diffusers repeats), built once
+    # per key mask object (the UNet passes one object to all its layers in a pass)
+    mask = RegionMask(tiny_pipe, [PROMPT], [REGIONS])
+    mask._latent_hw = (4, 4)
+    keys = (1 - key_mask)[:, None, :] * -10000.0
+    full = mask.per_head(2, 16, fused_len, 3, keys, torch.float32, torch.device("cpu"))
+    bias = mask.bias(2, 16, fused_len, torch.float32, torch.device("cpu"))
+    assert full.shape == (6, 16, fused_len)
+    for b in range(2):
+        for h in range(3):
+            assert torch.equal(full[3 * b + h], bias[b] + keys[b])
+    assert mask.per_head(2, 16, fused_len, 3, keys, torch.float32, torch.device("cpu")) is full
+    other = mask.per_head(2, 16, fused_len, 3, keys.clone(), torch.float32, torch.device("cpu"))
+    assert other is not full and torch.equal(other, full)
+    assert torch.equal(mask.per_head(2, 16, fused_len, 3, None, torch.float32, torch.device("cpu")),
+                       bias.repeat_interleave(3, dim=0))
 
 
 def test_region_mask_whole_image_boxes_change_nothing_and_small_boxes_do(tiny_pipe):
@@ -422,6 +438,26 @@ def test_region_mask_steps_and_bad_input(tiny_pipe):
     fused_len = tiny_pipe.encode_fused_prompt(PROMPT).prompt_embeds.shape[1]
     bias = two.bias(4, 16, fused_len, torch.float32, torch.device("cpu"))
     assert bias[2].min() < 0 and bool((bias[3] == 0).all()) and bool((bias[:2] == 0).all())
+
+
+def test_region_mask_on_a_plain_diffusers_pipeline(tiny_pipe):
+    """Any diffusers SD pipeline: without an LLM, "both" masks CLIP's tokens (the only ones); "llm" is an error."""
+    from llm4gen.eval.shapes_bench import clip_only_pipeline
+    from llm4gen.regions import RegionMask
+
+    base = clip_only_pipeline(tiny_pipe)
+    base.set_progress_bar_config(disable=True)
+    plain = _sample(base)
+    processors = {k: type(v) for k, v in base.unet.attn_processors.items()}
+    mask = RegionMask(base, [PROMPT], [REGIONS])
+    assert mask.tokens == "clip"
+    with mask.attached():
+        masked = _sample(base, callback_on_step_end=mask)
+    assert not np.allclose(masked, plain)
+    assert all(t < base.tokenizer.model_max_length for _, t, _ in mask._rows) and mask._rows
+    assert {k: type(v) for k, v in base.unet.attn_processors.items()} == processors
+    with pytest.raises(ValueError, match="no LLM encoder"):
+        RegionMask(base, [PROMPT], [REGIONS], tokens="llm")
 
 
 def test_pipeline_region_mask_is_the_mask_by_hand_and_chains_callbacks(tiny_pipe):

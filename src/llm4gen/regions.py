@@ -339,12 +339,10 @@ class _MaskingProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if self.masker.active and encoder_hidden_states is not None and hidden_states.ndim == 3:
-            bias = self.masker.bias(hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1],
-                                    hidden_states.dtype, hidden_states.device)
-            if bias is not None:
-                if attention_mask is not None:  # diffusers' key mask: [B, 1, T] (or [B, T]) of 0 / -large
-                    bias = bias + attention_mask.reshape(bias.shape[0], -1, bias.shape[-1]).to(bias.dtype)
-                attention_mask = bias
+            full = self.masker.per_head(hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1],
+                                        attn.heads, attention_mask, hidden_states.dtype, hidden_states.device)
+            if full is not None:
+                attention_mask = full
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
 
@@ -396,6 +394,7 @@ class RegionMask:
         self._rows: list[tuple[int, int, int]] | None = None
         self._latent_hw: tuple[int, int] | None = None
         self._cache: dict[tuple, torch.Tensor | None] = {}
+        self._per_head: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
         self.active = steps != 0
 
     def bias(self, batch: int, positions: int, fused_len: int, dtype: torch.dtype,
@@ -429,6 +428,24 @@ class RegionMask:
                 self._cache[key] = bias
         return self._cache[key]
 
+    def per_head(self, batch: int, positions: int, fused_len: int, heads: int, key_mask: torch.Tensor | None,
+                 dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """The layer's whole attention mask ``[batch * heads, positions, fused_len]``: :meth:`bias` plus the UNet's
+        own key mask ``key_mask`` (diffusers': ``[B, 1, T]`` of 0 / -large, or None), repeated per head as diffusers'
+        ``prepare_attention_mask`` would (so it does not repeat it again). The UNet passes the same key mask object to
+        every layer of a forward pass, so this is built once per pass and resolution, not once per layer."""
+        bias = self.bias(batch, positions, fused_len, dtype, device)
+        if bias is None:
+            return None
+        key = (batch, positions, fused_len, *self._latent_hw, heads, dtype, str(device))
+        held = self._per_head.get(key)
+        if held is not None and held[0] is key_mask:  # the held reference keeps the identity check sound
+            return held[1]
+        full = bias if key_mask is None else bias + key_mask.reshape(batch, -1, fused_len).to(dtype)
+        full = full.repeat_interleave(heads, dim=0)
+        self._per_head[key] = (key_mask, full)
+        return full
+
     @contextmanager
     def attached(self, unet: Any = None) -> Iterator[RegionMask]:
         """Mask the cross-attention of ``unet`` (the pipeline's) while inside; its processors are restored after."""
@@ -448,6 +465,7 @@ class RegionMask:
         finally:
             handle.remove()
             unet.set_attn_processor(original)
+            self._per_head.clear()
             self.active = self.steps != 0
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
