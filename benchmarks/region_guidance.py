@@ -13,7 +13,7 @@ each arm, llm4gen against base when both are guided, and planned against scene b
 ``--methods`` picks how the boxes act: ``guide`` (region guidance alone, this script's default), ``mask`` (masked
 cross-attention alone, ``llm4gen.regions.RegionMask``: in prompts with two regions or more each object's words are
 read only inside its box; no extra UNet pass) and ``both`` (what ``regions=`` does by default); each is paired against
-the unguided arm, and against ``guide`` when that runs too.
+the unguided arm, and against ``guide`` when that runs too; ``--mask-steps N`` masks only the first N steps.
 
     python benchmarks/region_guidance.py --model models/default
 
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["guide"], choices=METHODS,
                     help="guide: region guidance; mask: masked cross-attention (RegionMask, every step, the CLIP and "
                          "LLM tokens, prompts with two regions or more); both: the two (the pipeline's default)")
+    ap.add_argument("--mask-steps", type=int, default=None,
+                    help="mask and both: mask only the first N denoising steps (default: all)")
     ap.add_argument("--no-base", action="store_true", help="leave out the base arm (base_unet/) and its guided twin")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
@@ -53,8 +55,8 @@ def main() -> None:
     args = ap.parse_args()
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json); give an LLM4GEN pipeline.")
-    if args.scale < 0 or args.steps < 0:
-        raise SystemExit("--scale and --steps must be >= 0.")
+    if args.scale < 0 or args.steps < 0 or (args.mask_steps is not None and args.mask_steps < 0):
+        raise SystemExit("--scale, --steps and --mask-steps must be >= 0.")
 
     from rich.console import Console
     from rich.table import Table
@@ -93,7 +95,7 @@ def main() -> None:
 
     def controlled(pipe, b: str, m: str, tokens: str) -> RegionArm:
         return RegionArm(pipe, regions[b], args.scale if m != "mask" else 0.0, args.steps, tokens=tokens,
-                         mask=m != "guide")
+                         mask=m != "guide", mask_steps=args.mask_steps)
 
     arms: dict = {}
     base_dir = None if args.no_base else base_unet_dir(args.model)
@@ -131,7 +133,8 @@ def main() -> None:
     }
     guided = {b: sum(1 for rs in regions[b].values() if rs) for b in boxes}
     table = Table(title=f"{args.model}: region guidance (scale {args.scale:g}, {args.steps} steps; "
-                        f"{', '.join(methods)}) on "
+                        f"{', '.join(methods)}"
+                        f"{'' if args.mask_steps is None else f', mask {args.mask_steps} steps'}) on "
                         f"{args.prompts} held-out dense prompts (with regions: "
                         f"{', '.join(f'{n} {b}' for b, n in guided.items())}): % [95% CI]")
     table.add_column("arm / paired difference")
@@ -150,7 +153,8 @@ def main() -> None:
         "model": str(args.model), "prompts": args.prompts, "boxes": boxes,
         "prompts_with_regions": guided[boxes[0]] if len(boxes) == 1 else guided,
         "regions": {b: sum(len(regions[b][text]) for text, _ in prompts) for b in boxes},
-        "methods": methods, "scale": args.scale, "steps": args.steps, "llm4gen_tokens": args.tokens,
+        "methods": methods, "mask_steps": args.mask_steps, "scale": args.scale, "steps": args.steps,
+        "llm4gen_tokens": args.tokens,
         "config": report["config"],
         "arms": list(arms), "render_seconds": report["render_seconds"], "summary": report["summary"],
         "differences": differences, "binding_breakdown": report["binding_breakdown"],

@@ -568,6 +568,7 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
     import json
     import shutil
 
+    import llm4gen.regions
     from llm4gen.tiny import build_tiny_pipeline
     from test_diagnostics import _run_script
 
@@ -575,10 +576,19 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
     build_tiny_pipeline(llm_max_length=256, work_dir=tmp_path / "parts").save_pretrained(model)
     shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
     out = tmp_path / "rg.json"
+    mask_steps = []
+
+    class Recorded(llm4gen.regions.RegionMask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            mask_steps.append(self.steps)
+
+    monkeypatch.setattr(llm4gen.regions, "RegionMask", Recorded)
     _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
                 "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
-                "--out", str(out), "--boxes", "scene", "planned", "--methods", "guide", "mask")
+                "--out", str(out), "--boxes", "scene", "planned", "--methods", "guide", "mask", "--mask-steps", "3")
     report = json.loads(out.read_text())
+    assert report["mask_steps"] == 3 and mask_steps == [3] * 4  # the four mask arms, one batch each
     run = json.loads((tmp_path / "work" / "results.json").read_text())
     assert report["arms"] == ["base", "base + regions", "base + regions (mask)", "base + planned regions",
                               "base + planned regions (mask)", "llm4gen", "llm4gen + regions",
@@ -607,6 +617,8 @@ def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeyp
             (tmp_path / "work" / arm / "00000.png").read_bytes()
     # the planner's regions (words alone) cover at least the scene's: every object these captions name
     assert report["regions"]["planned"] >= report["regions"]["scene"] > 0
+    with pytest.raises(SystemExit, match="--mask-steps must be >= 0"):
+        _run_script("region_guidance", monkeypatch, "--model", str(model), "--mask-steps", "-1")
     with pytest.raises(SystemExit, match="no base arm"):
         shutil.rmtree(model / "base_unet")
         _run_script("region_guidance", monkeypatch, "--model", str(model), "--out", str(out))
