@@ -261,7 +261,8 @@ def generate_side_by_side(
 ) -> SideBySide:
     """Render ``prompt`` with the same seed by the base side and by LLM4GEN; ``progress(done, total, what)`` is
     called after every denoising step (``total`` counts both renders). ``regions`` (:class:`llm4gen.regions.Region`)
-    guide the LLM4GEN side only (region guidance through the LLM's tokens); the base side stays plain."""
+    guide the LLM4GEN side only (the pipeline's ``regions=``: region guidance through the LLM's tokens and masked
+    cross-attention); the base side stays plain."""
     import torch
 
     from .utils import validate_prompts
@@ -449,8 +450,8 @@ def build_app(
             "The same seed is rendered twice: on the left by the **base** path, which reads the prompt through CLIP "
             "alone (77 tokens), on the right by **LLM4GEN**, which also feeds the language model's reading of the "
             "whole prompt through the Cross-Adapter. The difference is what the LLM adds. Optional **regions** "
-            "hold words of the prompt to boxes on the LLM4GEN side (region guidance); `auto` plans them from the "
-            "prompt's place words."
+            "hold words of the prompt to boxes on the LLM4GEN side (region guidance and masked cross-attention); "
+            "`auto` plans them from the prompt's place words."
         )
         with gr.Row():
             with gr.Column(scale=3):
