@@ -159,6 +159,22 @@ def _token_windows(pipe: Any, tokens: str, fused_len: int) -> list[tuple[Any, st
     return out
 
 
+def _per_image(prompts: Sequence[str], regions: Sequence[Sequence[Region]], num_images_per_prompt: int
+               ) -> tuple[list[str], list[list[Region]], list[list[list[tuple[int, int]]]], list[tuple], list[int]]:
+    """Per image (each prompt's ``num_images_per_prompt`` images share its regions): the prompts, their regions, each
+    region's character spans, every (image, region)'s box in one flat list, and each image's first index into it."""
+    if len(regions) != len(prompts):
+        raise ValueError(f"Give one list of regions per prompt: {len(prompts)} prompts, {len(regions)} lists.")
+    image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    image_regions = [list(r) for r in regions for _ in range(num_images_per_prompt)]
+    spans = [[region_spans(p, r) for r in rs] for p, rs in zip(image_prompts, image_regions)]
+    boxes = [region.box for rs in image_regions for region in rs]
+    firsts = [0]
+    for rs in image_regions[:-1]:
+        firsts.append(firsts[-1] + len(rs))
+    return image_prompts, image_regions, spans, boxes, firsts
+
+
 def _region_rows(pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]],
                 spans: Sequence[Sequence[list[tuple[int, int]]]], first_box: Sequence[int], tokens: str,
                 fused_len: int) -> list[tuple[int, int, int]]:
@@ -221,8 +237,8 @@ class RegionGuidance:
     def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], scale: float = 0.1,
                  steps: int = 10, tokens: str = "llm", num_images_per_prompt: int = 1,
                  max_resolution: int | None = None) -> None:
-        if len(regions) != len(prompts):
-            raise ValueError(f"Give one list of regions per prompt: {len(prompts)} prompts, {len(regions)} lists.")
+        self.prompts, self.regions, self.spans, self._boxes, self._first_box = _per_image(prompts, regions,
+                                                                                          num_images_per_prompt)
         if tokens not in GUIDED_TOKENS:
             raise ValueError(f"region tokens must be one of {GUIDED_TOKENS}, got {tokens!r}.")
         if not scale >= 0:
@@ -235,9 +251,6 @@ class RegionGuidance:
             raise ValueError(f"tokens={tokens!r} guides the LLM's tokens, but this pipeline has no LLM encoder; use "
                              "tokens='clip'.")
         self.pipe, self.scale, self.steps, self.tokens = pipe, float(scale), steps, tokens
-        self.prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        self.regions = [list(r) for r in regions for _ in range(num_images_per_prompt)]
-        self.spans = [[region_spans(p, r) for r in rs] for p, rs in zip(self.prompts, self.regions)]
         # SDXL (a second text encoder) needs its pooled embeddings and time ids in the UNet pass; its cross-attention
         # starts at 32 x 32 at 1024 px, where SD1.x's starts at 16 x 16 at 512 px
         self.xl = getattr(pipe, "text_encoder_2", None) is not None or hasattr(pipe, "tokenizer_2")
@@ -248,11 +261,6 @@ class RegionGuidance:
         self.losses: list[tuple[int, float]] = []
         self._covers: dict[tuple[int, int, int], torch.Tensor] = {}  # (positions, latent h, w) -> [boxes, positions]
         self._rows: list[tuple[int, int, int]] | None = None
-        self._boxes = [region.box for rs in self.regions for region in rs]  # one per (image, region)
-        firsts = [0]
-        for rs in self.regions[:-1]:
-            firsts.append(firsts[-1] + len(rs))
-        self._first_box = firsts
 
     def _build_rows(self, fused_len: int) -> None:
         self._rows = _region_rows(self.pipe, self.prompts, self.regions, self.spans, self._first_box, self.tokens,
@@ -368,8 +376,8 @@ class RegionMask:
 
     def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], steps: int | None = None,
                  tokens: str = "both", num_images_per_prompt: int = 1, min_regions: int = 2) -> None:
-        if len(regions) != len(prompts):
-            raise ValueError(f"Give one list of regions per prompt: {len(prompts)} prompts, {len(regions)} lists.")
+        self.prompts, self.regions, self.spans, self._boxes, self._first_box = _per_image(prompts, regions,
+                                                                                          num_images_per_prompt)
         if tokens not in GUIDED_TOKENS:
             raise ValueError(f"region mask tokens must be one of {GUIDED_TOKENS}, got {tokens!r}.")
         if steps is not None and not (isinstance(steps, int) and steps >= 0):
@@ -381,16 +389,7 @@ class RegionMask:
                                  "tokens='clip'.")
         if not (isinstance(min_regions, int) and min_regions >= 1):
             raise ValueError(f"min_regions must be a whole number >= 1, got {min_regions!r}.")
-        self.pipe, self.steps, self.tokens = pipe, steps, tokens
-        self.prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        self.regions = [list(r) for r in regions for _ in range(num_images_per_prompt)]
-        self.min_regions = min_regions
-        self.spans = [[region_spans(p, r) for r in rs] for p, rs in zip(self.prompts, self.regions)]
-        self._boxes = [region.box for rs in self.regions for region in rs]
-        firsts = [0]
-        for rs in self.regions[:-1]:
-            firsts.append(firsts[-1] + len(rs))
-        self._first_box = firsts
+        self.pipe, self.steps, self.tokens, self.min_regions = pipe, steps, tokens, min_regions
         self._rows: list[tuple[int, int, int]] | None = None
         self._latent_hw: tuple[int, int] | None = None
         self._cache: dict[tuple, torch.Tensor | None] = {}
