@@ -58,8 +58,9 @@ SD15_CLIP = dict(
 )
 
 
-def build(size: str, work: Path):
-    """(plain StableDiffusionPipeline, LLM4GenPipeline) sharing UNet, VAE, CLIP and scheduler."""
+def build(size: str, work: Path, llm_ref: str | None = None):
+    """(plain StableDiffusionPipeline, LLM4GenPipeline) sharing UNet, VAE, CLIP and scheduler; ``llm_ref``: the LLM
+    (a saved model folder or ``package:NAME``), MiniLM by default."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -67,7 +68,7 @@ def build(size: str, work: Path):
     from llm4gen.data.clip_tokenizer import load_clip_tokenizer
     from llm4gen.tiny import MINILM_REF, build_tiny_pipeline
 
-    llm = LLMEncoder.from_pretrained(MINILM_REF, max_length=256, padding="max_length")
+    llm = LLMEncoder.from_pretrained(llm_ref or MINILM_REF, max_length=256, padding="max_length")
     torch.manual_seed(0)
     if size == "tiny":
         tiny = build_tiny_pipeline(llm=llm, work_dir=work / "tiny")

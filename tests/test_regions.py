@@ -651,3 +651,68 @@ def test_region_guidance_moves_the_bundled_models_objects_into_their_boxes():
 
     guided, plain = placed(regions=regions), placed()
     assert guided == 4 and plain < guided
+
+
+def test_region_overhead_benchmark_times_each_mode_with_what_it_names(tmp_path, monkeypatch, capsys):
+    """benchmarks/region_overhead.py: per batch size a row per mode; each call builds the mask only in "mask" and
+    "both" and runs region guidance's steps only in "guide" and "both" (seen where they happen, call by call), each
+    guided mode changes the image from the same seed, and unguided is the 1x reference."""
+    import json
+
+    import llm4gen.regions
+    from llm4gen import LLM4GenPipeline
+    from test_diagnostics import _run_script
+
+    calls: list[list[str]] = []
+
+    class CountedMask(llm4gen.regions.RegionMask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            calls[-1].append("mask")
+
+    class CountedGuidance(llm4gen.regions.RegionGuidance):
+        def loss(self, *args, **kwargs):
+            calls[-1].append("guide")
+            return super().loss(*args, **kwargs)
+
+    original = LLM4GenPipeline.__call__
+
+    def call(self, *args, **kwargs):
+        calls.append([])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(llm4gen.regions, "RegionMask", CountedMask)
+    monkeypatch.setattr(llm4gen.regions, "RegionGuidance", CountedGuidance)
+    monkeypatch.setattr(LLM4GenPipeline, "__call__", call)
+    out = tmp_path / "ro.json"
+    _run_script("region_overhead", monkeypatch, "--sizes", "tiny", "--resolution", "32", "--steps", "3",
+                "--guide-steps", "2", "--batch", "1", "2", "--repeats", "1", "--json", str(out))
+    # per batch size: a warm-up call and one timed round, each mode in turn
+    per_mode = [[], ["guide", "guide"], ["mask"], ["mask", "guide", "guide"]]
+    assert calls == per_mode * 4
+    report = json.loads(out.read_text())
+    tiny = report["models"]["tiny"]
+    assert tiny["regions"] == 4 and set(tiny["batches"]) == {"1", "2"}
+    for rows in tiny["batches"].values():
+        assert list(rows) == ["unguided", "guide", "mask", "both"]
+        assert rows["unguided"]["vs_unguided"] == pytest.approx(1.0)
+        assert rows["unguided"]["mean_abs_change_vs_unguided"] == 0.0
+        for mode in ("guide", "mask", "both"):
+            assert rows[mode]["mean_abs_change_vs_unguided"] > 1e-4
+            assert rows[mode]["s_per_image"] > 0 and rows[mode]["peak_gib"] is None  # CPU: no CUDA peak
+            ratio = rows[mode]["s_per_image"] / rows["unguided"]["s_per_image"]
+            assert rows[mode]["vs_unguided"] == pytest.approx(ratio)
+    assert "vs unguided" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--dtype", "fp16"], "for CUDA"),
+    (["--model", "no/such/folder"], "not a pipeline folder"),
+    (["--llm", "no/such/llm"], "no such folder"),
+    (["--batch", "0"], "must be >= 1"),
+])
+def test_region_overhead_benchmark_names_bad_settings(args, match, tmp_path, monkeypatch):
+    from test_diagnostics import _run_script
+
+    with pytest.raises(SystemExit, match=match):
+        _run_script("region_overhead", monkeypatch, "--steps", "2", "--json", str(tmp_path / "x.json"), *args)
