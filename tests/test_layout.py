@@ -3,6 +3,8 @@ ShapesWorld scenes' true positions; regions="auto" in the pipeline, the command 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,30 @@ def test_demo_prompts_plan_the_cells_their_words_name():
         assert [w for w, _ in got] == [w for w, _ in expected]
         for (_, b), (_, e) in zip(got, expected):
             assert b == pytest.approx(e)
+
+
+def test_demo_scenes_are_what_the_demo_prompts_ask_for():
+    """DEMO_SCENES (what benchmarks/demo_seeds.py scores the demo's images against): per prompt the objects it names,
+    each centred in the cell its planned region boxes, with its size and colour words and the prompt's relation; a
+    rendering of each scene scores all-correct (the renderer and the scorer agree it is a valid scene)."""
+    from llm4gen.data.shapes import Scene, position_region, render_scene
+    from llm4gen.eval.shapes import cell_box, score_image
+    from llm4gen.eval.shapes_bench import planned_regions
+    from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
+
+    for prompt, data in zip(DEMO_PROMPTS, DEMO_SCENES, strict=True):
+        scene = Scene.from_dict(data)
+        regions = planned_regions(prompt)
+        assert len(regions) == len(scene.objects)
+        for obj, region in zip(scene.objects, regions):
+            words = region_words(prompt, region)
+            assert f"{obj.size} {obj.colour} {obj.shape}" in words
+            assert region.box == pytest.approx(cell_box(position_region(obj.x, obj.y)))
+        for a, rel, b in scene.relations:
+            named = f"The {scene.objects[a].name()} is to the {rel.split()[0]} of the {scene.objects[b].name()}."
+            assert named in prompt
+        assert re.search(rf"\b{scene.background} (background|backdrop|colour)", prompt)
+        assert score_image(render_scene(scene, 64), scene)["all_correct"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DEMO_PROMPTS"]
+__all__ = ["DEMO_PROMPTS", "DEMO_SCENES"]
 
 # In ShapesWorld's vocabulary (the bundled model's world); the last two run past CLIP's 77 tokens
 DEMO_PROMPTS = [
@@ -18,4 +18,20 @@ DEMO_PROMPTS = [
     "in the scene. A large red star sits on the left side, halfway down. A small cyan ring sits in the upper right "
     "corner. A large purple triangle sits near the bottom edge, horizontally centred. The red star is to the left of "
     "the purple triangle.",
+]
+
+# What each demo prompt asks for, as ShapesWorld scene graphs (llm4gen.data.shapes.Scene.from_dict), in the same
+# order: the scorer (llm4gen.eval.shapes.score_image) checks an image of DEMO_PROMPTS[i] against DEMO_SCENES[i].
+# Centres sit in the cells the prompts name (ShapesWorld's grid, edges 0.36 and 0.64); relations are the prompts'.
+DEMO_SCENES = [
+    {"background": "white", "relations": [],
+     "objects": [{"colour": "red", "shape": "circle", "size": "large", "x": 0.22, "y": 0.22},
+                 {"colour": "blue", "shape": "square", "size": "small", "x": 0.8, "y": 0.8}]},
+    {"background": "black", "relations": [[1, "left of", 0]],
+     "objects": [{"colour": "yellow", "shape": "star", "size": "large", "x": 0.78, "y": 0.22},
+                 {"colour": "green", "shape": "square", "size": "small", "x": 0.2, "y": 0.8}]},
+    {"background": "grey", "relations": [[0, "left of", 2]],
+     "objects": [{"colour": "red", "shape": "star", "size": "large", "x": 0.22, "y": 0.5},
+                 {"colour": "cyan", "shape": "ring", "size": "small", "x": 0.8, "y": 0.2},
+                 {"colour": "purple", "shape": "triangle", "size": "large", "x": 0.5, "y": 0.78}]},
 ]
