@@ -683,3 +683,50 @@ def test_sampling_needs_two_settings_and_a_pipeline(tmp_path, monkeypatch):
         _run_script("sampling", monkeypatch, "--setting", "5,0,25", "--model", str(tmp_path))
     with pytest.raises(SystemExit, match="no model_index.json"):
         _run_script("sampling", monkeypatch, "--model", str(tmp_path))
+
+
+# ---------------------------------------------------------------------- benchmarks/scorer_audit.py
+def test_scorer_audit_agreement_and_recall_by_hand():
+    """Precision per sheet is the share of crops a reader labelled as the scorer's shape; recall per shape the reader
+    saw scales each sheet's labels to all of that shape's detections (a stratified estimate), worked out by hand."""
+    audit_mod = _load_script("scorer_audit")
+    audit = {"detections": {"star": 10, "cross": 20, "ring": 0},
+             "sheets": {"star": [{}] * 4, "cross": [{}] * 2}}
+    labels = {"star": ["star", "Star ", "cross", "ring"], "cross": ["cross", "star"]}
+    result = audit_mod.agreement(audit, labels)
+    assert result["star"] == {"crops": 4, "same": 2, "precision": 0.5, "labels": {"cross": 1, "ring": 1, "star": 2}}
+    assert result["cross"]["precision"] == 0.5
+    recall = audit_mod.estimated_recall(audit, result)
+    # stars: 10 * 2/4 on the star sheet + 20 * 1/2 on the cross sheet = 15 in the images; named star: 10 * 0.5 = 5
+    assert recall["star"] == pytest.approx({"estimated_objects": 15.0, "estimated_named_so": 5.0, "recall": 1 / 3})
+    # crosses: 10 * 1/4 + 20 * 1/2 = 12.5; named cross: 20 * 0.5 = 10
+    assert recall["cross"]["recall"] == pytest.approx(0.8)
+    assert recall["ring"] == pytest.approx({"estimated_objects": 2.5, "estimated_named_so": 0.0, "recall": 0.0})
+    for bad, match in [({"star": labels["star"]}, "no entry for the 'cross' sheet"),
+                       ({**labels, "cross": ["cross"]}, "has 2 crops but the labels give 1"),
+                       ({**labels, "cross": ["cross", "blob"]}, "Unknown labels")]:
+        with pytest.raises(SystemExit, match=match):
+            audit_mod.agreement(audit, bad)
+
+
+def test_scorer_audit_writes_numbered_sheets_of_the_scorers_detections(bundled_model, tmp_path, monkeypatch,
+                                                                        capsys):
+    out = tmp_path / "audit"
+    _run_script("scorer_audit", monkeypatch, "--model", str(bundled_model), "--prompts", "4", "--per-shape", "2",
+                "--out-dir", str(out))
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["sheets"] and sum(audit["detections"].values()) >= sum(len(v) for v in audit["sheets"].values())
+    for shape, crops in audit["sheets"].items():
+        assert 1 <= len(crops) <= min(2, audit["detections"][shape])
+        assert [c["number"] for c in crops] == list(range(len(crops)))
+        assert all(0 <= c["prompt"] < 4 for c in crops)
+        assert (out / f"sheet_{shape}.png").is_file()
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({s: [s] * len(c) for s, c in audit["sheets"].items()}))
+    _run_script("scorer_audit", monkeypatch, "--out-dir", str(out), "--labels", str(labels))
+    report = json.loads((out / "agreement.json").read_text())
+    assert all(r["precision"] == 1.0 for r in report["agreement"].values())
+    assert all(r["recall"] == pytest.approx(1.0) for r in report["estimated_recall"].values())
+    assert "reader agrees" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="audit.json is missing"):
+        _run_script("scorer_audit", monkeypatch, "--out-dir", str(tmp_path / "none"), "--labels", str(labels))
