@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=None, help="default: the demo's (llm4gen.cli.BUNDLED_GUIDANCE)")
     ap.add_argument("--grid-seeds", type=int, default=8, help="seeds shown per row of the PNG grid")
+    ap.add_argument("--scorer-prototypes", default="auto", choices=("auto", "clean", "smooth"),
+                    help="the scorer's shape prototypes (llm4gen.eval.shapes.detect_objects; auto: the README's)")
     ap.add_argument("--out", default="benchmarks/results/demo_seeds.json")
     args = ap.parse_args()
     if not (Path(args.model) / "model_index.json").is_file():
@@ -102,7 +104,7 @@ def main() -> None:
                     bar.advance(task, len(seeds))
                     scored = []
                     for s, img in zip(seeds, out):
-                        row = score_image(img, scene)
+                        row = score_image(img, scene, prototypes=args.scorer_prototypes)
                         row["seed"] = s
                         scored.append(row)
                     rows.setdefault(str(i), {})[name] = scored
@@ -112,7 +114,8 @@ def main() -> None:
 
     summary: dict = {}
     table = Table(title=f"{args.model}: the demo's prompts over {len(seeds)} seeds each ({args.steps} steps, guidance "
-                        f"{guidance:g}); % of seeds, all-correct with 95% Wilson interval")
+                        f"{guidance:g}, scorer prototypes {args.scorer_prototypes}); % of seeds, all-correct with "
+                        "95% Wilson interval")
     for col in ("prompt", "arm", "all-correct", *METRICS[1:]):
         table.add_column(col, justify="left" if col in ("prompt", "arm") else "right")
     for i in map(str, range(len(DEMO_PROMPTS))):
@@ -133,8 +136,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "demo_seeds", "model": args.model, "seeds": seeds, "steps": args.steps,
-              "guidance": guidance, "prompts": DEMO_PROMPTS, "scenes": DEMO_SCENES, "render_seconds": timings,
-              "summary": summary, "results": rows}
+              "guidance": guidance, "scorer_prototypes": args.scorer_prototypes, "prompts": DEMO_PROMPTS,
+              "scenes": DEMO_SCENES, "render_seconds": timings, "summary": summary, "results": rows}
     out.write_text(json.dumps(report, indent=1))
     if args.grid_seeds:
         shown = seeds[:args.grid_seeds]

@@ -71,6 +71,32 @@ def estimated_recall(audit: dict, result: dict) -> dict:
     return out
 
 
+def prototype_agreement(audit: dict, labels: dict) -> dict:
+    """For each prototype set the scorer has (``clean``, ``smooth``): the labelled crops (not ``other``) re-classified
+    from their stored features, the share whose shape the reader saw, and the recall per shape the reader saw, each
+    crop weighted by its sheet's detections / crops (a stratified estimate over all detections)."""
+    from llm4gen.eval.shapes import nearest_shape
+
+    size = int(audit.get("image_size", 64))
+    out = {}
+    for name, smooth in (("clean", False), ("smooth", True)):
+        total = right = 0.0
+        per: dict[str, list[float]] = {}
+        for said, crops in audit["sheets"].items():
+            weight = audit["detections"][said] / len(crops)
+            for crop, seen in zip(crops, labels[said]):
+                seen = str(seen).strip().lower()
+                if seen == OTHER:
+                    continue
+                hit = nearest_shape(crop["features"], size, smooth) == seen
+                total, right = total + weight, right + weight * hit
+                counts = per.setdefault(seen, [0.0, 0.0])
+                counts[0], counts[1] = counts[0] + weight, counts[1] + weight * hit
+        out[name] = {"accuracy": right / total if total else None,
+                     "recall": {shape: hit / n for shape, (n, hit) in sorted(per.items())}}
+    return out
+
+
 def make_audit(model: str, arm: str, prompts: int, per_shape: int, seed: int, out_dir: Path) -> dict:
     """Render, detect, sample and write the contact sheets and audit.json (step 1)."""
     from PIL import Image, ImageDraw
@@ -118,8 +144,8 @@ def make_audit(model: str, arm: str, prompts: int, per_shape: int, seed: int, ou
         sheets[shape] = [{"number": j, "prompt": k, "colour": d.colour, "size": d.size, "x": round(d.x, 3),
                           "y": round(d.y, 3), "features": [round(float(f), 4) for f in d.features]}
                          for j, (k, d) in enumerate(pick)]
-    audit = {"model": model, "arm": arm, "config": {"num_prompts": prompts, "prompt_seed": cfg.prompt_seed,
-                                                    "image_seed": cfg.image_seed},
+    audit = {"model": model, "arm": arm, "image_size": images[0].size[0],
+             "config": {"num_prompts": prompts, "prompt_seed": cfg.prompt_seed, "image_seed": cfg.image_seed},
              "detections": {s: len(v) for s, v in found.items()}, "sample_seed": seed, "sheets": sheets}
     (out_dir / "audit.json").write_text(json.dumps(audit, indent=1))
     return audit
@@ -178,8 +204,17 @@ def main() -> None:
         table.add_row(shape, f"{r['estimated_objects']:.0f}", f"{r['estimated_named_so']:.0f}",
                       f"{100 * r['recall']:.0f}%")
     console.print(table)
+    by_set = prototype_agreement(audit, labels)
+    shapes = sorted({s for r in by_set.values() for s in r["recall"]})
+    table = Table(title="The labelled crops re-classified with each prototype set of the scorer (detect_objects' "
+                        "prototypes=; auto picks clean for noise-free images): agreement with the reader")
+    for col in ("prototypes", "accuracy", *(f"{s} recall" for s in shapes)):
+        table.add_column(col, justify="left" if col == "prototypes" else "right")
+    for name, r in by_set.items():
+        table.add_row(name, f"{100 * r['accuracy']:.1f}%", *(f"{100 * r['recall'][s]:.0f}%" for s in shapes))
+    console.print(table)
     report = {"audit": str(audit_path), "labels_file": args.labels, "detections": audit["detections"],
-              "agreement": result, "estimated_recall": recall}
+              "agreement": result, "estimated_recall": recall, "prototype_sets": by_set}
     (out_dir / "agreement.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out_dir / 'agreement.json'}")
 

@@ -702,6 +702,18 @@ def test_scorer_audit_agreement_and_recall_by_hand():
     # crosses: 10 * 1/4 + 20 * 1/2 = 12.5; named cross: 20 * 0.5 = 10
     assert recall["cross"]["recall"] == pytest.approx(0.8)
     assert recall["ring"] == pytest.approx({"estimated_objects": 2.5, "estimated_named_so": 0.0, "recall": 0.0})
+    # re-classified from features: the clean star and cross prototypes themselves, both labelled star, and a cross
+    # labelled other (left out); star sheet crops weigh 10 / 2 = 5 each
+    from llm4gen.eval.shapes import _prototypes
+
+    protos, _ = _prototypes(64, False)
+    star, cross = (list(map(float, protos[(s, "large")])) for s in ("star", "cross"))
+    sets = audit_mod.prototype_agreement(
+        {"detections": {"star": 10, "cross": 5}, "sheets": {"star": [{"features": star}, {"features": cross}],
+                                                            "cross": [{"features": cross}]}},
+        {"star": ["star", "star"], "cross": ["other"]})
+    assert sets["clean"] == {"accuracy": 0.5, "recall": {"star": 0.5}}
+    assert set(sets["smooth"]["recall"]) == {"star"}
     for bad, match in [({"star": labels["star"]}, "no entry for the 'cross' sheet"),
                        ({**labels, "cross": ["cross"]}, "has 2 crops but the labels give 1"),
                        ({**labels, "cross": ["cross", "blob"]}, "Unknown labels")]:
@@ -727,6 +739,10 @@ def test_scorer_audit_writes_numbered_sheets_of_the_scorers_detections(bundled_m
     report = json.loads((out / "agreement.json").read_text())
     assert all(r["precision"] == 1.0 for r in report["agreement"].values())
     assert all(r["recall"] == pytest.approx(1.0) for r in report["estimated_recall"].values())
+    # the bundled model's images have no pixel noise, so the scorer used the clean prototypes: re-classifying the
+    # stored features with them gives back every verdict the labels above copied
+    assert report["prototype_sets"]["clean"]["accuracy"] == pytest.approx(1.0)
+    assert set(report["prototype_sets"]) == {"clean", "smooth"}
     assert "reader agrees" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="audit.json is missing"):
         _run_script("scorer_audit", monkeypatch, "--out-dir", str(tmp_path / "none"), "--labels", str(labels))

@@ -432,3 +432,31 @@ def test_format_percent_by_hand():
     assert format_percent({"mean": 0.17, "ci95": [0.1433, 0.198]}, signed=True) == "+17.0 [+14.3, +19.8]"
     assert format_percent({"mean": -0.026, "ci95": [-0.043, 0.0]}, signed=True) == "-2.6 [-4.3, +0.0]"
     assert format_percent({"mean": None, "ci95": None, "n": 0}) == "-"
+
+
+def test_quality_benchmark_scores_with_the_configured_prototypes(tmp_path):
+    """An oracle arm whose renders are blurred without noise (as a diffusion model draws): scored with the smooth
+    prototypes every shape is right; with "auto" (clean prototypes for noise-free images) stars are lost."""
+    from PIL import ImageFilter
+
+    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
+
+    class BlurArm(RenderArm):
+        def __call__(self, prompt, generator, **kwargs):
+            out = super().__call__(prompt, generator, **kwargs)
+            return SimpleNamespace(images=[im.filter(ImageFilter.GaussianBlur(1.2)) for im in out.images])
+
+    cfg = QualityConfig(num_prompts=16, batch_size=16, bootstrap=100, scheduler="own")
+    items = benchmark_prompts(cfg)
+    assert sum(o.shape == "star" for _, scene in items for o in scene.objects) >= 3
+    arm = BlurArm(dict(items))
+    shape = {}
+    for prototypes in ("auto", "smooth"):
+        cfg = QualityConfig(num_prompts=16, batch_size=16, bootstrap=100, scheduler="own",
+                            scorer_prototypes=prototypes)
+        report = run_quality_benchmark({"oracle": arm}, tmp_path / prototypes, cfg, progress=False, samples=1)
+        assert report["config"]["scorer_prototypes"] == prototypes
+        shape[prototypes] = report["summary"]["oracle"]["all"]["shape"]["mean"]
+    assert shape["smooth"] == 1.0 and shape["auto"] < 1.0
+    with pytest.raises(ValueError, match="scorer_prototypes must be one of"):
+        QualityConfig(scorer_prototypes="blurred")

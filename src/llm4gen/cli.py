@@ -543,6 +543,10 @@ def bench_quality(
         "test", "--split",
         help="test: the held-out prompts (each asks for a colour-shape pair never trained on); train: new scenes "
              "made only of pairs seen in training (a control: does a failure come from the unseen pairs?)."),
+    scorer_prototypes: str = typer.Option(
+        "auto", "--scorer-prototypes",
+        help="The scorer's shape prototypes: auto (what the README's tables use), clean, or smooth (reads blurred "
+             "generated stars right; see the README's scorer audit)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps."),
 ) -> None:
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
@@ -580,7 +584,7 @@ def bench_quality(
     try:
         cfg = QualityConfig(num_prompts=64 if quick else prompts, num_inference_steps=15 if quick else steps,
                             guidance_scale=guidance, guidance_rescale=guidance_rescale, batch_size=batch_size,
-                            image_seed=seed, split=split)
+                            image_seed=seed, split=split, scorer_prototypes=scorer_prototypes)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     try:

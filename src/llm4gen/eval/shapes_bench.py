@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .shapes import LENGTH_BUCKETS, METRICS, clip_token_count, length_bucket, score_image
+from .shapes import LENGTH_BUCKETS, METRICS, PROTOTYPES, clip_token_count, length_bucket, score_image
 
 __all__ = [
     "QualityConfig",
@@ -84,6 +84,7 @@ class QualityConfig:
     size: int = 64
     bootstrap: int = 2000
     split: str = "test"  # test: every prompt asks for a pair held out of training; train: new scenes of seen pairs
+    scorer_prototypes: str = "auto"  # llm4gen.eval.shapes.detect_objects' prototypes (auto: every README table's)
 
     def __post_init__(self) -> None:
         from ..data.shapes import SPLITS
@@ -96,6 +97,8 @@ class QualityConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}.")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}.")
+        if self.scorer_prototypes not in PROTOTYPES:
+            raise ValueError(f"scorer_prototypes must be one of {PROTOTYPES}, got {self.scorer_prototypes!r}.")
 
     @property
     def prompt_set(self) -> str:
@@ -678,7 +681,7 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
             rows = []
             for i, (img, (text, scene)) in enumerate(zip(imgs, items)):
                 img.save(out / name / f"{i:05d}.png")
-                row = score_image(img, scene)
+                row = score_image(img, scene, prototypes=cfg.scorer_prototypes)
                 row.update(index=i, text=text, clip_tokens=tokens[i], file_name=f"{name}/{i:05d}.png")
                 rows.append(row)
             per_arm[name], images[name] = rows, imgs
