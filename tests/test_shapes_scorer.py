@@ -156,6 +156,23 @@ def test_score_folder_and_cli(tmp_path):
                         "--corrupt", "swap-colours"])
     bad = score_folder(str(tmp_path / "bad"), progress=False)["summary"]["all"]
     assert bad["binding"]["mean"] < 0.6 and bad["colour"]["mean"] == 1.0
+    # the same images blurred by 1.2 px without noise, as a diffusion model draws: --prototypes smooth reads every
+    # shape, auto (clean prototypes for noise-free images) loses stars
+    import shutil
+
+    shutil.copytree(tmp_path / "good", tmp_path / "soft")
+    for png in (tmp_path / "soft").glob("*.png"):
+        Image.open(png).convert("RGB").filter(ImageFilter.GaussianBlur(1.2)).save(png)
+    stars = sum(o["shape"] == "star" for line in (tmp_path / "soft" / "metadata.jsonl").read_text().splitlines()
+                for o in json.loads(line)["scene"]["objects"])
+    assert stars >= 3
+    res = runner.invoke(app, ["shapes", "score", str(tmp_path / "soft"), "--prototypes", "smooth"])
+    assert res.exit_code == 0, res.output
+    soft = json.loads((tmp_path / "soft" / "shapes_scores.json").read_text())["summary"]["all"]
+    assert soft["shape"]["mean"] == 1.0
+    assert score_folder(str(tmp_path / "soft"), progress=False)["summary"]["all"]["shape"]["mean"] < 1.0
+    res = runner.invoke(app, ["shapes", "score", str(tmp_path / "soft"), "--prototypes", "blurred"])
+    assert res.exit_code == 1 and "prototypes must be one of" in res.output
     (tmp_path / "good" / "000003.png").unlink()
     res = runner.invoke(app, ["shapes", "score", str(tmp_path / "good")])
     assert res.exit_code == 1 and "000003.png" in res.output

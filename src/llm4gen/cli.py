@@ -400,6 +400,10 @@ def shapes_score(
     images_dir: Path = typer.Argument(..., help="Folder of images with the metadata.jsonl they were generated from."),
     json_out: Path | None = typer.Option(None, "--json", help="Where to write the JSON report (default: "
                                             "IMAGES_DIR/shapes_scores.json)."),
+    prototypes: str = typer.Option(
+        "auto", "--prototypes",
+        help="The scorer's shape prototypes: auto (the README's tables), clean, or smooth (reads a diffusion "
+             "model's soft stars right; see the README's scorer audit)."),
 ) -> None:
     """Score generated images against their scene graphs; print a table by category and prompt length."""
     import json
@@ -407,7 +411,7 @@ def shapes_score(
     from .eval.shapes import LENGTH_BUCKETS, METRICS, score_folder
 
     try:
-        report = score_folder(str(images_dir))
+        report = score_folder(str(images_dir), prototypes=prototypes)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None

@@ -403,14 +403,18 @@ def length_bucket(results: Sequence[dict[str, Any]], bucket: str) -> list[dict[s
     raise ValueError(f"Unknown bucket {bucket!r}; use one of {LENGTH_BUCKETS}.")
 
 
-def score_folder(folder: str, tokenizer: Any = None, progress: bool = True) -> dict[str, Any]:
-    """Score every image listed in ``folder/metadata.jsonl`` against its scene graph.
+def score_folder(folder: str, tokenizer: Any = None, progress: bool = True, prototypes: str = "auto"
+                 ) -> dict[str, Any]:
+    """Score every image listed in ``folder/metadata.jsonl`` against its scene graph (``prototypes`` as
+    :func:`detect_objects` takes it; ``"smooth"`` for a diffusion model's soft images).
 
     Returns ``{"summary": {bucket: {metric: {"mean", "n"}}}, "results": [per image]}`` with buckets ``all``,
     ``<=77 tokens`` and ``>77 tokens`` (the prompt's length in CLIP tokens: inside or beyond CLIP's window).
     """
     from ..data.shapes import read_dataset
 
+    if prototypes not in PROTOTYPES:
+        raise ValueError(f"prototypes must be one of {PROTOTYPES}, got {prototypes!r}.")
     records = read_dataset(folder)
     if not records:
         raise ValueError(f"{folder}/metadata.jsonl lists no images.")
@@ -429,7 +433,7 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True) -> d
             raise FileNotFoundError(f"{rec['path']} is listed in metadata.jsonl but does not exist.") from None
         except OSError as err:
             raise ValueError(f"{rec['path']} is not a readable image ({err}).") from err
-        result = score_image(image, rec["scene"])
+        result = score_image(image, rec["scene"], prototypes=prototypes)
         if rec.get("style", "dense") != "dense":  # short and relational captions name no positions
             result["position"] = result["position_chance"] = None
         result.update(file_name=rec["file_name"], text=rec.get("text", ""), clip_tokens=n_tokens)
