@@ -164,6 +164,8 @@ def main() -> None:
     if args.quick:
         args.sizes, args.model, args.resolution, args.steps, args.guide_steps = ["tiny"], None, 32, 4, 2
         args.batch, args.repeats = [1], 1
+    if args.model and args.llm:
+        raise SystemExit("--llm is for the built --sizes; a --model folder brings its own LLM.")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: torch sees no CUDA device here; use --device cpu.")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]

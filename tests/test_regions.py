@@ -709,6 +709,7 @@ def test_region_overhead_benchmark_times_each_mode_with_what_it_names(tmp_path, 
     (["--dtype", "fp16"], "for CUDA"),
     (["--model", "no/such/folder"], "not a pipeline folder"),
     (["--llm", "no/such/llm"], "no such folder"),
+    (["--model", "models/default", "--llm", "x"], "brings its own LLM"),
     (["--batch", "0"], "must be >= 1"),
 ])
 def test_region_overhead_benchmark_names_bad_settings(args, match, tmp_path, monkeypatch):
