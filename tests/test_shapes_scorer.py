@@ -213,3 +213,17 @@ def test_smooth_prototypes_still_score_clean_renders_perfectly():
     world = ShapesWorld("test", seed=11)
     rows = [score_image(world[k].image, world[k].scene, prototypes="smooth") for k in range(60)]
     assert all(v["mean"] == 1.0 for m, v in summarize(rows).items() if m in METRICS), summarize(rows)
+
+
+def test_nearest_shape_of_a_render_is_its_shape_in_both_prototype_sets():
+    """nearest_shape on a render's own silhouette features (detect_objects without classifying) gives the drawn shape
+    with either prototype set, at both sizes (how the two sets differ on soft shapes: the test above)."""
+    from llm4gen.data.shapes import SHAPES
+    from llm4gen.eval.shapes import nearest_shape
+
+    for shape in SHAPES:
+        for size in ("small", "large"):
+            image = render_scene(Scene([SceneObject("red", shape, size, 0.47, 0.52)], "white"))
+            (det,) = detect_objects(image, _classify=False)
+            assert nearest_shape(det.features, 64, smooth=False) == shape
+            assert nearest_shape(det.features, 64, smooth=True) == shape
