@@ -4,7 +4,8 @@
 the *same* arm of two runs instead, e.g. the bundled model against the one it replaced, on the same prompts and noise
 (the runs must have used the same prompt seed, image seed, sampler, steps and guidance; the script checks this and
 that the prompt texts agree; ``--sampler-may-differ`` compares two sampler settings of one model instead, e.g.
-``llm4gen bench quality --guidance-rescale 0.7`` against the default). Per metric and prompt-length bucket it
+``llm4gen bench quality --guidance-rescale 0.7`` against the default; runs scored with different
+``--scorer-prototypes`` are compared too, and the title and JSON say so). Per metric and prompt-length bucket it
 reports the mean of ``after - before`` over the prompts scored in both, with a paired bootstrap interval::
 
     python benchmarks/compare_quality.py benchmarks/results/shapes_quality_29500steps.json \\
@@ -59,14 +60,16 @@ def main() -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     sampler = config_differences(runs[0], runs[1], SAMPLER_KEYS)
+    # the same images scored otherwise (llm4gen bench quality --scorer-prototypes): the difference is the scorer's
+    scoring = config_differences(runs[0], runs[1], ("scorer_prototypes",))
 
     def label(path: str) -> str:  # bench quality always writes results.json: name its folder too
         p = Path(path)
         return f"{p.parent.name}/{p.name}" if p.name == "results.json" else p.name
 
     names = f"{label(args.after)} - {label(args.before)}"
-    if sampler:
-        names += " (" + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sampler.items()) + ")"
+    if sampler or scoring:
+        names += " (" + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in {**sampler, **scoring}.items()) + ")"
     table = Table(title=f"{args.arm}: {names}, paired, % points [95% CI]")
     table.add_column("metric")
     for bucket in LENGTH_BUCKETS:
@@ -82,6 +85,7 @@ def main() -> None:
     out.write_text(json.dumps({"before": str(args.before), "after": str(args.after), "arm": args.arm,
                                "before_arm": args.before_arm or args.arm,
                                "sampler_differences": {k: list(v) for k, v in sampler.items()},
+                               "scoring_differences": {k: list(v) for k, v in scoring.items()},
                                "differences": diff}, indent=1) + "\n")
     fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.0), sharey=True)
     for ax, bucket in zip(axes, LENGTH_BUCKETS):

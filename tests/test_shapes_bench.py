@@ -419,6 +419,14 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "guidance_scale 5.0 -> 7.5" in " ".join(done.stdout.split())
     assert json.loads(out.read_text())["sampler_differences"] == {"guidance_scale": [5.0, 7.5]}
+    # the same run scored with the smooth prototypes: compared, and the title and JSON name the scorer change
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps({**after, "config": {**after["config"], "scorer_prototypes": "smooth"}}))
+    done = subprocess.run([*script, str(a), str(d), "--bootstrap", "200", "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "scorer_prototypes auto -> smooth" in " ".join(done.stdout.split())
+    assert json.loads(out.read_text())["scoring_differences"] == {"scorer_prototypes": ["auto", "smooth"]}
     (tmp_path / "bad.json").write_text("{not json")
     done = subprocess.run([*script, str(a), str(tmp_path / "bad.json"), "--out", str(out)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])

@@ -471,7 +471,7 @@ PAIRING_KEYS = ("num_prompts", "prompt_seed", "caption_style", "image_seed", "si
 # How the noise became images: the same unless a comparison is about them (a sampling sweep)
 SAMPLER_KEYS = ("num_inference_steps", "guidance_scale", "guidance_rescale", "scheduler")
 # Keys added after results were published: a run that lacks one used this value
-_CONFIG_DEFAULTS = {"guidance_rescale": 0.0}
+_CONFIG_DEFAULTS = {"guidance_rescale": 0.0, "scorer_prototypes": "auto"}  # what runs saved before a key used
 
 
 def config_differences(before: dict[str, Any], after: dict[str, Any],
