@@ -61,7 +61,6 @@ def main() -> None:
         raise SystemExit("--seeds and --steps must be >= 1, --grid-seeds >= 0.")
 
     import torch
-    from diffusers.utils import logging as diffusers_logging
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
@@ -69,10 +68,11 @@ def main() -> None:
     from llm4gen import LLM4GenPipeline
     from llm4gen.cli import BUNDLED_GUIDANCE
     from llm4gen.data.shapes import Scene
-    from llm4gen.eval.shapes import score_image
+    from llm4gen.eval.shapes import score_image, summarize
     from llm4gen.eval.shapes_bench import base_unet_dir, clip_only_pipeline, planned_regions
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
     from llm4gen.images import make_grid
+    from llm4gen.utils import quiet_library_notices
 
     guidance = BUNDLED_GUIDANCE if args.guidance is None else args.guidance
     pipe = LLM4GenPipeline.from_pretrained(args.model)
@@ -86,31 +86,27 @@ def main() -> None:
     rows: dict[str, dict[str, list[dict]]] = {}
     images: dict[tuple[int, str], list] = {}
     timings: dict[str, float] = {name: 0.0 for name in arms}
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # CLIP's window ends before the long prompts' last words: it is measured
-    try:
-        with Progress() as bar, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            task = bar.add_task("render", total=len(DEMO_PROMPTS) * len(arms) * len(seeds))
-            for i, (prompt, scene) in enumerate(zip(DEMO_PROMPTS, scenes)):
-                for name, arm in arms.items():
-                    arm.set_progress_bar_config(disable=True)
-                    extra = {"regions": [planned_regions(prompt)] * len(seeds)} if name.endswith("regions") else {}
-                    start = time.perf_counter()
-                    # one generator per image: image s has seed s's noise, as a call for that seed alone would
-                    out = arm([prompt] * len(seeds), num_inference_steps=args.steps, guidance_scale=guidance,
-                              generator=[torch.Generator().manual_seed(s) for s in seeds], **extra).images
-                    timings[name] += time.perf_counter() - start
-                    bar.advance(task, len(seeds))
-                    scored = []
-                    for s, img in zip(seeds, out):
-                        row = score_image(img, scene, prototypes=args.scorer_prototypes)
-                        row["seed"] = s
-                        scored.append(row)
-                    rows.setdefault(str(i), {})[name] = scored
-                    images[(i, name)] = out
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
+    # CLIP's window ends before the long prompts' last words: that is measured, so its notices are silenced
+    with quiet_library_notices(), Progress() as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = bar.add_task("render", total=len(DEMO_PROMPTS) * len(arms) * len(seeds))
+        for i, (prompt, scene) in enumerate(zip(DEMO_PROMPTS, scenes)):
+            for name, arm in arms.items():
+                arm.set_progress_bar_config(disable=True)
+                extra = {"regions": [planned_regions(prompt)] * len(seeds)} if name.endswith("regions") else {}
+                start = time.perf_counter()
+                # one generator per image: image s has seed s's noise, as a call for that seed alone would
+                out = arm([prompt] * len(seeds), num_inference_steps=args.steps, guidance_scale=guidance,
+                          generator=[torch.Generator().manual_seed(s) for s in seeds], **extra).images
+                timings[name] += time.perf_counter() - start
+                bar.advance(task, len(seeds))
+                scored = []
+                for s, img in zip(seeds, out):
+                    row = score_image(img, scene, prototypes=args.scorer_prototypes)
+                    row["seed"] = s
+                    scored.append(row)
+                rows.setdefault(str(i), {})[name] = scored
+                images[(i, name)] = out
 
     summary: dict = {}
     table = Table(title=f"{args.model}: the demo's prompts over {len(seeds)} seeds each ({args.steps} steps, guidance "
@@ -124,10 +120,7 @@ def main() -> None:
             scored = rows[i][name]
             k = sum(int(r["all_correct"]) for r in scored)
             lo, hi = wilson(k, len(scored))
-            means = {}
-            for m in METRICS:
-                vals = [r[m] for r in scored if r.get(m) is not None]
-                means[m] = sum(vals) / len(vals) if vals else None
+            means = {m: v["mean"] for m, v in summarize(scored).items() if m in METRICS}
             summary[i][name] = {"all_correct_seeds": k, "seeds": len(scored), "all_correct_ci95": [lo, hi], **means}
             cells = [f"{100 * means[m]:.0f}" if means[m] is not None else "-" for m in METRICS[1:]]
             table.add_row(str(int(i) + 1), name, f"{k}/{len(scored)} [{100 * lo:.0f}, {100 * hi:.0f}]", *cells)

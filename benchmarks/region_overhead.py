@@ -182,20 +182,16 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
               "prompt": PROMPT, "models": {}}
     console = Console(width=140)
-    from diffusers.utils import logging as diffusers_logging
+    from llm4gen.utils import quiet_library_notices
 
-    verbosity = diffusers_logging.get_verbosity()
     for size in [args.model] if args.model else args.sizes:
         with tempfile.TemporaryDirectory(prefix="llm4gen-regions-") as tmp:
             pipe = build(size, Path(tmp), args.llm)
             resolution = args.resolution or (512 if size == "sd15" else
                                              pipe.unet.config.sample_size * pipe.vae_scale_factor)
-            diffusers_logging.set_verbosity_error()  # CLIP's window warnings, once per call: timing is measured
-            try:
+            with quiet_library_notices():  # CLIP's window notices, once per call: the timing is what is measured
                 result = run(pipe, device=args.device, dtype=dtype, resolution=resolution, steps=args.steps,
                              guide_steps=args.guide_steps, batches=args.batch, repeats=args.repeats)
-            finally:
-                diffusers_logging.set_verbosity(verbosity)
         result.update(resolution=resolution, steps=args.steps, guide_steps=args.guide_steps, repeats=args.repeats)
         report["models"][size] = result
         table = Table(title=f"{size}: {resolution} px, {args.steps} steps ({args.guide_steps} guided), CFG, "

@@ -30,6 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 OTHER = "other"
 
 
+def _words(labels: dict, sheet: str) -> list[str]:
+    """A sheet's labels as compared: trimmed, lower case."""
+    return [str(w).strip().lower() for w in labels[sheet]]
+
+
 def agreement(audit: dict, labels: dict) -> dict:
     """Per shape the scorer said: crops, how many a reader labelled the same shape, and the reader's label counts."""
     from llm4gen.data.shapes import SHAPES
@@ -40,7 +45,7 @@ def agreement(audit: dict, labels: dict) -> dict:
         if shape not in labels:
             raise SystemExit(f"The labels have no entry for the {shape!r} sheet; give one word per crop for each sheet "
                              f"({', '.join(audit['sheets'])}).")
-        said = [str(w).strip().lower() for w in labels[shape]]
+        said = _words(labels, shape)
         if len(said) != len(crops):
             raise SystemExit(f"The {shape!r} sheet has {len(crops)} crops but the labels give {len(said)}: one word "
                              "per crop, in number order.")
@@ -84,8 +89,7 @@ def prototype_agreement(audit: dict, labels: dict) -> dict:
         per: dict[str, list[float]] = {}
         for said, crops in audit["sheets"].items():
             weight = audit["detections"][said] / len(crops)
-            for crop, seen in zip(crops, labels[said]):
-                seen = str(seen).strip().lower()
+            for crop, seen in zip(crops, _words(labels, said)):
                 if seen == OTHER:
                     continue
                 hit = nearest_shape(crop["features"], size, smooth) == seen

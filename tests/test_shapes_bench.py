@@ -468,3 +468,27 @@ def test_quality_benchmark_scores_with_the_configured_prototypes(tmp_path):
     assert shape["smooth"] == 1.0 and shape["auto"] < 1.0
     with pytest.raises(ValueError, match="scorer_prototypes must be one of"):
         QualityConfig(scorer_prototypes="blurred")
+
+
+def test_quiet_library_notices_silences_both_libraries_and_restores_their_levels():
+    """render_arm and the demo / region benchmarks run prompts past CLIP's window on purpose: inside the block only
+    errors are logged, after it each library is back at the level it had, also when the block raises."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from llm4gen.utils import quiet_library_notices
+
+    before = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_info()
+    transformers_logging.set_verbosity_warning()
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with quiet_library_notices():
+                assert diffusers_logging.get_verbosity() == diffusers_logging.ERROR
+                assert transformers_logging.get_verbosity() == transformers_logging.ERROR
+                raise RuntimeError("inside")
+        assert diffusers_logging.get_verbosity() == diffusers_logging.INFO
+        assert transformers_logging.get_verbosity() == transformers_logging.WARNING
+    finally:
+        diffusers_logging.set_verbosity(before[0])
+        transformers_logging.set_verbosity(before[1])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -108,3 +109,20 @@ def loss_progress(
     task = bar.add_task(label, total=total, completed=completed, **fields)
     bar.start()
     return bar, task
+
+
+@contextmanager
+def quiet_library_notices() -> Iterator[None]:
+    """Silence diffusers' and transformers' log notices (errors only) inside the block, then restore their levels.
+    For runs that measure prompts past CLIP's window on purpose, where the truncation notice repeats per call."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])

@@ -321,18 +321,14 @@ def _set_scheduler(pipe: Any, name: str) -> None:
 
 def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any = None) -> list[Image.Image]:
     """Render ``prompts`` (image ``i`` from noise seeded ``cfg.image_seed + i``) in batches of ``cfg.batch_size``."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
+    from ..utils import quiet_library_notices
 
     _set_scheduler(pipe, cfg.scheduler)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
-    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     # CLIP's window cuts most dense prompts: that is what is measured, so the per-batch notices are silenced
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    try:
+    with quiet_library_notices():
         for start in range(0, len(prompts), cfg.batch_size):
             texts = prompts[start : start + cfg.batch_size]
             gens = [torch.Generator().manual_seed(cfg.image_seed + start + k) for k in range(len(texts))]
@@ -346,9 +342,6 @@ def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any 
             images.extend(out.images)
             if progress is not None:
                 progress(len(texts))
-    finally:
-        diffusers_logging.set_verbosity(levels[0])
-        transformers_logging.set_verbosity(levels[1])
     return images
 
 
