@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (ShapesWorld)")
     ap.add_argument("--prompts", type=int, default=500)
-    ap.add_argument("--scale", type=float, default=0.1, help="RMS change of the latents per guided step")
+    ap.add_argument("--scale", type=float, default=0.05, help="RMS change of the latents per guided step")
     ap.add_argument("--steps", type=int, default=10, help="guided denoising steps (the first ones)")
     ap.add_argument("--tokens", default="llm", choices=("llm", "clip", "both"), help="the llm4gen arm's guided tokens")
     ap.add_argument("--boxes", nargs="+", default=["scene"], choices=("scene", "planned"),

@@ -717,3 +717,27 @@ def test_region_overhead_benchmark_names_bad_settings(args, match, tmp_path, mon
 
     with pytest.raises(SystemExit, match=match):
         _run_script("region_overhead", monkeypatch, "--steps", "2", "--json", str(tmp_path / "x.json"), *args)
+
+
+def test_every_entry_point_defaults_to_the_same_region_guidance_step():
+    """The README's measured default (RMS 0.05, chosen with the mask on) is what each way in uses when not told."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from llm4gen import LLM4GenPipeline, LLM4GenXLPipeline
+    from llm4gen.cli import generate
+    from llm4gen.eval.shapes_bench import RegionArm
+    from llm4gen.regions import RegionGuidance, region_control
+
+    defaults = {
+        "LLM4GenPipeline": inspect.signature(LLM4GenPipeline.__call__).parameters["region_guidance_scale"].default,
+        "LLM4GenXLPipeline": inspect.signature(LLM4GenXLPipeline.__call__).parameters["region_guidance_scale"].default,
+        "RegionGuidance": inspect.signature(RegionGuidance).parameters["scale"].default,
+        "region_control": inspect.signature(region_control).parameters["scale"].default,
+        "RegionArm": inspect.signature(RegionArm).parameters["scale"].default,
+        "llm4gen generate": inspect.signature(generate).parameters["region_scale"].default.default,
+    }
+    script = (Path(__file__).parents[1] / "benchmarks" / "region_guidance.py").read_text()
+    defaults["region_guidance.py"] = float(re.search(r'"--scale", type=float, default=([0-9.]+)', script).group(1))
+    assert defaults == {name: 0.05 for name in defaults}

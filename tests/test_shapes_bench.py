@@ -96,6 +96,20 @@ def test_benchmark_prompts_come_from_the_asked_split():
             QualityConfig(guidance_rescale=bad)
 
 
+@pytest.mark.parametrize("name", ["scale 0.1/10 steps", "a\\b", "..", " "])
+def test_arm_names_that_cannot_be_folders_are_refused_before_rendering(tmp_path, name):
+    from llm4gen.eval.shapes_bench import QualityConfig, run_quality_benchmark
+
+    class NeverCalled:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("rendered before the names were checked")
+
+    with pytest.raises(ValueError, match="cannot be folder names"):
+        run_quality_benchmark({"ok": NeverCalled(), name: NeverCalled()}, tmp_path, QualityConfig(num_prompts=2),
+                              progress=False)
+    assert not any(tmp_path.iterdir())
+
+
 def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
     from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
 

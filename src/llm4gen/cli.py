@@ -121,7 +121,7 @@ def generate(
         help="Region guidance with boxes planned from the prompt's own place words ('a red cube on the left', "
              "'in the upper right corner', 'a dog to the left of a cat'); prints them. Not with --region."),
     region_scale: float = typer.Option(
-        0.1, "--region-scale", min=0.0, help="Region guidance: RMS change of the latents per guided step."),
+        0.05, "--region-scale", min=0.0, help="Region guidance: RMS change of the latents per guided step."),
     region_steps: int = typer.Option(10, "--region-steps", min=0, help="Region guidance: how many first steps."),
     region_mask: bool = typer.Option(
         True, "--region-mask/--no-region-mask",

@@ -199,7 +199,7 @@ class _LLM4GenMixin:
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         regions: Any = None,
-        region_guidance_scale: float = 0.1,
+        region_guidance_scale: float = 0.05,
         region_guidance_steps: int = 10,
         region_tokens: str = "llm",
         region_mask: bool = True,

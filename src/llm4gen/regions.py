@@ -234,7 +234,7 @@ class RegionGuidance:
     ``losses`` holds ``(step, mean loss before the update)`` per guided step.
     """
 
-    def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], scale: float = 0.1,
+    def __init__(self, pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], scale: float = 0.05,
                  steps: int = 10, tokens: str = "llm", num_images_per_prompt: int = 1,
                  max_resolution: int | None = None) -> None:
         self.prompts, self.regions, self.spans, self._boxes, self._first_box = _per_image(prompts, regions,
@@ -475,7 +475,7 @@ class RegionMask:
 
 @contextmanager
 def region_control(pipe: Any, prompts: Sequence[str], regions: Sequence[Sequence[Region]], call_kwargs: dict[str, Any],
-                   *, scale: float = 0.1, steps: int = 10, tokens: str = "llm", mask: bool = True,
+                   *, scale: float = 0.05, steps: int = 10, tokens: str = "llm", mask: bool = True,
                    mask_steps: int | None = None, mask_tokens: str = "both") -> Iterator[RegionGuidance | None]:
     """Region guidance and/or masked cross-attention for one call of ``pipe`` on ``prompts``.
 

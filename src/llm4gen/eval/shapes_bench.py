@@ -184,7 +184,7 @@ class RegionArm:
     sets them up: ``regions`` maps each prompt text to its regions (prompts it lacks are sampled unguided).
     Everything else (``scheduler``, progress bars, ...) is the pipeline's."""
 
-    def __init__(self, pipe: Any, regions: dict[str, list[Any]], scale: float = 0.1, steps: int = 10,
+    def __init__(self, pipe: Any, regions: dict[str, list[Any]], scale: float = 0.05, steps: int = 10,
                  tokens: str = "llm", mask: bool = False, mask_steps: int | None = None,
                  mask_tokens: str = "both") -> None:
         object.__setattr__(self, "_pipe", pipe)
@@ -650,6 +650,10 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
     cfg = cfg or QualityConfig()
     if len(arms) < 1:
         raise ValueError("Give at least one arm.")
+    bad = [name for name in arms if not name.strip() or name in (".", "..") or any(c in name for c in "/\\")]
+    if bad:  # each arm's images go to out_dir/<name>/
+        raise ValueError(f"Arm names {bad} cannot be folder names: use names without '/' or '\\' (not '.' or '..'), "
+                         "such as 'scale 0.05, 10 steps'.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = benchmark_prompts(cfg)
