@@ -169,6 +169,16 @@ def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monk
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert "RANDOMLY" not in result.output and "side by side" in result.output
+    # said once, instead of diffusers' truncation notice per call: what the long prompts' extra tokens go to
+    said = " ".join(result.output.split())
+    counts = [len(ids) for ids in _clip_ids(tiny_sd_dir, DEMO_PROMPTS)]
+    assert counts[1] > 77 and counts[2] > 77  # the long demo prompts, with any vocabulary
+    if counts[0] > 77:  # the tiny test vocabulary spells words out in pieces
+        listed = f"Prompts 1, 2 and 3 are {counts[0]}, {counts[1]} and {counts[2]}"
+    else:
+        listed = f"Prompts 2 and 3 are {counts[1]} and {counts[2]}"
+    assert f"note: {listed} CLIP tokens: CLIP reads the first 77" in said
+    assert "up to 64 of its own tokens" in said and "The base column reads CLIP's window only." in said
     base = sorted(out.glob("demo_*_base.png"))
     llm = sorted(out.glob("demo_*_llm4gen.png"))
     guided = sorted(out.glob("demo_*_llm4gen_regions.png"))
@@ -235,3 +245,43 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     for name in ("base/00000.png", "llm4gen/00000.png"):
         same = (tmp_path / "s" / name).read_bytes() == (tmp_path / "o" / name).read_bytes()
         assert same == name.startswith("base")
+
+
+def _clip_ids(model: str, texts: list[str]) -> list[list[int]]:
+    """Each text's CLIP token ids (with start and end) by the saved pipeline's own tokenizer, one text at a time."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    tok.model_max_length = 10**6  # counting only
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def test_clip_window_note_counts_each_long_prompt_and_names_the_llms_limit(tiny_sd_dir):
+    from types import SimpleNamespace
+
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.cli import _clip_window_note
+
+    pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
+    long, longer = " ".join(["red"] * 80), " ".join(["red"] * 81)
+    n, m = (len(ids) for ids in _clip_ids(tiny_sd_dir, [long, longer]))
+    assert 77 < n < m
+    assert _clip_window_note(pipe, ["a red circle"]) is None
+    one = _clip_window_note(pipe, [long])
+    assert one.startswith(f"The prompt is {n} CLIP tokens: CLIP reads the first 77 ") and "up to 64 of its own" in one
+    assert _clip_window_note(pipe, ["a cat", long]).startswith(f"Prompt 2 is {n} CLIP tokens")
+    assert _clip_window_note(pipe, [long, longer, "a cat"]).startswith(f"Prompts 1 and 2 are {n} and {m} CLIP")
+    four = _clip_window_note(pipe, [long, "a", longer, long])
+    assert four.startswith(f"Prompts 1, 3 and 4 are {n}, {m} and {n} CLIP")
+    assert _clip_window_note(SimpleNamespace(tokenizer=pipe.tokenizer), [long]) is None  # no LLM: nothing reads on
+
+
+def test_generate_says_what_a_prompt_past_clips_window_reaches(tiny_sd_dir, tmp_path):
+    long = "a red circle on the left and " + " ".join(["blue"] * 90)
+    result = runner.invoke(app, ["generate", long, "--model", tiny_sd_dir, "--out", str(tmp_path), "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    n = len(_clip_ids(tiny_sd_dir, [long])[0])
+    assert f"note: The prompt is {n} CLIP tokens: CLIP reads the first 77" in " ".join(result.output.split())
+    short = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path / "s"),
+                                "--steps", "1"])
+    assert short.exit_code == 0 and "CLIP tokens" not in short.output

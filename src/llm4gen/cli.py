@@ -147,6 +147,9 @@ def generate(
         pipe = _load_pipeline(model, xl, device, trust_remote_code)
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)
+        note = _clip_window_note(pipe, [prompt])
+        if note:
+            console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         result = pipe(
             prompt,
@@ -177,6 +180,36 @@ def generate(
         typer.echo(str(p))
 
 
+def _clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
+    """For prompts past CLIP's window, one line saying what diffusers' "truncated" notice means for an LLM4GEN
+    pipeline: CLIP reads the first tokens, the LLM reads on (up to its own ``max_length``). None when no prompt is
+    longer than the window or the pipeline has no LLM."""
+    tokenizer, llm = getattr(pipe, "tokenizer", None), getattr(pipe, "llm_encoder", None)
+    if tokenizer is None or llm is None:
+        return None
+    from .utils import quiet_library_notices
+
+    window = int(tokenizer.model_max_length)
+    with quiet_library_notices():  # counting a long prompt is not an error
+        counts = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
+    long = [(i, n) for i, n in enumerate(counts) if n > window]
+    if not long:
+        return None
+    def listed(items: list[int]) -> str:  # 1 / 1 and 2 / 1, 2 and 3
+        words = [str(v) for v in items]
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    sizes = listed([n for _, n in long])
+    if len(prompts) == 1:
+        which = f"The prompt is {sizes}"
+    else:
+        numbers = listed([i + 1 for i, _ in long])
+        which = f"Prompt {numbers} is {sizes}" if len(long) == 1 else f"Prompts {numbers} are {sizes}"
+    return (f"{which} CLIP tokens: CLIP reads the first {window} (hence any \"truncated\" notice), the LLM reads on "
+            f"up to {llm.max_length} of its own tokens (it warns if it has to cut). Reading past CLIP's window is what "
+            "LLM4GEN adds.")
+
+
 def _print_planned_regions(prompt: str) -> list[Any]:
     """``--auto-regions``: the regions :func:`llm4gen.layout.plan_regions` reads from ``prompt``, printed."""
     from .layout import PLACE_EXAMPLES, plan_regions, region_words
@@ -205,9 +238,12 @@ def demo(
     ShapesWorld's grid, ``llm4gen.eval.shapes_bench.planned_regions``). Without a bundled model it builds a tiny
     random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its images are noise.
     """
+    from contextlib import nullcontext
+
     import torch
 
     from .images import make_grid
+    from .utils import quiet_library_notices
 
     bundled = bundled_model_dir()
     arms: dict[str, object] = {}
@@ -232,6 +268,10 @@ def demo(
         arms["llm4gen + regions"] = pipe
     images, captions, paths = [], [], []
     out.mkdir(parents=True, exist_ok=True)
+    note = _clip_window_note(pipe, DEMO_PROMPTS)
+    if note:  # said once here, so diffusers' per-call truncation notices are silenced below
+        console.print(f"note: {note} The base column reads CLIP's window only.", style="yellow", markup=False,
+                      highlight=False)
     for i, prompt in enumerate(DEMO_PROMPTS):
         for name, arm in arms.items():
             generator = torch.Generator().manual_seed(seed + i)  # the same noise in every arm
@@ -241,8 +281,9 @@ def demo(
                 from .eval.shapes_bench import planned_regions
 
                 extra["regions"] = planned_regions(prompt)
-            image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                        **extra).images[0]
+            with quiet_library_notices() if note else nullcontext():
+                image = arm(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                            **extra).images[0]
             path = out / f"demo_{i:02d}_{name.split(' (')[0].replace(' + ', '_')}.png"
             image.save(path)
             if "regions" in extra:  # the grid shows the boxes the image was guided to
