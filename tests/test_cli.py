@@ -139,6 +139,8 @@ def test_demo_writes_images_and_grid(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.output
+    said = " ".join(result.output.split())  # the long prompts' note, without a base column to speak of
+    assert "CLIP reads the first 77" in said and "base column" not in said
     from llm4gen.cli import DEMO_PROMPTS
 
     assert (tmp_path / "grid.png").is_file() and len(list(tmp_path.glob("demo_*.png"))) == len(DEMO_PROMPTS)

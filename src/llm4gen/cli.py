@@ -187,14 +187,16 @@ def _clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
     tokenizer, llm = getattr(pipe, "tokenizer", None), getattr(pipe, "llm_encoder", None)
     if tokenizer is None or llm is None:
         return None
+    from .eval.shapes import clip_token_count
     from .utils import quiet_library_notices
 
     window = int(tokenizer.model_max_length)
     with quiet_library_notices():  # counting a long prompt is not an error
-        counts = [len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"]]
+        counts = clip_token_count(prompts, tokenizer)
     long = [(i, n) for i, n in enumerate(counts) if n > window]
     if not long:
         return None
+
     def listed(items: list[int]) -> str:  # 1 / 1 and 2 / 1, 2 and 3
         words = [str(v) for v in items]
         return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
@@ -270,8 +272,8 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     note = _clip_window_note(pipe, DEMO_PROMPTS)
     if note:  # said once here, so diffusers' per-call truncation notices are silenced below
-        console.print(f"note: {note} The base column reads CLIP's window only.", style="yellow", markup=False,
-                      highlight=False)
+        base_note = " The base column reads CLIP's window only." if "base (CLIP only)" in arms else ""
+        console.print(f"note: {note}{base_note}", style="yellow", markup=False, highlight=False)
     for i, prompt in enumerate(DEMO_PROMPTS):
         for name, arm in arms.items():
             generator = torch.Generator().manual_seed(seed + i)  # the same noise in every arm
