@@ -506,3 +506,20 @@ def test_quiet_library_notices_silences_both_libraries_and_restores_their_levels
     finally:
         diffusers_logging.set_verbosity(before[0])
         transformers_logging.set_verbosity(before[1])
+
+
+def test_progress_iter_yields_everything_in_order_without_a_helper_thread():
+    """The library's item loops draw their bar from the calling thread (rich's `track` starts a thread that once
+    deadlocked the suite): same items, same order, no thread while iterating, the bar stopped after."""
+    import threading
+
+    from llm4gen.utils import progress_iter
+
+    before = threading.active_count()
+    seen, threads = [], []
+    for item in progress_iter(range(50), "items", refresh_every=0.0):
+        seen.append(item)
+        threads.append(threading.active_count())
+    assert seen == list(range(50)) and set(threads) == {before}
+    assert list(progress_iter(iter("abc"), "letters")) == ["a", "b", "c"]  # no len(): an open-ended bar
+    assert threading.active_count() == before

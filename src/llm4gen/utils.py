@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -83,6 +84,27 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tu
                     raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
             out.append((line_no, rec))
     return out
+
+
+def progress_iter(items: Iterable[Any], description: str, total: int | None = None,
+                  refresh_every: float = 0.1) -> Iterator[Any]:
+    """Yield ``items`` with a transient rich progress bar that this thread alone draws (at most every
+    ``refresh_every`` seconds). Unlike ``rich.progress.track``, no helper thread updates or refreshes the bar: one
+    such thread deadlocked against the live display's lock in the test suite, so the library's item loops use this."""
+    from rich.progress import Progress
+
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    bar = Progress(auto_refresh=False, transient=True)
+    task = bar.add_task(description, total=total)
+    last = time.monotonic()
+    with bar:
+        for item in items:
+            yield item
+            bar.advance(task)
+            if time.monotonic() - last >= refresh_every:
+                bar.refresh()
+                last = time.monotonic()
 
 
 def loss_progress(

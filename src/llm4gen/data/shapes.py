@@ -571,9 +571,9 @@ class ShapesWorld:
         """Items 0..n-1, with a progress bar if asked."""
         indices: Any = range(n)
         if progress:
-            from rich.progress import track
+            from ..utils import progress_iter
 
-            indices = track(indices, description=f"ShapesWorld {self.split}", transient=True)
+            indices = progress_iter(indices, f"ShapesWorld {self.split}")
         return [self[k] for k in indices]
 
     def __iter__(self) -> Iterator[ShapesItem]:
@@ -630,9 +630,9 @@ def write_dataset(
     world = ShapesWorld(split, seed, num_items, config)
     iterator = range(num_items)
     if progress:
-        from rich.progress import track
+        from ..utils import progress_iter
 
-        iterator = track(iterator, description=f"ShapesWorld {split}", transient=True)
+        iterator = progress_iter(iterator, f"ShapesWorld {split}")
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
         for k in iterator:
             item = world[k]

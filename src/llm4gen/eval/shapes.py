@@ -421,9 +421,9 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True, prot
     lengths = clip_token_count([r.get("text", "") for r in records], tokenizer)
     iterator: Any = zip(records, lengths)
     if progress:
-        from rich.progress import track
+        from ..utils import progress_iter
 
-        iterator = track(list(iterator), description="Scoring", transient=True)
+        iterator = progress_iter(list(iterator), "Scoring")
     results = []
     for rec, n_tokens in iterator:
         try:
