@@ -86,6 +86,19 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tu
     return out
 
 
+def strip_records(report: Any, max_items: int = 50) -> Any:
+    """A result report without its per-item records, for committing: every list longer than ``max_items`` (per-prompt
+    rows, per-image scores) becomes ``{"omitted_items": N}``; everything else (settings, summaries, intervals) is
+    kept as it is. The full report stays in the run's output folder."""
+    if isinstance(report, dict):
+        return {k: strip_records(v, max_items) for k, v in report.items()}
+    if isinstance(report, (list, tuple)):
+        if len(report) > max_items:
+            return {"omitted_items": len(report)}
+        return [strip_records(v, max_items) for v in report]
+    return report
+
+
 def progress_iter(items: Iterable[Any], description: str, total: int | None = None,
                   refresh_every: float = 0.1) -> Iterator[Any]:
     """Yield ``items`` with a transient rich progress bar that this thread alone draws (at most every
