@@ -94,18 +94,16 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from llm4gen.eval.shapes_bench import (
+    from llm4gen.images import make_grid
+    from llm4gen.shapesworld.arms import base_unet_dir, load_arm
+    from llm4gen.shapesworld.bench import (
         QualityConfig,
-        base_unet_dir,
         benchmark_prompts,
         format_percent,
-        load_arm,
-        metric_summary,
-        paired_difference,
         render_arm,
         score_with_count_errors,
     )
-    from llm4gen.images import make_grid
+    from llm4gen.stats import metric_summary, paired_difference
 
     cfg = QualityConfig(num_prompts=args.prompts, prompt_seed=args.prompt_seed, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, batch_size=args.batch_size, bootstrap=args.bootstrap)

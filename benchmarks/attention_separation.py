@@ -55,8 +55,8 @@ def _on_objects(maps: list[torch.Tensor], mentions: list[list[tuple[list[int], A
     """Per layer, mention ``(tokens, scene object)`` and token: the share of the token's spatial attention on its own
     object (``own``) and on the scene's other objects (``others``: the cell-wise largest of their covers, 0 with one
     object), each with the share an even map would put there (``own_chance``, ``others_chance``)."""
-    from llm4gen.data.shapes import object_cover
-    from llm4gen.training.losses import cover_share, grid_side
+    from llm4gen.attention import cover_share, grid_side
+    from llm4gen.shapesworld.world import object_cover
 
     out: dict[str, list[float]] = {"own": [], "own_chance": [], "others": [], "others_chance": []}
     for m in maps:
@@ -94,11 +94,13 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import render_scene
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
+    from llm4gen.attention import AttentionStore, install_attention_store
+    from llm4gen.denoiser import ClipText, Denoiser
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.losses import AttentionStore, install_attention_store
-    from llm4gen.training.trainer import ClipText, Denoiser, TokenSpace, entity_targets
+    from llm4gen.shapesworld.arms import load_with_tokenizers
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import render_scene
+    from llm4gen.training.trainer import TokenSpace, entity_targets
     from llm4gen.unet import load_unet
 
     src = Path(args.model)

@@ -61,14 +61,14 @@ FITS = ("train captions", "train captions + colour swaps")
 def role_values() -> dict[str, list]:
     """The classes of each role's label: the colours, the shapes, and the 3x3 grid's cells (``place``: the cell a
     dense caption names for the object, :func:`~llm4gen.data.shapes.position_region`)."""
-    from llm4gen.data.shapes import COLOURS, POSITION_CELLS, SHAPES
+    from llm4gen.shapesworld.world import COLOURS, POSITION_CELLS, SHAPES
 
     return {"colour": list(COLOURS), "shape": list(SHAPES), "place": list(POSITION_CELLS)}
 
 
 def label_of(obj: Any, key: str, values: dict[str, list]) -> int:
     """``obj``'s class index for a role's ``key`` (``colour``, ``shape`` or ``place``)."""
-    from llm4gen.data.shapes import position_region
+    from llm4gen.shapesworld.world import position_region
 
     value = position_region(obj.x, obj.y) if key == "place" else getattr(obj, key)
     return values[key].index(value)
@@ -81,7 +81,7 @@ def colour_swap(text: str, scene: Any) -> tuple[str, Any] | None:
     changes."""
     from dataclasses import replace
 
-    from llm4gen.data.shapes import COLOURS, Scene
+    from llm4gen.shapesworld.world import COLOURS, Scene
 
     first_two = list(dict.fromkeys(o.colour for o in scene.objects))[:2]
     if len(first_two) < 2:
@@ -140,8 +140,8 @@ def probe_rows(captions: list[str], scenes: list[Any], spaces: dict[str, tuple[A
     held out and the caption's index (``prompt``); roles without two distinct values in the scene are skipped. The
     ``caption mean`` space (mean over the caption of the ``LLM`` space's features, or of the first space's without
     one) is added for both roles."""
-    from llm4gen.data.shapes import HELD_OUT_PAIRS
-    from llm4gen.training.data import mention_words
+    from llm4gen.shapesworld.mentions import mention_words
+    from llm4gen.shapesworld.world import HELD_OUT_PAIRS
 
     values = role_values()
     rows: dict[tuple[str, str], dict[str, list]] = {}
@@ -264,9 +264,10 @@ def main() -> None:
     from rich.progress import Progress
     from rich.table import Table
 
-    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, load_with_tokenizers
-    from llm4gen.training.trainer import ClipText
+    from llm4gen.denoiser import ClipText
+    from llm4gen.shapesworld.arms import load_with_tokenizers
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
 
     src = Path(args.model)
     if args.train_prompts < 1 or args.prompts < 1 or args.l2 < 0:

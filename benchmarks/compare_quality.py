@@ -41,8 +41,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.eval.shapes import LENGTH_BUCKETS, METRICS
-    from llm4gen.eval.shapes_bench import SAMPLER_KEYS, compare_runs, config_differences, format_percent
+    from llm4gen.shapesworld.bench import SAMPLER_KEYS, compare_runs, config_differences, format_percent
+    from llm4gen.shapesworld.scorer import LENGTH_BUCKETS, METRICS
 
     runs = []
     for path in (args.before, args.after):

@@ -55,17 +55,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data import shapes
-    from llm4gen.eval.shapes_bench import (
-        QualityConfig,
-        base_unet_dir,
-        benchmark_prompts,
-        load_arm,
-        paired_difference,
-        render_arm,
-        score_with_count_errors,
-    )
     from llm4gen.images import make_grid
+    from llm4gen.shapesworld import world as shapes
+    from llm4gen.shapesworld.arms import base_unet_dir, load_arm
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm, score_with_count_errors
+    from llm4gen.stats import paired_difference
 
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json): give --model.")

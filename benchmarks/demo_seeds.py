@@ -67,11 +67,12 @@ def main() -> None:
 
     from llm4gen import LLM4GenPipeline
     from llm4gen.cli import BUNDLED_GUIDANCE
-    from llm4gen.data.shapes import Scene
-    from llm4gen.eval.shapes import score_image, summarize
-    from llm4gen.eval.shapes_bench import base_unet_dir, clip_only_pipeline, planned_regions
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
     from llm4gen.images import make_grid
+    from llm4gen.shapesworld.arms import base_unet_dir, clip_only_pipeline
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.scorer import score_image, summarize
+    from llm4gen.shapesworld.world import Scene
     from llm4gen.utils import quiet_library_notices
 
     guidance = BUNDLED_GUIDANCE if args.guidance is None else args.guidance

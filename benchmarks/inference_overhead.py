@@ -65,7 +65,7 @@ def build(size: str, work: Path, llm_ref: str | None = None):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from llm4gen import CrossAdapter, LLM4GenPipeline, LLMEncoder
-    from llm4gen.data.clip_tokenizer import load_clip_tokenizer
+    from llm4gen.clip_tokenizer import load_clip_tokenizer
     from llm4gen.tiny import MINILM_REF, build_tiny_pipeline
 
     llm = LLMEncoder.from_pretrained(llm_ref or MINILM_REF, max_length=256, padding="max_length")
@@ -124,7 +124,7 @@ class Split:
 
 
 def run_size(size: str, steps: int, resolution: int, repeats: int) -> dict:
-    from llm4gen.prompt_cache import PromptCache
+    from llm4gen.feature_cache import PromptCache
 
     with tempfile.TemporaryDirectory(prefix="llm4gen-infer-") as tmp:
         plain, ours = build(size, Path(tmp))

@@ -81,7 +81,7 @@ def x0_optima(target: torch.Tensor, renders: torch.Tensor, same_cell: torch.Tens
 
 def cell_centre(cell: tuple[str, str]) -> tuple[float, float]:
     """The centre ``(x, y)`` of ``cell`` of the 3x3 grid that :data:`llm4gen.data.shapes.REGION_EDGES` cut."""
-    from llm4gen.data.shapes import REGION_EDGES
+    from llm4gen.shapesworld.world import REGION_EDGES
 
     lo, hi = REGION_EDGES
     mid = {"left": lo / 2, "top": lo / 2, "centre": 0.5, "middle": 0.5, "right": (1 + hi) / 2, "bottom": (1 + hi) / 2}
@@ -113,10 +113,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import SIZES, Scene, SceneObject, position_region, render_scene, with_place
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, denoiser_arms
+    from llm4gen.denoiser import ClipText
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.trainer import ClipText
+    from llm4gen.shapesworld.arms import denoiser_arms
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import SIZES, Scene, SceneObject, position_region, render_scene, with_place
 
     src = Path(args.model)
     try:

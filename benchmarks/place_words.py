@@ -36,7 +36,7 @@ _AT = {"left": 0.2, "centre": 0.5, "right": 0.8, "top": 0.2, "middle": 0.5, "bot
 
 def drawn_object(image: Any, colour: str) -> Any:
     """The largest object of ``colour`` the ShapesWorld detector finds in ``image`` (a ``Detection``), or None."""
-    from llm4gen.eval.shapes import detect_objects
+    from llm4gen.shapesworld.scorer import detect_objects
 
     return next((d for d in detect_objects(image) if d.colour == colour), None)  # largest first
 
@@ -45,7 +45,7 @@ def place_effect(rows: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, An
     """``rows``: one per (prompt, cell) with ``prompt``, ``cell`` ([h, v]), ``x``/``y`` (None: nothing drawn),
     ``in_cell`` and ``chance``. Per-prompt contrasts right - left (x) and bottom - top (y) over the prompts that drew
     the object in all six of those versions, their mean and bootstrap interval, and the in-cell share."""
-    from llm4gen.eval.shapes_bench import bootstrap_ci
+    from llm4gen.stats import bootstrap_ci
 
     by_prompt: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
@@ -86,10 +86,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import POSITION_CELLS, SceneObject, with_place
-    from llm4gen.eval.shapes import in_cell, position_chance
-    from llm4gen.eval.shapes_bench import QualityConfig, base_unet_dir, benchmark_prompts, load_arm, render_arm
     from llm4gen.images import make_grid
+    from llm4gen.shapesworld.arms import base_unet_dir, load_arm
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm
+    from llm4gen.shapesworld.scorer import in_cell, position_chance
+    from llm4gen.shapesworld.world import POSITION_CELLS, SceneObject, with_place
 
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json): give --model.")

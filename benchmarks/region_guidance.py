@@ -61,22 +61,21 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.eval.shapes_bench import (
+    from llm4gen.shapesworld.arms import base_unet_dir, load_arm
+    from llm4gen.shapesworld.bench import (
         LENGTH_BUCKETS,
         METRICS,
         QualityConfig,
         RegionArm,
-        base_unet_dir,
         benchmark_prompts,
         format_percent,
         length_bucket,
-        load_arm,
-        paired_difference,
         planned_regions,
         plot_quality,
         run_quality_benchmark,
         scene_regions,
     )
+    from llm4gen.stats import paired_difference
 
     try:
         cfg = QualityConfig(num_prompts=args.prompts, batch_size=args.batch_size, bootstrap=args.bootstrap)

@@ -92,7 +92,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.eval.shapes_bench import QualityConfig, compare_runs, format_percent, load_arm, run_quality_benchmark
+    from llm4gen.shapesworld.arms import load_arm
+    from llm4gen.shapesworld.bench import QualityConfig, compare_runs, format_percent, run_quality_benchmark
 
     pipe, runs = None, []
     for guidance, rescale, steps in settings:

@@ -37,7 +37,7 @@ def _words(labels: dict, sheet: str) -> list[str]:
 
 def agreement(audit: dict, labels: dict) -> dict:
     """Per shape the scorer said: crops, how many a reader labelled the same shape, and the reader's label counts."""
-    from llm4gen.data.shapes import SHAPES
+    from llm4gen.shapesworld.world import SHAPES
 
     allowed = set(SHAPES) | {OTHER}
     out: dict = {}
@@ -80,7 +80,7 @@ def prototype_agreement(audit: dict, labels: dict) -> dict:
     """For each prototype set the scorer has (``clean``, ``smooth``): the labelled crops (not ``other``) re-classified
     from their stored features, the share whose shape the reader saw, and the recall per shape the reader saw, each
     crop weighted by its sheet's detections / crops (a stratified estimate over all detections)."""
-    from llm4gen.eval.shapes import nearest_shape
+    from llm4gen.shapesworld.scorer import nearest_shape
 
     size = int(audit.get("image_size", 64))
     out = {}
@@ -105,9 +105,10 @@ def make_audit(model: str, arm: str, prompts: int, per_shape: int, seed: int, ou
     """Render, detect, sample and write the contact sheets and audit.json (step 1)."""
     from PIL import Image, ImageDraw
 
-    from llm4gen.data.shapes import SHAPES
-    from llm4gen.eval.shapes import detect_objects
-    from llm4gen.eval.shapes_bench import QualityConfig, base_unet_dir, benchmark_prompts, load_arm, render_arm
+    from llm4gen.shapesworld.arms import base_unet_dir, load_arm
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm
+    from llm4gen.shapesworld.scorer import detect_objects
+    from llm4gen.shapesworld.world import SHAPES
 
     cfg = QualityConfig(num_prompts=prompts)
     items = benchmark_prompts(cfg)

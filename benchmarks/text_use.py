@@ -54,9 +54,9 @@ def main() -> None:
     from safetensors.torch import load_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+    from llm4gen.denoiser import ClipText, Denoiser
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.trainer import ClipText, Denoiser
+    from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
     from llm4gen.unet import load_unet
 
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))

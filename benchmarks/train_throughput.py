@@ -35,8 +35,8 @@ def build_base(root: Path, text_encoder: str | None) -> str:
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from llm4gen.data.clip_tokenizer import load_clip_tokenizer
-    from llm4gen.training.small_clip import SmallClipConfig, build_small_clip
+    from llm4gen.clip_tokenizer import load_clip_tokenizer
+    from llm4gen.shapesworld.small_clip import SmallClipConfig, build_small_clip
 
     torch.manual_seed(0)
     if text_encoder:

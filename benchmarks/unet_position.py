@@ -96,10 +96,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import render_scene
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, denoiser_arms
+    from llm4gen.denoiser import ClipText
     from llm4gen.images import pixels_from_uint8, uint8_tensor
-    from llm4gen.training.trainer import ClipText
+    from llm4gen.shapesworld.arms import denoiser_arms
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import render_scene
 
     src = Path(args.model)
     try:

@@ -29,10 +29,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from llm4gen.data.shapes import ShapesWorld
-    from llm4gen.eval.shapes import METRICS, score_image, summarize
     from llm4gen.images import images_from_pixels, make_grid, pixels_from_uint8, uint8_tensor
-    from llm4gen.training.small_vae import vae_round_trip
+    from llm4gen.shapesworld.scorer import METRICS, score_image, summarize
+    from llm4gen.shapesworld.small_vae import vae_round_trip
+    from llm4gen.shapesworld.world import ShapesWorld
 
     vae_dir = Path(args.model) / "vae"
     if not (vae_dir / "config.json").is_file():

@@ -236,7 +236,7 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
     # `llm4gen app` serves the bundled model with its benchmark's guidance, any other model with 7.5
     served = []
     monkeypatch.setattr(webapp, "launch", lambda *a, **kw: served.append(kw))
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: Path(tiny_sd_dir))
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: Path(tiny_sd_dir))
     runner = CliRunner()
     for args, want in (([], BUNDLED_GUIDANCE), (["--model", tiny_sd_dir], 7.5), (["--guidance", "3"], 3.0)):
         result = runner.invoke(cli, ["app", *args])
@@ -253,7 +253,7 @@ def test_free_port_is_bindable():
 
 
 def test_cli_app_needs_a_model(monkeypatch, tmp_path):
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: None)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: None)
     runner = CliRunner()
     result = runner.invoke(cli, ["app"])
     assert result.exit_code == 2 and "--model" in result.output

@@ -11,9 +11,11 @@ import torch
 
 pytest.importorskip("gradio", reason="the web app needs gradio (pip install 'llm4gen[app]')")
 
+from browser import drive_browser, find_browser  # noqa: E402  (tests/browser.py)
+from browser import main as screenshot_main  # noqa: E402
 from llm4gen import app as webapp  # noqa: E402
 
-_, _, REASON = webapp.find_browser()
+_, _, REASON = find_browser()
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"no headless browser to drive: {REASON}")
 
 PROMPT = ("a small red circle in the upper left corner, a large blue square in the lower right, a green triangle "
@@ -33,7 +35,7 @@ def test_browser_types_a_prompt_and_gets_both_images(tiny_sd_dir, tmp_path):
     demo, url = webapp.launch(loaded, block=False, default_steps=2)
     shot = tmp_path / "page.png"
     try:
-        result = webapp.drive_browser(url, PROMPT, screenshot=shot, timeout=300)
+        result = drive_browser(url, PROMPT, screenshot=shot, timeout=300)
     finally:
         demo.close()
     assert len(result["base"]) == len(result["llm4gen"]) == 1
@@ -52,13 +54,9 @@ def test_browser_types_a_prompt_and_gets_both_images(tiny_sd_dir, tmp_path):
     assert page.shape[0] >= result["page_height"]  # the whole page, down to the status line, not the first window
 
 
-def test_cli_screenshot_command(tiny_sd_dir, tmp_path):
-    from typer.testing import CliRunner
-
-    from llm4gen.cli import app as cli
-
+def test_screenshot_tool(tiny_sd_dir, tmp_path, capsys):
+    """`python tests/browser.py --model DIR --out PNG` (how docs/app_screenshot.png is retaken) saves the page."""
     shot = tmp_path / "docs" / "app_screenshot.png"
-    result = CliRunner().invoke(cli, ["app", "--model", tiny_sd_dir, "--steps", "2", "--screenshot", str(shot)])
-    assert result.exit_code == 0, result.output
-    assert f"screenshot: {shot}" in result.output
+    assert screenshot_main(["--model", tiny_sd_dir, "--steps", "2", "--out", str(shot)]) == 0
+    assert f"screenshot: {shot}" in capsys.readouterr().out
     assert _decode(shot.read_bytes()).shape[1] == 1280

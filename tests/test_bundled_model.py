@@ -51,7 +51,8 @@ def test_cli_uses_the_bundled_model_by_default(monkeypatch):
 
 @pytest.fixture(scope="module")
 def quality(tmp_path_factory):
-    from llm4gen.eval.shapes_bench import QualityConfig, load_arm, run_quality_benchmark
+    from llm4gen.shapesworld.arms import load_arm
+    from llm4gen.shapesworld.bench import QualityConfig, run_quality_benchmark
 
     arms = {"base": load_arm(MODEL, unet=MODEL / "base_unet"), "llm4gen": load_arm(MODEL)}
     cfg = QualityConfig(num_prompts=24, num_inference_steps=15, batch_size=24, prompt_seed=11, bootstrap=200)
@@ -91,9 +92,9 @@ def test_demo_seeds_scores_every_seed_as_its_own_call_would(tmp_path, monkeypatc
     import torch
 
     from llm4gen import LLM4GenPipeline
-    from llm4gen.eval.shapes import score_image
-    from llm4gen.eval.shapes_bench import planned_regions
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.scorer import score_image
     from test_diagnostics import _run_script
 
     if not (MODEL / "base_unet" / "config.json").is_file():
@@ -135,10 +136,10 @@ def test_the_demo_prompts_are_drawn_as_asked_with_regions():
 
     from llm4gen import LLM4GenPipeline
     from llm4gen.cli import BUNDLED_GUIDANCE
-    from llm4gen.data.shapes import Scene
-    from llm4gen.eval.shapes import score_image
-    from llm4gen.eval.shapes_bench import planned_regions
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.scorer import score_image
+    from llm4gen.shapesworld.world import Scene
 
     pipe = LLM4GenPipeline.from_pretrained(MODEL)
     pipe.set_progress_bar_config(disable=True)

@@ -120,7 +120,7 @@ def test_generate_guidance_default_is_the_bundled_models_own(tiny_sd_dir, tmp_pa
     assert BUNDLED_GUIDANCE != 7.5
     given = render(tmp_path / "a", "--model", tiny_sd_dir)
     assert render(tmp_path / "b", "--model", tiny_sd_dir, "--guidance", "7.5") == given  # any model: 7.5
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: Path(tiny_sd_dir))
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: Path(tiny_sd_dir))
     bundled = render(tmp_path / "c")  # no --model: the bundled model, sampled as its benchmark is
     assert bundled == render(tmp_path / "d", "--guidance", str(BUNDLED_GUIDANCE)) and bundled != given
 
@@ -129,19 +129,19 @@ def test_generate_errors_are_messages(tmp_path, monkeypatch):
     result = runner.invoke(app, ["generate", "a cat", "--model", str(tmp_path)])
     assert result.exit_code == 1
     assert "model_index.json" in result.output
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: None)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: None)
     result = runner.invoke(app, ["generate", "a cat"])
     assert result.exit_code == 2 and "--model" in result.output
 
 
 def test_demo_writes_images_and_grid(tmp_path, monkeypatch):
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: None)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: None)
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--steps", "2"])
     assert result.exit_code == 0, result.output
     assert "RANDOMLY INITIALISED" in result.output
     said = " ".join(result.output.split())  # the long prompts' note, without a base column to speak of
     assert "CLIP reads the first 77" in said and "base column" not in said
-    from llm4gen.cli import DEMO_PROMPTS
+    from llm4gen.examples import DEMO_PROMPTS
 
     assert (tmp_path / "grid.png").is_file() and len(list(tmp_path.glob("demo_*.png"))) == len(DEMO_PROMPTS)
     # each caption is the whole prompt: rows tall enough for its last words (42 characters a line at 256 px)
@@ -161,12 +161,12 @@ def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monk
     import numpy as np
     from PIL import Image
 
-    from llm4gen.cli import DEMO_PROMPTS
+    from llm4gen.examples import DEMO_PROMPTS
 
     model = tmp_path / "default"
     shutil.copytree(tiny_sd_dir, model)
     shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: model)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: model)
     out = tmp_path / "out"
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2"])
     assert result.exit_code == 0, result.output
@@ -192,9 +192,9 @@ def test_demo_with_a_bundled_model_renders_both_arms_side_by_side(tmp_path, monk
     with Image.open(out / "grid.png") as grid:
         assert grid.size[0] >= 3 * 256
         # the grid's third column shows the guided image with the planned boxes drawn on it
-        from llm4gen.eval.shapes_bench import planned_regions
         from llm4gen.images import draw_regions
         from llm4gen.layout import region_words
+        from llm4gen.shapesworld.bench import planned_regions
 
         boxes = [(region_words(DEMO_PROMPTS[0], r), r.box) for r in planned_regions(DEMO_PROMPTS[0])]
         drawn = draw_regions(Image.open(guided[0]), boxes).resize((256, 256), Image.NEAREST)
@@ -207,7 +207,7 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
 
     model = tmp_path / "default"
     shutil.copytree(tiny_sd_dir, model)
-    monkeypatch.setattr("llm4gen.cli.bundled_model_dir", lambda: model)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: model)
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "o"), "--prompts", "2"])
     assert result.exit_code != 0 and "--base-unet" in result.output  # no base arm anywhere: says how to give one
     shutil.copytree(model / "unet", model / "base_unet")
@@ -262,20 +262,20 @@ def test_clip_window_note_counts_each_long_prompt_and_names_the_llms_limit(tiny_
     from types import SimpleNamespace
 
     from llm4gen import LLM4GenPipeline
-    from llm4gen.cli import _clip_window_note
+    from llm4gen.cli.generate import clip_window_note
 
     pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
     long, longer = " ".join(["red"] * 80), " ".join(["red"] * 81)
     n, m = (len(ids) for ids in _clip_ids(tiny_sd_dir, [long, longer]))
     assert 77 < n < m
-    assert _clip_window_note(pipe, ["a red circle"]) is None
-    one = _clip_window_note(pipe, [long])
+    assert clip_window_note(pipe, ["a red circle"]) is None
+    one = clip_window_note(pipe, [long])
     assert one.startswith(f"The prompt is {n} CLIP tokens: CLIP reads the first 77 ") and "up to 64 of its own" in one
-    assert _clip_window_note(pipe, ["a cat", long]).startswith(f"Prompt 2 is {n} CLIP tokens")
-    assert _clip_window_note(pipe, [long, longer, "a cat"]).startswith(f"Prompts 1 and 2 are {n} and {m} CLIP")
-    four = _clip_window_note(pipe, [long, "a", longer, long])
+    assert clip_window_note(pipe, ["a cat", long]).startswith(f"Prompt 2 is {n} CLIP tokens")
+    assert clip_window_note(pipe, [long, longer, "a cat"]).startswith(f"Prompts 1 and 2 are {n} and {m} CLIP")
+    four = clip_window_note(pipe, [long, "a", longer, long])
     assert four.startswith(f"Prompts 1, 3 and 4 are {n}, {m} and {n} CLIP")
-    assert _clip_window_note(SimpleNamespace(tokenizer=pipe.tokenizer), [long]) is None  # no LLM: nothing reads on
+    assert clip_window_note(SimpleNamespace(tokenizer=pipe.tokenizer), [long]) is None  # no LLM: nothing reads on
 
 
 def test_generate_says_what_a_prompt_past_clips_window_reaches(tiny_sd_dir, tmp_path):

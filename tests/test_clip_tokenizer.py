@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-from llm4gen.data.clip_tokenizer import CLIP_VOCAB_SIZE, bytes_to_unicode, clip_vocab_and_merges, load_clip_tokenizer
+from llm4gen.clip_tokenizer import CLIP_VOCAB_SIZE, bytes_to_unicode, clip_vocab_and_merges, load_clip_tokenizer
 
 
 def test_ids_match_openai_clip(tmp_path):

@@ -230,7 +230,7 @@ def test_attention_tv_matches_hand_values():
 def test_on_objects_tells_a_words_own_object_from_the_others():
     import torch
 
-    from llm4gen.data.shapes import Scene, SceneObject, object_cover
+    from llm4gen.shapesworld.world import Scene, SceneObject, object_cover
 
     on_objects = _load_script("attention_separation")._on_objects
     scene = Scene([SceneObject("red", "circle", "small", 0.25, 0.25),
@@ -345,10 +345,10 @@ def test_score_probe_splits_accuracy_by_held_out_pairs():
 def test_colour_swap_trades_two_colours_in_caption_and_scene():
     from transformers import AutoTokenizer
 
-    from llm4gen.data.shapes import Scene, SceneObject, ShapesWorld
     from llm4gen.encoders import resolve_model_reference
+    from llm4gen.shapesworld.mentions import mention_words
+    from llm4gen.shapesworld.world import Scene, SceneObject, ShapesWorld
     from llm4gen.tiny import MINILM_REF
-    from llm4gen.training.data import mention_words
 
     swap = _load_script("binding_probe").colour_swap
     scene = Scene([SceneObject("orange", "circle", "small", 0.2, 0.5), SceneObject("red", "square", "large", 0.7, 0.5),
@@ -387,8 +387,8 @@ def test_probe_rows_read_each_mentions_words_at_their_tokens():
     import torch
     from transformers import AutoTokenizer
 
-    from llm4gen.data.shapes import COLOURS, SHAPES, Scene, SceneObject
     from llm4gen.encoders import resolve_model_reference
+    from llm4gen.shapesworld.world import COLOURS, SHAPES, Scene, SceneObject
     from llm4gen.tiny import MINILM_REF
 
     module = _load_script("binding_probe")
@@ -454,7 +454,7 @@ def test_binding_probe_names_a_folder_without_a_pipeline_and_bad_settings(tiny_f
 
 
 def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_folder, tmp_path):
-    from llm4gen.eval.shapes_bench import load_with_tokenizers
+    from llm4gen.shapesworld.arms import load_with_tokenizers
 
     pipe, clip_tok, llm_tok = load_with_tokenizers(tiny_folder)
     assert clip_tok.is_fast and llm_tok.is_fast and llm_tok is pipe.llm_encoder.tokenizer
@@ -464,7 +464,7 @@ def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_fol
 
 
 def test_denoiser_arms_gives_the_llm4gen_arm_and_the_base_arm_where_saved(tiny_folder, tmp_path):
-    from llm4gen.eval.shapes_bench import denoiser_arms
+    from llm4gen.shapesworld.arms import denoiser_arms
 
     pipe, arms = denoiser_arms(tiny_folder)
     assert list(arms) == ["llm4gen"]
@@ -522,7 +522,7 @@ def test_unet_position_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
 
 
 def test_place_words_swaps_only_the_place_phrase_and_measures_the_shift():
-    from llm4gen.data.shapes import (
+    from llm4gen.shapesworld.world import (
         POSITION_CELLS,
         SceneObject,
         ShapesWorld,
@@ -573,7 +573,7 @@ def test_place_words_runs_on_a_pipeline(tiny_folder, tmp_path, monkeypatch):
                 "--bootstrap", "100", "--out", str(out))
     report = json.loads(out.read_text())
     rows = report["arms"]["llm4gen"]["rows"]
-    from llm4gen.data.shapes import POSITION_CELLS
+    from llm4gen.shapesworld.world import POSITION_CELLS
 
     assert report["prompts"] == 2 and len(rows) == 18 and {tuple(r["cell"]) for r in rows} == set(POSITION_CELLS)
     assert out.with_suffix(".png").is_file()
@@ -704,7 +704,7 @@ def test_scorer_audit_agreement_and_recall_by_hand():
     assert recall["ring"] == pytest.approx({"estimated_objects": 2.5, "estimated_named_so": 0.0, "recall": 0.0})
     # re-classified from features: the clean star and cross prototypes themselves, both labelled star, and a cross
     # labelled other (left out); star sheet crops weigh 10 / 2 = 5 each
-    from llm4gen.eval.shapes import _prototypes
+    from llm4gen.shapesworld.scorer import _prototypes
 
     protos, _ = _prototypes(64, False)
     star, cross = (list(map(float, protos[(s, "large")])) for s in ("star", "cross"))

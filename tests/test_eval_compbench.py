@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from llm4gen.eval import compbench as cb
-from llm4gen.eval.detect import Detection, HFObjectDetector
-from llm4gen.eval.vqa import BlipVQAScorer, GenerativeVQAScorer, load_vqa_scorer, yes_probability
+from llm4gen.scoring.detect import Detection, HFObjectDetector
+from llm4gen.scoring.vqa import BlipVQAScorer, GenerativeVQAScorer, load_vqa_scorer, yes_probability
 from tiny_eval_models import make_tiny_blip_captioner, make_tiny_blip_vqa, make_tiny_clip, make_tiny_detr
 
 
@@ -288,7 +288,7 @@ def test_run_compbench_errors(tmp_path):
 
 
 def test_run_compbench_end_to_end_on_tiny_models(tmp_path, models):
-    from llm4gen.eval.metrics import ClipScorer
+    from llm4gen.scoring.metrics import ClipScorer
 
     root, prompts_dir = tmp_path / "out", tmp_path / "dataset"
     _write_benchmark(root, prompts_dir, {"color_val": ["a red apple and a green leaf"],

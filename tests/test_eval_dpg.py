@@ -10,7 +10,7 @@ from PIL import Image
 
 from llm4gen.eval import dpg
 from llm4gen.eval.dpg import DenseItem, Question
-from llm4gen.eval.vqa import load_vqa_scorer
+from llm4gen.scoring.vqa import load_vqa_scorer
 from tiny_eval_models import make_tiny_blip_vqa
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)

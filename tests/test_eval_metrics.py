@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llm4gen.eval import metrics as M
-from llm4gen.eval.features import (
+from llm4gen.eval.report import bar_chart, print_table, to_jsonable, write_json
+from llm4gen.eval.score import score_generated
+from llm4gen.scoring import metrics as M
+from llm4gen.scoring.features import (
     FIDInceptionV3,
     InceptionFeatures,
     TransformersImageClassifier,
@@ -21,7 +23,6 @@ from llm4gen.eval.features import (
     make_classifier,
     make_feature_extractor,
 )
-from llm4gen.eval.report import bar_chart, print_table, to_jsonable, write_json
 
 
 def make_tiny_clip(folder: str | Path, projection_dim: int = 4, seed: int = 0) -> str:
@@ -412,7 +413,7 @@ def test_score_generated_and_the_cli(tiny_clip, tmp_path):
     prompts = ["a red circle", "a blue square", "a green star", "a big yellow ring", "two cats"]
     run = tmp_path / "run"
     _write_generated_folder(run, prompts)
-    report = M.score_generated(run, clip_model=tiny_clip, fid_ref=run, fid_features=f"hf:{tiny_clip}",
+    report = score_generated(run, clip_model=tiny_clip, fid_ref=run, fid_features=f"hf:{tiny_clip}",
                                is_classifier=lambda ims: np.full((len(ims), 4), 0.25), batch_size=3)
     assert report["num_images"] == 5
     images = [run / f"{i:05d}_00.png" for i in range(5)]
@@ -422,7 +423,7 @@ def test_score_generated_and_the_cli(tiny_clip, tmp_path):
     assert abs(report["metrics"]["fid"]["value"]) < 1e-4  # the set against itself
     assert report["metrics"]["inception_score"]["mean"] == pytest.approx(1.0)
     assert report["metrics"]["inception_score"]["splits"] == 5
-    limited = M.score_generated(run, clip_model=tiny_clip, limit=2)
+    limited = score_generated(run, clip_model=tiny_clip, limit=2)
     assert limited["num_images"] == 2 and set(limited["metrics"]) == {"clip_score"}
     assert [r["clip_score"] for r in limited["per_image"]] == pytest.approx(list(expected[:2]), abs=1e-5)
 

@@ -99,10 +99,10 @@ def test_planned_boxes_are_shapesworlds_true_cells():
     gives one region per object, and each region's words name one object whose true position lies in its box."""
     import re
 
-    from llm4gen.data.shapes import caption_scene, position_region, sample_scene
-    from llm4gen.eval.shapes import cell_box
-    from llm4gen.eval.shapes_bench import planned_regions
-    from llm4gen.training.data import _NOUN_SHAPES
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.mentions import NOUN_SHAPES
+    from llm4gen.shapesworld.scorer import cell_box
+    from llm4gen.shapesworld.world import caption_scene, position_region, sample_scene
 
     rng = np.random.default_rng(7)
     objects = 0
@@ -113,7 +113,7 @@ def test_planned_boxes_are_shapesworlds_true_cells():
         assert len(regions) == len(scene.objects), text
         for r in regions:
             words = re.findall(r"[a-z]+", region_words(text, r).lower())
-            named = [o for o in scene.objects if o.colour in words and o.shape in {_NOUN_SHAPES.get(w) for w in words}]
+            named = [o for o in scene.objects if o.colour in words and o.shape in {NOUN_SHAPES.get(w) for w in words}]
             assert len(named) == 1, (region_words(text, r), text)
             assert r.box == pytest.approx(cell_box(position_region(named[0].x, named[0].y)))
             objects += 1
@@ -122,8 +122,8 @@ def test_planned_boxes_are_shapesworlds_true_cells():
 
 def test_demo_prompts_plan_the_cells_their_words_name():
     """The demo's third column: every object of the three demo prompts gets the cell its place words name."""
-    from llm4gen.eval.shapes_bench import planned_regions
     from llm4gen.examples import DEMO_PROMPTS
+    from llm4gen.shapesworld.bench import planned_regions
 
     lo, hi = 0.36, 0.64
     want = [
@@ -143,10 +143,10 @@ def test_demo_scenes_are_what_the_demo_prompts_ask_for():
     """DEMO_SCENES (what benchmarks/demo_seeds.py scores the demo's images against): per prompt the objects it names,
     each centred in the cell its planned region boxes, with its size and colour words and the prompt's relation; a
     rendering of each scene scores all-correct (the renderer and the scorer agree it is a valid scene)."""
-    from llm4gen.data.shapes import Scene, position_region, render_scene
-    from llm4gen.eval.shapes import cell_box, score_image
-    from llm4gen.eval.shapes_bench import planned_regions
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.scorer import cell_box, score_image
+    from llm4gen.shapesworld.world import Scene, position_region, render_scene
 
     for prompt, data in zip(DEMO_PROMPTS, DEMO_SCENES, strict=True):
         scene = Scene.from_dict(data)

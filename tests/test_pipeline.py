@@ -396,7 +396,7 @@ def test_prompt_cache_skips_the_llm_and_keeps_the_image(tiny_llm_dirs, tmp_path,
 
 
 def test_prompt_cache_lru():
-    from llm4gen.prompt_cache import PromptCache
+    from llm4gen.feature_cache import PromptCache
 
     cache = PromptCache(max_entries=2)
     for t in ("a", "b", "c"):

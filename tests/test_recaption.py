@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from llm4gen.data import recaption as rc
-from llm4gen.training.config import DataConfig
-from llm4gen.training.data import ImageFolderSource, WebDatasetSource
+from llm4gen.data.sources import DataConfig, ImageFolderSource, WebDatasetSource
 from tiny_eval_models import make_tiny_blip_captioner, make_tiny_clip
 
 SIZES = [(64, 64), (16, 16), (200, 40), (64, 48), (48, 64), (80, 80)]  # (w, h)

@@ -239,7 +239,7 @@ def test_regions_need_the_prompt_text_and_llm_tokens(tiny_pipe):
     with pytest.raises(ValueError, match="needs the prompt text"):
         tiny_pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, regions=REGIONS, num_inference_steps=2)
     # a plain SD pipeline has no LLM tokens to guide
-    from llm4gen.eval.shapes_bench import clip_only_pipeline
+    from llm4gen.shapesworld.arms import clip_only_pipeline
 
     base = clip_only_pipeline(tiny_pipe)
     with pytest.raises(ValueError, match="no LLM encoder"):
@@ -312,7 +312,7 @@ def _phrase_tokens(pipe, prompt, phrase):
 def _masked_maps(pipe, mask, key_mask=None):
     """Every cross-attention layer's probabilities ``[2, HW, T]`` (negative, positive) of one UNet pass with ``mask``
     attached; ``key_mask`` ``[2, T]`` is passed as the UNet's ``encoder_attention_mask``."""
-    from llm4gen.training.losses import AttentionStore, install_attention_store
+    from llm4gen.attention import AttentionStore, install_attention_store
 
     fused = pipe.encode_fused_prompt(PROMPT)
     embeds = torch.cat([fused.negative_prompt_embeds, fused.prompt_embeds])
@@ -442,8 +442,8 @@ def test_region_mask_steps_and_bad_input(tiny_pipe):
 
 def test_region_mask_on_a_plain_diffusers_pipeline(tiny_pipe):
     """Any diffusers SD pipeline: without an LLM, "both" masks CLIP's tokens (the only ones); "llm" is an error."""
-    from llm4gen.eval.shapes_bench import clip_only_pipeline
     from llm4gen.regions import RegionMask
+    from llm4gen.shapesworld.arms import clip_only_pipeline
 
     base = clip_only_pipeline(tiny_pipe)
     base.set_progress_bar_config(disable=True)
@@ -528,9 +528,9 @@ def test_sdxl_region_mask(tiny_xl_dir):
 
 # ---------------------------------------------------------------------- ShapesWorld
 def test_scene_regions_box_each_named_object_in_its_cell():
-    from llm4gen.data.shapes import REGION_EDGES
-    from llm4gen.eval.shapes import cell_box
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, scene_regions
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, scene_regions
+    from llm4gen.shapesworld.scorer import cell_box
+    from llm4gen.shapesworld.world import REGION_EDGES
 
     lo, hi = REGION_EDGES
     for text, scene in benchmark_prompts(QualityConfig(num_prompts=20)):
@@ -551,7 +551,7 @@ def test_scene_regions_box_each_named_object_in_its_cell():
 
 
 def test_region_arm_guides_only_prompts_with_regions(tiny_pipe):
-    from llm4gen.eval.shapes_bench import RegionArm
+    from llm4gen.shapesworld.bench import RegionArm
 
     arm = RegionArm(tiny_pipe, {PROMPT: REGIONS}, scale=0.5, steps=2)
     kwargs = dict(num_inference_steps=3, generator=[torch.Generator().manual_seed(k) for k in range(2)],
@@ -628,8 +628,8 @@ def test_region_guidance_moves_the_bundled_models_objects_into_their_boxes():
     """On the bundled model, boxes for the demo's first prompt put each object in its corner in every one of four
     images; without them the same noise misses at least once (the scorer finds objects by colour and shape)."""
     from llm4gen import LLM4GenPipeline
-    from llm4gen.eval.shapes import detect_objects
     from llm4gen.examples import DEMO_PROMPTS
+    from llm4gen.shapesworld.scorer import detect_objects
 
     model = ROOT / "models" / "default"
     if not (model / "model_index.json").is_file():
@@ -726,9 +726,9 @@ def test_every_entry_point_defaults_to_the_same_region_guidance_step():
     from pathlib import Path
 
     from llm4gen import LLM4GenPipeline, LLM4GenXLPipeline
-    from llm4gen.cli import generate
-    from llm4gen.eval.shapes_bench import RegionArm
+    from llm4gen.cli.generate import generate
     from llm4gen.regions import RegionGuidance, region_control
+    from llm4gen.shapesworld.bench import RegionArm
 
     defaults = {
         "LLM4GenPipeline": inspect.signature(LLM4GenPipeline.__call__).parameters["region_guidance_scale"].default,

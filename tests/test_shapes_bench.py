@@ -18,7 +18,7 @@ class RenderArm:
         self.scenes, self.size, self.calls, self.settings = scenes_by_prompt, size, [], []
 
     def __call__(self, prompt, generator, **kwargs):
-        from llm4gen.data.shapes import render_scene
+        from llm4gen.shapesworld.world import render_scene
 
         self.calls.append((list(prompt), [g.initial_seed() for g in generator]))
         self.settings.append(kwargs)
@@ -26,8 +26,8 @@ class RenderArm:
 
 
 def test_prompts_are_held_out_dense_and_deterministic():
-    from llm4gen.data.shapes import HELD_OUT_PAIRS
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import HELD_OUT_PAIRS
 
     cfg = QualityConfig(num_prompts=40)
     items = benchmark_prompts(cfg)
@@ -40,7 +40,7 @@ def test_prompts_are_held_out_dense_and_deterministic():
 
 
 def test_bootstrap_interval_matches_the_normal_approximation():
-    from llm4gen.eval.shapes_bench import bootstrap_ci
+    from llm4gen.stats import bootstrap_ci
 
     rng = np.random.default_rng(1)
     x = (rng.random(900) < 0.3).astype(float)
@@ -51,7 +51,8 @@ def test_bootstrap_interval_matches_the_normal_approximation():
 
 
 def test_paired_difference_and_buckets_by_hand():
-    from llm4gen.eval.shapes_bench import paired_difference, summarize_arm
+    from llm4gen.shapesworld.bench import summarize_arm
+    from llm4gen.stats import paired_difference
 
     a = [{"colour": 0.0, "spatial": None, "clip_tokens": 60}, {"colour": 0.5, "spatial": 1.0, "clip_tokens": 90},
          {"colour": 1.0, "spatial": 0.0, "clip_tokens": 120}]
@@ -66,7 +67,7 @@ def test_paired_difference_and_buckets_by_hand():
         paired_difference(a, b[:2], "colour")
     for row in a:
         row.update({m: 0.0 for m in ("count", "shape", "binding", "size", "background", "all_correct")})
-    from llm4gen.eval.shapes import length_bucket
+    from llm4gen.shapesworld.scorer import length_bucket
 
     assert [r["clip_tokens"] for r in length_bucket(a, ">77 tokens")] == [90, 120]
     with pytest.raises(ValueError, match="Unknown bucket"):
@@ -78,8 +79,8 @@ def test_paired_difference_and_buckets_by_hand():
 
 
 def test_benchmark_prompts_come_from_the_asked_split():
-    from llm4gen.data.shapes import HELD_OUT_PAIRS
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.world import HELD_OUT_PAIRS
 
     def held(items):
         return [any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects) for _, scene in items]
@@ -98,7 +99,7 @@ def test_benchmark_prompts_come_from_the_asked_split():
 
 @pytest.mark.parametrize("name", ["scale 0.1/10 steps", "a\\b", "..", " "])
 def test_arm_names_that_cannot_be_folders_are_refused_before_rendering(tmp_path, name):
-    from llm4gen.eval.shapes_bench import QualityConfig, run_quality_benchmark
+    from llm4gen.shapesworld.bench import QualityConfig, run_quality_benchmark
 
     class NeverCalled:
         def __call__(self, *args, **kwargs):
@@ -111,7 +112,7 @@ def test_arm_names_that_cannot_be_folders_are_refused_before_rendering(tmp_path,
 
 
 def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, run_quality_benchmark
 
     cfg = QualityConfig(num_prompts=12, batch_size=5, scheduler="own", bootstrap=200, image_seed=100,
                         num_inference_steps=7, guidance_scale=3.5, guidance_rescale=0.7)
@@ -144,8 +145,8 @@ def test_oracle_arm_scores_perfectly_and_a_shifted_arm_is_caught(tmp_path):
 def test_quality_bars_leave_out_what_could_not_be_scored(tmp_path):
     """A metric with n = 0 (spatial when no relation could be judged) must not be drawn as a 0% bar; the others are
     100 x the summary's mean and interval."""
-    from llm4gen.eval.shapes import LENGTH_BUCKETS
-    from llm4gen.eval.shapes_bench import PLOT_METRICS, plot_quality, quality_bars
+    from llm4gen.shapesworld.bench import PLOT_METRICS, plot_quality, quality_bars
+    from llm4gen.shapesworld.scorer import LENGTH_BUCKETS
 
     def stat(mean, n=10):
         return {"mean": mean, "ci95": None if mean is None else [mean - 0.05, mean + 0.05], "n": n}
@@ -167,7 +168,8 @@ def test_quality_bars_leave_out_what_could_not_be_scored(tmp_path):
 
 
 def test_an_arm_against_itself_differs_by_exactly_zero(tmp_path):
-    from llm4gen.eval.shapes_bench import QualityConfig, clip_only_pipeline, run_quality_benchmark
+    from llm4gen.shapesworld.arms import clip_only_pipeline
+    from llm4gen.shapesworld.bench import QualityConfig, run_quality_benchmark
     from llm4gen.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(llm=None)
@@ -183,7 +185,7 @@ def test_an_arm_against_itself_differs_by_exactly_zero(tmp_path):
 def test_clip_only_pipeline_uses_the_same_clip_and_the_given_unet(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from llm4gen.eval.shapes_bench import clip_only_pipeline, load_arm
+    from llm4gen.shapesworld.arms import clip_only_pipeline, load_arm
     from llm4gen.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(llm=None)
@@ -218,8 +220,8 @@ def test_clip_only_pipeline_uses_the_same_clip_and_the_given_unet(tmp_path):
 
 
 def test_count_errors_against_scenes_with_an_object_more_or_less():
-    from llm4gen.data.shapes import Scene, SceneObject, render_scene
-    from llm4gen.eval.shapes_bench import score_with_count_errors
+    from llm4gen.shapesworld.bench import score_with_count_errors
+    from llm4gen.shapesworld.world import Scene, SceneObject, render_scene
 
     two = Scene([SceneObject("red", "circle", "large", 0.3, 0.3), SceneObject("blue", "square", "large", 0.7, 0.7)],
                 background="black")
@@ -231,7 +233,7 @@ def test_count_errors_against_scenes_with_an_object_more_or_less():
 
 
 def test_metric_summary_by_hand():
-    from llm4gen.eval.shapes_bench import metric_summary
+    from llm4gen.stats import metric_summary
 
     rows = [{"spatial": 1.0}, {"spatial": None}, {"spatial": 0.0}, {"spatial": 1.0}, {}]
     s = metric_summary(rows, "spatial", n_boot=500)
@@ -240,9 +242,9 @@ def test_metric_summary_by_hand():
 
 
 def test_binding_breakdown_counts_swapped_pairs_and_held_out_pairs_by_hand():
-    from llm4gen.data.shapes import HELD_OUT_PAIRS, Scene, SceneObject, render_scene
-    from llm4gen.eval.shapes import score_image
-    from llm4gen.eval.shapes_bench import binding_breakdown
+    from llm4gen.shapesworld.bench import binding_breakdown
+    from llm4gen.shapesworld.scorer import score_image
+    from llm4gen.shapesworld.world import HELD_OUT_PAIRS, Scene, SceneObject, render_scene
 
     assert ("red", "star") in HELD_OUT_PAIRS and ("blue", "circle") not in HELD_OUT_PAIRS
     asked = Scene([SceneObject("red", "star", "large", 0.3, 0.3), SceneObject("blue", "circle", "large", 0.7, 0.7)],
@@ -271,9 +273,9 @@ def test_binding_breakdown_counts_swapped_pairs_and_held_out_pairs_by_hand():
 
 
 def test_position_breakdown_and_chance():
-    from llm4gen.data.shapes import Scene, SceneObject, render_scene
-    from llm4gen.eval.shapes import position_chance, score_image
-    from llm4gen.eval.shapes_bench import position_breakdown
+    from llm4gen.shapesworld.bench import position_breakdown
+    from llm4gen.shapesworld.scorer import position_chance, score_image
+    from llm4gen.shapesworld.world import Scene, SceneObject, render_scene
 
     # by hand: a small object (radius 0.125) is placed uniformly in [0.15625, 0.84375] on each axis; its upper left
     # cell reaches 0.36 + 2/64 = 0.39125, so it lands there with probability (0.235 / 0.6875) ** 2
@@ -306,8 +308,8 @@ def test_position_breakdown_and_chance():
 
 
 def test_position_chance_of_crowded_scenes_matches_the_generator():
-    from llm4gen.data.shapes import SceneObject, ShapesWorld, ShapesWorldConfig, position_region
-    from llm4gen.eval.shapes import position_chance
+    from llm4gen.shapesworld.scorer import position_chance
+    from llm4gen.shapesworld.world import SceneObject, ShapesWorld, ShapesWorldConfig, position_region
 
     world = ShapesWorld("train", seed=3, config=ShapesWorldConfig(min_objects=4, max_objects=4))
     objs = [o for k in range(1500) for o in world.scene(k).objects]
@@ -327,7 +329,7 @@ def test_position_chance_of_crowded_scenes_matches_the_generator():
 
 
 def test_base_schedule_differences_reads_the_schedule_of_the_folder_holding_the_unet(tmp_path):
-    from llm4gen.eval.shapes_bench import base_schedule_differences
+    from llm4gen.shapesworld.arms import base_schedule_differences
 
     def folder(name, **config):
         path = tmp_path / name
@@ -359,7 +361,7 @@ def test_base_schedule_differences_reads_the_schedule_of_the_folder_holding_the_
 
 
 def _bench_run(rows, **config):
-    from llm4gen.eval.shapes import METRICS
+    from llm4gen.shapesworld.scorer import METRICS
 
     cfg = {"num_prompts": len(rows), "prompt_seed": 7, "caption_style": "dense", "image_seed": 0,
            "num_inference_steps": 25, "guidance_scale": 5.0, "scheduler": "dpm", "size": 64, "split": "test",
@@ -373,7 +375,7 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     import subprocess
     import sys
 
-    from llm4gen.eval.shapes_bench import compare_runs
+    from llm4gen.shapesworld.bench import compare_runs
 
     texts = ["a red circle", "a blue square and " + "more words " * 40, "a green star and " + "words " * 50]
     before = _bench_run([{"text": t, "clip_tokens": n, "position": p, "colour": c}
@@ -448,7 +450,7 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
 
 
 def test_format_percent_by_hand():
-    from llm4gen.eval.shapes_bench import format_percent
+    from llm4gen.shapesworld.bench import format_percent
 
     assert format_percent({"mean": 0.7241, "ci95": [0.69983, 0.74933], "n": 500}) == "72.4 [70.0, 74.9]"
     assert format_percent({"mean": 0.17, "ci95": [0.1433, 0.198]}, signed=True) == "+17.0 [+14.3, +19.8]"
@@ -461,7 +463,7 @@ def test_quality_benchmark_scores_with_the_configured_prototypes(tmp_path):
     prototypes every shape is right; with "auto" (clean prototypes for noise-free images) stars are lost."""
     from PIL import ImageFilter
 
-    from llm4gen.eval.shapes_bench import QualityConfig, benchmark_prompts, run_quality_benchmark
+    from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, run_quality_benchmark
 
     class BlurArm(RenderArm):
         def __call__(self, prompt, generator, **kwargs):

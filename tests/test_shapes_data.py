@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm4gen.data.shapes import (
+from llm4gen.shapesworld.scorer import clip_token_count
+from llm4gen.shapesworld.world import (
     BACKGROUNDS,
     COLOURS,
     HELD_OUT_PAIRS,
@@ -29,7 +30,6 @@ from llm4gen.data.shapes import (
     render_scene,
     write_dataset,
 )
-from llm4gen.eval.shapes import clip_token_count
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def test_bad_input(tmp_path):
 def test_object_cover_is_the_disc_area():
     import math
 
-    from llm4gen.data.shapes import SceneObject, object_cover
+    from llm4gen.shapesworld.world import SceneObject, object_cover
 
     large = SceneObject("red", "circle", "large", 0.5, 0.25)  # radius 0.2, centred in the upper half
     for side in (8, 16):

@@ -19,7 +19,7 @@ def parts(tmp_path_factory) -> dict[str, Path]:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from llm4gen.data.clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
+    from llm4gen.clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 
     root = tmp_path_factory.mktemp("recipe")
     torch.manual_seed(0)
@@ -49,7 +49,7 @@ def test_arm_configs_differ_only_in_the_llm():
 def test_build_base_writes_a_trainable_base(parts, tmp_path):
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from llm4gen.training.shapes_recipe import SHAPES_SCHEDULER, build_shapes_base
+    from llm4gen.shapesworld.recipe import SHAPES_SCHEDULER, build_shapes_base
 
     out = build_shapes_base(tmp_path / "base", parts["clip"], parts["vae"], seed=3)
     for sub in ("vae", "text_encoder", "tokenizer", "scheduler", "unet"):
@@ -69,7 +69,7 @@ def test_build_base_writes_a_trainable_base(parts, tmp_path):
 
 
 def test_build_base_errors_name_the_missing_part(parts, tmp_path):
-    from llm4gen.training.shapes_recipe import build_shapes_base
+    from llm4gen.shapesworld.recipe import build_shapes_base
 
     with pytest.raises(FileNotFoundError, match="train-clip"):
         build_shapes_base(tmp_path / "x", tmp_path / "nope", parts["vae"])
@@ -81,8 +81,8 @@ def test_both_arm_configs_train_from_the_built_base(parts, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from llm4gen import LLM4GenPipeline
+    from llm4gen.shapesworld.recipe import build_shapes_base
     from llm4gen.training.config import load_config
-    from llm4gen.training.shapes_recipe import build_shapes_base
     from llm4gen.training.trainer import train
 
     base = build_shapes_base(tmp_path / "base", parts["clip"], parts["vae"])
@@ -102,8 +102,8 @@ def test_both_arm_configs_train_from_the_built_base(parts, tmp_path):
     from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
     from llm4gen.cli import app
-    from llm4gen.eval.shapes_bench import load_arm
-    from llm4gen.training.shapes_recipe import package_default_model
+    from llm4gen.shapesworld.arms import load_arm
+    from llm4gen.shapesworld.recipe import package_default_model
 
     packaged = package_default_model(tmp_path / "arm-llm4gen", tmp_path / "arm-base", tmp_path / "default")
     assert not (packaged / "checkpoints").exists() and not (packaged / "logs").exists()

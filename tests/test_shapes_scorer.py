@@ -10,8 +10,7 @@ from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from llm4gen.cli import app
-from llm4gen.data.shapes import Scene, SceneObject, ShapesWorld, corrupt_scene, relations_from_positions, render_scene
-from llm4gen.eval.shapes import (
+from llm4gen.shapesworld.scorer import (
     METRICS,
     ShapesScorer,
     detect_objects,
@@ -19,6 +18,14 @@ from llm4gen.eval.shapes import (
     score_folder,
     score_image,
     summarize,
+)
+from llm4gen.shapesworld.world import (
+    Scene,
+    SceneObject,
+    ShapesWorld,
+    corrupt_scene,
+    relations_from_positions,
+    render_scene,
 )
 
 N = 120
@@ -184,7 +191,7 @@ def test_smooth_prototypes_read_blurred_noise_free_shapes_that_auto_misreads_as_
     as crosses (the bias the README's scorer audit found on generated images), every other shape right."""
     from collections import Counter
 
-    from llm4gen.data.shapes import BACKGROUNDS, SHAPES, SIZES
+    from llm4gen.shapesworld.world import BACKGROUNDS, SHAPES, SIZES
 
     rng = np.random.default_rng(3)
     right: dict[str, Counter] = {"auto": Counter(), "clean": Counter(), "smooth": Counter()}
@@ -218,8 +225,8 @@ def test_smooth_prototypes_still_score_clean_renders_perfectly():
 def test_nearest_shape_of_a_render_is_its_shape_in_both_prototype_sets():
     """nearest_shape on a render's own silhouette features (detect_objects without classifying) gives the drawn shape
     with either prototype set, at both sizes (how the two sets differ on soft shapes: the test above)."""
-    from llm4gen.data.shapes import SHAPES
-    from llm4gen.eval.shapes import nearest_shape
+    from llm4gen.shapesworld.scorer import nearest_shape
+    from llm4gen.shapesworld.world import SHAPES
 
     for shape in SHAPES:
         for size in ("small", "large"):

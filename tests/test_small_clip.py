@@ -9,7 +9,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from typer.testing import CliRunner
 
 from llm4gen.cli import app
-from llm4gen.training.small_clip import SmallClipConfig, retrieval_accuracy, train_small_clip
+from llm4gen.shapesworld.small_clip import SmallClipConfig, retrieval_accuracy, train_small_clip
 
 
 def test_retrieval_accuracy_against_hand_counts():

@@ -7,7 +7,7 @@ import json
 import torch
 from diffusers import AutoencoderKL
 
-from llm4gen.training.small_vae import SmallVaeConfig, train_small_vae
+from llm4gen.shapesworld.small_vae import SmallVaeConfig, train_small_vae
 
 
 def test_tiny_vae_run(tmp_path):
@@ -37,7 +37,7 @@ def test_cli_train_vae(tmp_path):
 
 
 def test_vae_round_trip_is_independent_of_the_batch_size():
-    from llm4gen.training.small_vae import SmallVaeConfig, build_small_vae, vae_round_trip
+    from llm4gen.shapesworld.small_vae import SmallVaeConfig, build_small_vae, vae_round_trip
 
     torch.manual_seed(0)
     vae = build_small_vae(SmallVaeConfig(image_size=16)).eval()

@@ -12,17 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm4gen.training.cache import FeatureCache, model_fingerprint
+from llm4gen.feature_cache import FeatureCache, model_fingerprint
+from llm4gen.prompt_words import parse_entities, token_at_span, token_bindings, token_pairs
+from llm4gen.shapesworld.mentions import mention_words, scene_mentions
 from llm4gen.training.config import load_config
-from llm4gen.training.data import (
-    batch_indices,
-    mention_words,
-    parse_entities,
-    scene_mentions,
-    token_at_span,
-    token_bindings,
-    token_pairs,
-)
+from llm4gen.training.data import batch_indices
 from llm4gen.training.losses import diffusion_loss, entity_loss, grounding_loss, timestep_weights
 from llm4gen.training.trainer import TrainingDivergedError, train
 
@@ -166,8 +160,8 @@ def test_token_bindings_negatives_join_mentions_of_different_colours():
 def test_scene_mentions_match_colour_and_noun_to_one_object():
     from transformers import AutoTokenizer
 
-    from llm4gen.data.shapes import Scene, SceneObject
     from llm4gen.encoders import resolve_model_reference
+    from llm4gen.shapesworld.world import Scene, SceneObject
     from llm4gen.tiny import MINILM_REF
 
     tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
@@ -192,8 +186,8 @@ def test_scene_mentions_match_colour_and_noun_to_one_object():
 def test_mention_words_give_each_mentions_noun_and_colour_token():
     from transformers import AutoTokenizer
 
-    from llm4gen.data.shapes import Scene, SceneObject
     from llm4gen.encoders import resolve_model_reference
+    from llm4gen.shapesworld.world import Scene, SceneObject
     from llm4gen.tiny import MINILM_REF
 
     tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
@@ -213,7 +207,7 @@ def test_mention_words_give_each_mentions_noun_and_colour_token():
 
 
 def test_entity_parser_precision_on_shapesworld():
-    from llm4gen.data.shapes import ShapesWorld
+    from llm4gen.shapesworld.world import ShapesWorld
 
     world = ShapesWorld("train", seed=0)
     for k in range(100):
@@ -286,7 +280,8 @@ def test_entity_loss_with_negatives_separates_objects_when_optimised():
 
 
 def test_token_tv_and_cover_share_hand_values():
-    from llm4gen.training.losses import cover_share, grid_side, token_tv
+    from llm4gen.attention import cover_share, grid_side
+    from llm4gen.training.losses import token_tv
 
     m = torch.tensor([[[0.2, 0.8, 1.0], [0.8, 0.2, 3.0]]])  # [B=1, HW=2, T=3]
     # token maps (0.2, 0.8), (0.8, 0.2), (0.25, 0.75) once normalised over space
@@ -302,7 +297,7 @@ def test_token_tv_and_cover_share_hand_values():
 
 
 def test_grounding_loss_values():
-    from llm4gen.data.shapes import SceneObject, object_cover
+    from llm4gen.shapesworld.world import SceneObject, object_cover
 
     obj = SceneObject("red", "circle", "large", 0.25, 0.25)  # the upper-left quarter's cells of a 2 x 2 grid
     cover = object_cover(obj, 2)
@@ -320,7 +315,7 @@ def test_grounding_loss_values():
 
 
 def test_grounding_loss_averages_layers_of_several_resolutions():
-    from llm4gen.data.shapes import SceneObject, object_cover
+    from llm4gen.shapesworld.world import SceneObject, object_cover
 
     obj = SceneObject("red", "circle", "large", 0.25, 0.25)
     m2 = torch.zeros(1, 4, 1)
@@ -333,7 +328,7 @@ def test_grounding_loss_averages_layers_of_several_resolutions():
 
 
 def test_grounding_loss_moves_attention_onto_the_object_when_optimised():
-    from llm4gen.data.shapes import SceneObject, object_cover
+    from llm4gen.shapesworld.world import SceneObject, object_cover
 
     torch.manual_seed(0)
     objs = [SceneObject("red", "circle", "large", 0.25, 0.3), SceneObject("blue", "square", "small", 0.75, 0.7)]
@@ -487,8 +482,8 @@ def test_entity_targets_point_at_the_words_in_each_token_space(base):
     """Positions from both token spaces, read back in the fused (CLIP window + LLM) sequence, spell the words."""
     from transformers import AutoTokenizer, CLIPTokenizerFast
 
-    from llm4gen.data.shapes import Scene, SceneObject
     from llm4gen.encoders import resolve_model_reference
+    from llm4gen.shapesworld.world import Scene, SceneObject
     from llm4gen.tiny import MINILM_REF
     from llm4gen.training.trainer import TokenSpace, entity_targets
 
@@ -547,7 +542,7 @@ def test_entity_loss_on_the_base_arm_keeps_to_the_clip_window(base, tmp_path):
     words beyond it have no token to attend to, so they must be left out rather than indexed."""
     from transformers import CLIPTokenizer
 
-    from llm4gen.training.data import make_source
+    from llm4gen.data.sources import make_source
 
     tok = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
     out = tmp_path / "base-arm"
@@ -768,7 +763,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(base, tiny_llm_dirs, tmp_path, monk
 
 
 def test_bad_data_and_models(base, tiny_llm_dirs, tmp_path):
-    from llm4gen.data.shapes import write_dataset
+    from llm4gen.shapesworld.world import write_dataset
 
     folder = write_dataset(tmp_path / "imgs", 8, progress=False)
     cfg = _cfg(base, tiny_llm_dirs["bert"], tmp_path / "o",
@@ -795,7 +790,7 @@ def test_imagefolder_training_and_cli(base, tiny_llm_dirs, tmp_path):
     from typer.testing import CliRunner
 
     from llm4gen.cli import app
-    from llm4gen.data.shapes import ShapesWorldConfig, write_dataset
+    from llm4gen.shapesworld.world import ShapesWorldConfig, write_dataset
 
     folder = write_dataset(tmp_path / "imgs", 8, config=ShapesWorldConfig(size=32), progress=False)
     cfg = {"output_dir": str(tmp_path / "cli"), "base_model": base, "llm": tiny_llm_dirs["bert"],
@@ -840,7 +835,7 @@ def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
 
 # ---------------------------------------------------------------------- more data sources, parsers, precision, logs
 def _shapes_items(n):
-    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
+    from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
 
     world = ShapesWorld("train", seed=1, config=ShapesWorldConfig(size=32))
     return [world[k] for k in range(n)]
@@ -853,8 +848,7 @@ def test_hf_dataset_source(base, tiny_llm_dirs, tmp_path):
                                     features=datasets.Features({"image": datasets.Image(),
                                                                 "caption": datasets.Value("string")}))
     ds.save_to_disk(str(tmp_path / "ds"))
-    from llm4gen.training.config import DataConfig
-    from llm4gen.training.data import make_source
+    from llm4gen.data.sources import DataConfig, make_source
 
     src = make_source(DataConfig(type="hf", path=str(tmp_path / "ds"), caption_column="caption"), 32)
     assert len(src) == 8 and src[3].caption == items[3].caption
@@ -870,8 +864,7 @@ def test_webdataset_source(base, tiny_llm_dirs, tmp_path):
     import io
     import tarfile
 
-    from llm4gen.training.config import DataConfig
-    from llm4gen.training.data import expand_shards, make_source
+    from llm4gen.data.sources import DataConfig, expand_shards, make_source
 
     items = _shapes_items(8)
     for shard in range(2):
@@ -906,7 +899,7 @@ def test_webdataset_source(base, tiny_llm_dirs, tmp_path):
 
 def test_spacy_parser():
     pytest.importorskip("spacy")
-    from llm4gen.training.data import parse_entities_spacy
+    from llm4gen.prompt_words import parse_entities_spacy
 
     text = "A small red circle is left of the square, which is blue. The big table has a green cup."
     words = sorted((text[a[0]:a[1]], text[e[0]:e[1]]) for a, e in parse_entities_spacy(text))
@@ -990,7 +983,7 @@ def test_sdxl_text_encoding_matches_the_pipeline(xl_base):
 def test_preprocess_image_against_hand_computation():
     from PIL import Image
 
-    from llm4gen.training.data import preprocess_image
+    from llm4gen.data.sources import preprocess_image
 
     img = Image.new("RGB", (8, 4), (0, 0, 0))
     img.paste((255, 0, 0), (0, 0, 4, 4))  # left half red, right half black
@@ -1006,9 +999,8 @@ def test_preprocess_image_against_hand_computation():
 
 
 def test_shapes_source_drop_count_sentence():
-    from llm4gen.data.shapes import ShapesWorld, ShapesWorldConfig
-    from llm4gen.training.config import DataConfig
-    from llm4gen.training.data import make_source
+    from llm4gen.data.sources import DataConfig, make_source
+    from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
 
     n = 400
     world = ShapesWorld("train", 3, n, ShapesWorldConfig(size=32, caption_style="mixed"))
@@ -1041,9 +1033,8 @@ def test_shapes_source_drop_count_sentence():
 
 
 def test_shapes_source_object_counts():
-    from llm4gen.data.shapes import BACKGROUNDS, ShapesWorld, ShapesWorldConfig
-    from llm4gen.training.config import DataConfig
-    from llm4gen.training.data import make_source
+    from llm4gen.data.sources import DataConfig, make_source
+    from llm4gen.shapesworld.world import BACKGROUNDS, ShapesWorld, ShapesWorldConfig
 
     n = 60
     one = make_source(DataConfig(seed=3, num_items=n, caption_style="dense", min_objects=1, max_objects=1), 32)
@@ -1073,7 +1064,7 @@ def test_shapes_source_object_counts():
                                       ({"type": "imagefolder", "path": "x", "max_objects": 1},
                                        "leave them at 1 and 4")])
 def test_object_counts_bad_config(kw, match):
-    from llm4gen.training.config import DataConfig
+    from llm4gen.data.sources import DataConfig
 
     with pytest.raises(ValueError, match=match):
         DataConfig(**kw)
@@ -1083,7 +1074,7 @@ def test_object_counts_bad_config(kw, match):
                                       ({"type": "imagefolder", "path": "x", "drop_count_sentence": 0.5},
                                        "ShapesWorld captions only")])
 def test_drop_count_sentence_bad_config(kw, match):
-    from llm4gen.training.config import DataConfig
+    from llm4gen.data.sources import DataConfig
 
     with pytest.raises(ValueError, match=match):
         DataConfig(**kw)

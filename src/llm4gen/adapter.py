@@ -22,6 +22,7 @@ depend on how many padding tokens follow it; the returned attention mask lets th
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import re
@@ -169,30 +170,37 @@ class CrossFusionLayer(nn.Module):
         return h + attn + ffn
 
 
+def _signature_from(config_cls: type) -> Any:
+    """Give ``__init__`` the signature of the config dataclass's fields, so the dataclass is the one list of the
+    module's settings: diffusers' ``register_to_config`` and ``from_config`` read the signature, and ``help()`` and
+    IDEs show it."""
+
+    def decorate(init: Any) -> Any:
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                     annotation=f.type) for f in dataclasses.fields(config_cls)]
+        init.__signature__ = inspect.Signature(params, return_annotation=None)
+        return init
+
+    return decorate
+
+
 class CrossAdapter(ModelMixin, ConfigMixin):
     """The Cross-Adapter Module: fuses per-token LLM features with the base model's CLIP text embeddings.
 
     A diffusers model: ``save_pretrained(dir)`` writes ``config.json`` + ``diffusion_pytorch_model.safetensors``,
     ``from_pretrained(dir_or_hub_id)`` loads them, and an ``LLM4GenPipeline`` saves it as its ``adapter/`` folder.
-    Build one from keyword arguments or from a :class:`CrossAdapterConfig` with :meth:`from_adapter_config`.
+    Its settings are :class:`CrossAdapterConfig`'s fields (the one place they are listed): build one from those
+    keyword arguments or from a config with :meth:`from_adapter_config`.
     """
 
     _supports_gradient_checkpointing = False
 
     @register_to_config
-    def __init__(
-        self,
-        clip_dim: int = 768,
-        llm_dim: int = 2048,
-        num_heads: int = 8,
-        num_layers: int = 1,
-        ffn_mult: int = 4,
-        scale: float = 1.0,
-        concat_order: str = "clip_first",
-        gated: bool = False,
-    ) -> None:
+    @_signature_from(CrossAdapterConfig)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        cfg = CrossAdapterConfig(clip_dim, llm_dim, num_heads, num_layers, ffn_mult, scale, concat_order, gated)
+        cfg = CrossAdapterConfig(*args, **kwargs)
         self.adapter_config = cfg
         self.layers = nn.ModuleList(
             CrossFusionLayer(cfg.llm_dim if i == 0 else cfg.clip_dim, cfg.clip_dim, cfg.num_heads, cfg.ffn_mult,

@@ -10,15 +10,14 @@ model's VAE and CLIP: the bundled model ships its base arm there), or else the L
 model's own UNet, VAE and CLIP fed the CLIP-only embeddings. The last is honest only as "the base conditioning path":
 that UNet was trained with the LLM tokens, so it is not the same as an independently trained base model.
 
-Everything but :func:`build_app` and :func:`launch` works without gradio, so the logic is testable without a browser;
-:func:`drive_browser` runs a page in headless Chromium (Selenium) for the end-to-end test and the README screenshot.
+Everything but :func:`build_app` and :func:`launch` works without gradio, so the logic is testable without a browser
+(the end-to-end browser test and the screenshot tool live in the repository's ``tests/browser.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -28,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .examples import DEMO_PROMPTS
+from .images import draw_regions
+from .layout import PLACE_EXAMPLES, plan_regions, region_words
+from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
+from .regions import Region
+from .shapesworld.arms import base_unet_dir, clip_only_pipeline
+from .utils import describe_load_error, validate_prompts
 
 __all__ = [
     "LoadedModel",
@@ -38,8 +43,6 @@ __all__ = [
     "build_base_pipeline",
     "count_tokens",
     "describe_app_error",
-    "drive_browser",
-    "find_browser",
     "free_port",
     "generate_side_by_side",
     "launch",
@@ -146,9 +149,6 @@ def build_base_pipeline(pipe: Any, base_model: str | os.PathLike | None = None) 
     and the adapter (same UNet, VAE, CLIP; a copy of the scheduler). Returns ``(pipeline, description)``."""
     from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
-    from .pipeline import LLM4GenXLPipeline
-    from .utils import describe_load_error
-
     if base_model is not None:
         ref = os.fspath(base_model)
         index = Path(ref) / "model_index.json"
@@ -169,8 +169,6 @@ def build_base_pipeline(pipe: Any, base_model: str | os.PathLike | None = None) 
         base = StableDiffusionXLPipeline(**comps, add_watermarker=False,
                                          force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt)
     else:
-        from .eval.shapes_bench import clip_only_pipeline
-
         base = clip_only_pipeline(pipe)  # same UNet, VAE, CLIP; its own copy of the scheduler
     base.set_progress_bar_config(disable=True)
     return base, SAME_UNET_BASE
@@ -185,8 +183,6 @@ def load_model(
 ) -> LoadedModel:
     """Load an LLM4GEN pipeline folder or hub id on ``device`` with its base side (see :func:`build_base_pipeline`;
     when ``base_model`` is not given, a ``base_unet/`` sub-folder is run with the model's VAE and CLIP)."""
-    from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
-
     ref = os.fspath(ref).strip()
     if not ref:
         raise ValueError("No model given: pick the bundled model or type an LLM4GEN pipeline folder or hub id.")
@@ -199,7 +195,6 @@ def load_model(
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     pipe = cls.from_pretrained(ref, **kwargs).to(device)
     pipe.set_progress_bar_config(disable=True)
-    from .eval.shapes_bench import base_unet_dir, clip_only_pipeline
 
     if base_model is None and base_unet_dir(ref) is not None:
         base = clip_only_pipeline(pipe, base_unet_dir(ref))
@@ -265,8 +260,6 @@ def generate_side_by_side(
     cross-attention); the base side stays plain."""
     import torch
 
-    from .utils import validate_prompts
-
     validate_prompts(prompt, "prompt")
     if steps < 1 or num_images < 1:
         raise ValueError(f"steps and number of images must be >= 1 (got {steps} and {num_images}).")
@@ -314,8 +307,6 @@ def parse_regions(text: str | None) -> list[Any] | str:
     """The regions box: ``auto`` (boxes planned from the prompt's own place words, :func:`llm4gen.layout.plan_regions`)
     or one ``phrase: x0,y0,x1,y1`` per line (:meth:`llm4gen.regions.Region.parse`), blank lines skipped; a
     ValueError naming the line otherwise."""
-    from .regions import Region
-
     if (text or "").strip().lower() == "auto":
         return "auto"
     out = []
@@ -356,8 +347,6 @@ def build_app(
     already built :class:`LoadedModel`, or an LLM4GEN pipeline object (its base side is built from it)."""
     import gradio as gr
 
-    from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
-
     manager = ModelManager(device=device, base_model=None if base_model is None else os.fspath(base_model),
                            trust_remote_code=trust_remote_code)
     if isinstance(model, (LLM4GenPipeline, LLM4GenXLPipeline)):
@@ -396,8 +385,6 @@ def build_app(
         except ValueError as err:
             raise gr.Error(f"Regions: {err}") from None
         if regions == "auto":
-            from .layout import PLACE_EXAMPLES, plan_regions
-
             regions = plan_regions(prompt)
             if not regions:
                 gr.Warning(f"Regions 'auto': the prompt names no place for anything ({PLACE_EXAMPLES}); the LLM4GEN "
@@ -429,9 +416,6 @@ def build_app(
         label = f"LLM4GEN + {len(regions)} region(s)" if regions else "LLM4GEN"
         llm_items = [(im, _caption(label, prompt, int(seed), i, n)) for i, im in enumerate(result.llm4gen_images)]
         if regions:  # then each image again with the boxes it was guided to
-            from .images import draw_regions
-            from .layout import region_words
-
             labelled = [(region_words(prompt, r), r.box) for r in regions]
             llm_items += [(draw_regions(im, labelled), _caption(f"{label}, boxes drawn", prompt, int(seed), i, n))
                           for i, im in enumerate(result.llm4gen_images)]
@@ -525,128 +509,3 @@ def launch(
         finally:
             demo.close()
     return demo, url
-
-
-# ---------------------------------------------------------------------- a real browser (tests, screenshots)
-def find_browser() -> tuple[str | None, str | None, str]:
-    """``(chromium, chromedriver, reason)``: the system Chromium and ChromeDriver, or ``None`` and why not."""
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return chromium, driver, "the Python package selenium is not installed (pip install selenium)"
-    if chromium is None:
-        return None, driver, "no Chromium on PATH (Debian: apt-get install chromium chromium-driver)"
-    if driver is None:
-        return chromium, None, "no chromedriver on PATH (Debian: apt-get install chromium-driver)"
-    return chromium, driver, ""
-
-
-def drive_browser(
-    url: str,
-    prompt: str,
-    *,
-    screenshot: str | os.PathLike | None = None,
-    timeout: float = 180.0,
-    window: tuple[int, int] = (1280, 1200),
-) -> dict[str, Any]:
-    """Open the app at ``url`` in headless Chromium, type ``prompt``, click Generate and wait for both galleries.
-
-    Returns ``{"base": [PNG bytes, ...], "llm4gen": [...], "tokens": token line, "status": status line,
-    "images_fit": whether every result image is wholly visible in its gallery}``; saves a screenshot of the whole
-    page to ``screenshot`` when given (and adds its CSS height as ``"page_height"``). Raises ``RuntimeError`` with
-    the page's error text if the app shows an error, ``TimeoutError`` after ``timeout`` seconds.
-    """
-    import base64
-    import urllib.request
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    chromium, chromedriver, reason = find_browser()
-    if reason:
-        raise RuntimeError(f"Cannot drive a browser: {reason}.")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={window[0]},{window[1]}", "--hide-scrollbars"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    deadline = time.monotonic() + timeout
-
-    def wait_for(fn: Callable[[], Any], what: str) -> Any:
-        while time.monotonic() < deadline:
-            value = fn()
-            if value:
-                return value
-            time.sleep(0.25)
-        raise TimeoutError(f"Timed out after {timeout:.0f} s waiting for {what}.")
-
-    def images(gallery: str) -> list[Any]:
-        return driver.find_elements(By.CSS_SELECTOR, f"#{gallery} img")
-
-    def page_error() -> str:
-        toasts = driver.find_elements(By.CSS_SELECTOR, ".toast-body.error")
-        texts = [" ".join((t.get_attribute("textContent") or "").split()) for t in toasts]  # collapsed ones too
-        return " ".join(t for t in texts if t)
-
-    try:
-        driver.get(url)
-        box = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#prompt textarea"), "the prompt box")[0]
-        box.send_keys(Keys.CONTROL, "a")
-        box.send_keys(Keys.DELETE)
-        box.send_keys(prompt)
-        wait_for(lambda: "CLIP" in driver.find_element(By.ID, "token-info").text, "the token counts")
-        driver.find_element(By.CSS_SELECTOR, "#generate").click()
-
-        def done() -> bool:
-            err = page_error()
-            if err:
-                raise RuntimeError(f"The app showed an error: {err}")
-            return bool(images("base-gallery")) and bool(images("llm4gen-gallery"))
-
-        wait_for(done, "two images (base and LLM4GEN)")
-        # warnings would hide the header in the screenshot
-        for close in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-close']"):
-            try:
-                close.click()
-            except Exception:  # a toast that already went away
-                pass
-        time.sleep(1.0)  # let the thumbnails paint before the screenshot
-        # every result image lies wholly inside its gallery (none is cut off by the gallery's frame)
-        fits = driver.execute_script(
-            "return ['base-gallery', 'llm4gen-gallery'].every(id => {"
-            "  const box = document.getElementById(id).getBoundingClientRect();"
-            "  return [...document.querySelectorAll('#' + id + ' img')].every(img => {"
-            "    const r = img.getBoundingClientRect(); return r.top >= box.top - 1 && r.bottom <= box.bottom + 1; });"
-            "});")
-        out: dict[str, Any] = {"tokens": driver.find_element(By.ID, "token-info").text,
-                               "status": driver.find_element(By.ID, "status").text, "images_fit": bool(fits)}
-        for key, gallery in (("base", "base-gallery"), ("llm4gen", "llm4gen-gallery")):
-            blobs = []
-            for src in dict.fromkeys(img.get_attribute("src") for img in images(gallery)):
-                if src.startswith("data:"):
-                    blobs.append(base64.b64decode(src.split(",", 1)[1]))
-                else:
-                    with urllib.request.urlopen(src, timeout=30) as resp:  # our own local server
-                        blobs.append(resp.read())
-            out[key] = blobs
-        if screenshot is not None:
-            # the whole page, not just the first window: grow the window to the page's height first
-            height = int(driver.execute_script(
-                "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"))
-            for _ in range(3):  # the window's own frame takes some of its height: grow until the viewport fits
-                inner = int(driver.execute_script("return window.innerHeight"))
-                if inner >= height:
-                    break
-                driver.set_window_size(window[0], int(driver.get_window_size()["height"]) + height - inner + 20)
-                time.sleep(0.5)
-            out["page_height"] = height
-            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(os.fspath(screenshot))
-        return out
-    finally:
-        driver.quit()

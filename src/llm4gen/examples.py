@@ -20,8 +20,8 @@ DEMO_PROMPTS = [
     "the purple triangle.",
 ]
 
-# What each demo prompt asks for, as ShapesWorld scene graphs (llm4gen.data.shapes.Scene.from_dict), in the same
-# order: the scorer (llm4gen.eval.shapes.score_image) checks an image of DEMO_PROMPTS[i] against DEMO_SCENES[i].
+# What each demo prompt asks for, as ShapesWorld scene graphs (llm4gen.shapesworld.world.Scene.from_dict), in the same
+# order: the scorer (llm4gen.shapesworld.scorer.score_image) checks an image of DEMO_PROMPTS[i] against DEMO_SCENES[i].
 # Centres sit in the cells the prompts name (ShapesWorld's grid, edges 0.36 and 0.64); relations are the prompts'.
 DEMO_SCENES = [
     {"background": "white", "relations": [],

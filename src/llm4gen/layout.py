@@ -12,7 +12,7 @@ The rules, all on the text (no model):
   it ("on the left", "at the top"); a column is the full height, a row the full width. ``edges`` are the grid's
   inner lines (fractions of the image; thirds by default).
 - **Things** are entity mentions: a noun with its attribute words from the entity parser's lexicon (colours, sizes,
-  materials: :func:`llm4gen.training.data.parse_entities`), else the words a determiner starts ("a cat", "the old
+  materials: :func:`llm4gen.prompt_words.parse_entities`), else the words a determiner starts ("a cat", "the old
   lighthouse"), up to the next preposition, verb of placing, "-ing" word, conjunction or punctuation; a colour after
   ("a big cross, coloured green") is the mention's too.
 - Inside a sentence each place belongs to the last thing named after the previous place and before it; if there is
@@ -34,9 +34,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .prompt_words import ATTRIBUTE_WORDS, CLAUSE_BREAK, COLOUR_WORDS, STOP_WORDS, colours_named, entity_mentions
 from .regions import Region
-from .training.data import _CLAUSE_BREAK, _STOP, ATTRIBUTE_WORDS, COLOUR_WORDS, _colours_named
-from .training.data import _mentions as entity_mentions
 from .utils import singular
 
 __all__ = ["PLACE_EXAMPLES", "plan_regions", "region_words"]
@@ -133,7 +132,7 @@ def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, 
     out = []
     for ent, attrs in entity_mentions(text, "rule"):
         if free(ent):
-            out.append((ent, _colours_named(text, attrs), [ent, *attrs]))
+            out.append((ent, colours_named(text, attrs), [ent, *attrs]))
     taken = [s for _, _, spans in out for s in spans]
     words = list(_WORD_RE.finditer(text))
     for i, w in enumerate(words):
@@ -143,7 +142,7 @@ def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, 
         for nxt in words[i + 1:i + 6]:
             low = nxt.group().lower()
             between = text[(chunk[-1].end() if chunk else w.end()):nxt.start()]
-            if low in _BOUNDARY or low in _DETERMINERS or _CLAUSE_BREAK.search(between) or (
+            if low in _BOUNDARY or low in _DETERMINERS or CLAUSE_BREAK.search(between) or (
                     chunk and low.endswith("ing") and len(low) > 5):  # "a cat sleeping ...", not "a sleeping cat"
                 break
             chunk.append(nxt)
@@ -151,24 +150,24 @@ def _mentions(text: str, blocked: Sequence[tuple[int, int]]) -> list[tuple[str, 
         if not spans or not all(free(s) for s in spans) or any(s[0] < e and s[1] > b for s in spans
                                                                  for b, e in taken):
             continue
-        spans = [s for s in spans if text[s[0]:s[1]].lower() not in _STOP]
+        spans = [s for s in spans if text[s[0]:s[1]].lower() not in STOP_WORDS]
         head = spans[-1] if spans else None
         if head is None or text[head[0]:head[1]].lower() in ATTRIBUTE_WORDS | _PLACE_NOUNS:
             continue
-        out.append((head, _colours_named(text, spans), spans))
+        out.append((head, colours_named(text, spans), spans))
         taken.extend(spans)
     out.sort(key=lambda m: min(m[2]))
     for k, (ent, colours, spans) in enumerate(out):  # "a big cross, coloured green, ..." names its colour after it
         m = _COLOURED.match(text, max(spans[-1][1], ent[1]))
         if m and m.group(2).lower() in COLOUR_WORDS and free(m.span(2)) and not (
                 set(m.group(1).lower().split()) & (_BOUNDARY | _DETERMINERS)):
-            out[k] = (ent, colours | _colours_named(text, [m.span(2)]), [*spans, m.span(2)])
+            out[k] = (ent, colours | colours_named(text, [m.span(2)]), [*spans, m.span(2)])
     return [(text[ent[0]:ent[1]].lower(), frozenset(colours), sorted(spans)) for ent, colours, spans in out]
 
 
 def _near(between: str, words: int) -> bool:
     """Whether the text between a relation and a thing is at most ``words`` words, with no punctuation."""
-    return not _CLAUSE_BREAK.search(between) and len(between.split()) <= words
+    return not CLAUSE_BREAK.search(between) and len(between.split()) <= words
 
 
 def _noun(word: str, synonyms: Mapping[str, str]) -> str:

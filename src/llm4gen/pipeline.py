@@ -31,6 +31,9 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .adapter import CrossAdapter
 from .encoders import LLMEncoder, collate_rows, output_rows
+from .feature_cache import PromptCache, encoder_namespace
+from .layout import PLACE_EXAMPLES, plan_regions
+from .regions import Region, region_control
 from .unet import load_unet
 from .utils import describe_load_error, validate_prompts
 
@@ -114,8 +117,6 @@ class _LLM4GenMixin:
         rows: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(texts)
         namespace = ""
         if cache is not None:
-            from .prompt_cache import encoder_namespace
-
             namespace = encoder_namespace(self.llm_encoder)
             rows = [cache.get(namespace, t) for t in texts]
         todo = [i for i, r in enumerate(rows) if r is None]
@@ -154,8 +155,6 @@ class _LLM4GenMixin:
     def enable_prompt_cache(self, max_entries: int = 256, cache_dir: str | os.PathLike | None = None) -> None:
         """Keep the LLM features of the last ``max_entries`` prompts (and all of them on disk in ``cache_dir``), so
         repeated prompts and negative prompts skip the LLM. Keys include the LLM's weights and settings."""
-        from .prompt_cache import PromptCache
-
         self._prompt_cache = PromptCache(max_entries, cache_dir)
 
     def disable_prompt_cache(self) -> None:
@@ -163,7 +162,7 @@ class _LLM4GenMixin:
 
     @property
     def prompt_cache(self):
-        """The active :class:`~llm4gen.prompt_cache.PromptCache`, or None."""
+        """The active :class:`~llm4gen.feature_cache.PromptCache`, or None."""
         return getattr(self, "_prompt_cache", None)
 
     def encode_llm_prompt(self, prompt: str | list[str]):
@@ -233,7 +232,6 @@ class _LLM4GenMixin:
         with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
             if not regions:
                 return super().__call__(prompt, *args, **kwargs)
-            from .regions import region_control
 
             prompts, per_prompt = self._regions_per_prompt(prompt, regions)
             with region_control(self, prompts, per_prompt, kwargs, scale=region_guidance_scale,
@@ -244,8 +242,6 @@ class _LLM4GenMixin:
     @staticmethod
     def _regions_per_prompt(prompt: Any, regions: Any) -> tuple[list[str], list[list[Any]]]:
         """The prompts as a list and one list of Region per prompt, from the forms ``regions=`` accepts."""
-        from .regions import Region
-
         if prompt is None:
             raise ValueError("regions= needs the prompt text to find each region's words; pass `prompt`, not only "
                              "`prompt_embeds`.")
@@ -652,7 +648,6 @@ def _planned_regions(prompts: list[str], mode: str) -> list[list[Any]]:
     """``regions="auto"``: each prompt's regions from its own words (:func:`llm4gen.layout.plan_regions`)."""
     if mode != "auto":
         raise ValueError(f"regions must be a list of Region, one such list per prompt, or \"auto\"; got {mode!r}.")
-    from .layout import PLACE_EXAMPLES, plan_regions
 
     planned = [plan_regions(p) for p in prompts]
     empty = [i for i, rs in enumerate(planned) if not rs]

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .training.losses import AttentionStore, _StoringProcessor, cover_share
+from .attention import AttentionStore, StoringProcessor, cover_share
 
 __all__ = ["GUIDED_TOKENS", "Region", "RegionGuidance", "RegionMask", "attention_grid", "box_cover", "region_control",
            "region_loss", "region_spans", "span_tokens"]
@@ -272,7 +272,7 @@ class RegionGuidance:
         """Record attention in ``unet`` (the pipeline's) while inside; its processors are restored after."""
         unet = unet if unet is not None else self.pipe.unet
         original = unet.attn_processors
-        unet.set_attn_processor({name: _StoringProcessor(self.store, proc) if name.endswith("attn2.processor")
+        unet.set_attn_processor({name: StoringProcessor(self.store, proc) if name.endswith("attn2.processor")
                                  else proc for name, proc in original.items()})
         try:
             yield self

@@ -15,8 +15,9 @@ import tempfile
 import torch
 
 from .adapter import CrossAdapter
-from .data.clip_tokenizer import bytes_to_unicode
-from .encoders import LLMEncoder
+from .clip_tokenizer import bytes_to_unicode
+from .encoders import LLMEncoder, resolve_model_reference
+from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 
 __all__ = [
     "MINILM_REF",
@@ -62,8 +63,6 @@ def make_tiny_llm(save_dir: str | os.PathLike, kind: str = "bert", hidden_size: 
     Returns the folder, loadable by ``LLMEncoder.from_pretrained`` like any hub model.
     """
     from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel, T5Config, T5Model
-
-    from .encoders import resolve_model_reference
 
     tok = AutoTokenizer.from_pretrained(resolve_model_reference(MINILM_REF))
     vocab = len(tok)
@@ -116,8 +115,6 @@ def build_tiny_pipeline(
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 
     work_dir = os.fspath(work_dir) if work_dir is not None else tempfile.mkdtemp(prefix="llm4gen-tiny-")
     if not isinstance(llm, LLMEncoder):

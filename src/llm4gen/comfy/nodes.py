@@ -19,6 +19,10 @@ from typing import Any
 
 import torch
 
+from ..encoders import collate_rows, output_rows
+from ..pipeline import LLM4GenPipeline
+from ..utils import validate_prompts
+
 __all__ = ["LLM4GenEncode", "LLM4GenLoader", "LLM4GenTextModel", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
 
 CATEGORY = "llm4gen"
@@ -64,8 +68,6 @@ class LLM4GenTextModel:
     ) -> LLM4GenTextModel:
         """Load the text side of an LLM4GEN pipeline folder or hub id (its UNet and VAE are not loaded)."""
         import json
-
-        from ..pipeline import LLM4GenPipeline
 
         ref = os.path.expanduser(os.fspath(path).strip())
         if not ref:
@@ -136,8 +138,6 @@ class LLM4GenTextModel:
     def fuse(self, clip: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``concat(clip, λ · CAM(LLM(texts), clip))`` and its mask; the texts are encoded by the LLM in one batch
         and zero-padded to one length, as the pipeline does for a prompt and its negative."""
-        from ..encoders import collate_rows, output_rows
-
         out = self.llm_encoder(texts)
         rows = output_rows(out, trim=self.llm_encoder.config.padding == "longest")
         dtype = self.adapter.dtype
@@ -151,8 +151,6 @@ class LLM4GenTextModel:
         With ``use_llm_attention_mask`` (models trained with a masked UNet) the LLM padding is dropped from each
         conditioning instead of masked, which is the same for cross-attention: ComfyUI's KSampler passes no mask.
         """
-        from ..utils import validate_prompts
-
         validate_prompts(text, "text")
         texts = [text, negative_text or ""]
         if clip is None:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..utils import describe_load_error, read_jsonl
+
 __all__ = ["DEFAULT_EXAMPLES", "TAG_LEXICON", "TOPICS", "DensePromptsConfig", "NearDuplicateIndex",
            "build_dense_prompts", "build_messages", "clean_generation", "normalize_text", "read_examples",
            "render_prompt", "shingles", "tag_counts", "tag_prompt", "word_count"]
@@ -241,8 +243,6 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def _read_existing(path: Path) -> list[dict[str, Any]]:
-    from ..utils import read_jsonl
-
     if not path.is_file():
         return []
     return [rec for _, rec in read_jsonl(path, required=("prompt",))]
@@ -254,8 +254,6 @@ class _HFGenerator:
     def __init__(self, cfg: DensePromptsConfig) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..utils import describe_load_error
 
         kwargs = {"trust_remote_code": True} if cfg.trust_remote_code else {}
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)

@@ -41,7 +41,10 @@ from typing import Any
 
 from PIL import Image
 
-from ..utils import read_jsonl
+from ..scoring.metrics import ClipScorer, LaionAestheticPredictor, clip_score_from_embeddings
+from ..scoring.vqa import load_image_text_model
+from ..utils import describe_load_error, read_jsonl
+from .sources import expand_shards
 
 __all__ = ["DEFAULT_INSTRUCTION", "FILTERS", "Captioner", "RecaptionConfig", "SourceItem", "filter_report",
            "read_source", "recaption"]
@@ -158,8 +161,6 @@ def _read_imagefolder(root: Path, caption_column: str) -> Iterator[SourceItem]:
 
 
 def _read_webdataset(pattern: str, caption_column: str) -> Iterator[SourceItem]:
-    from ..training.data import expand_shards
-
     shards = expand_shards(pattern)
     missing = [s for s in shards if not os.path.isfile(s)]
     if not shards or missing:
@@ -262,12 +263,9 @@ class Captioner:
         import torch
         from transformers import AutoProcessor
 
-        from ..eval.vqa import _load_image_text_model
-        from ..utils import describe_load_error
-
         try:
             processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-            model = _load_image_text_model(ref, getattr(torch, dtype), trust_remote_code).to(device)
+            model = load_image_text_model(ref, getattr(torch, dtype), trust_remote_code).to(device)
         except (OSError, ValueError) as err:
             raise describe_load_error(err, "captioning model", ref) from err
         return cls(model, processor, device=device, name=ref, **kwargs)
@@ -397,7 +395,7 @@ def recaption(
     """Filter and recaption ``cfg.input`` into ``cfg.output_dir``; returns the report (process 0 also writes it).
 
     ``captioner`` / ``aesthetic`` / ``clip`` default to the models named in ``cfg`` (``clip`` is a
-    :class:`~llm4gen.eval.metrics.ClipScorer` or a callable ``(images, texts) -> cosines``).
+    :class:`~llm4gen.scoring.metrics.ClipScorer` or a callable ``(images, texts) -> cosines``).
     """
     from accelerate import PartialState
     from tqdm.auto import tqdm
@@ -414,12 +412,8 @@ def recaption(
                                                   trust_remote_code=cfg.trust_remote_code, instruction=cfg.instruction,
                                                   prompt_style=cfg.prompt_style, max_new_tokens=cfg.max_new_tokens)
         if aesthetic is None and cfg.min_aesthetic is not None:
-            from ..eval.metrics import LaionAestheticPredictor
-
             aesthetic = LaionAestheticPredictor(cfg.aesthetic_head, cfg.aesthetic_clip, device=cfg.device)
         if clip is None and cfg.min_clip_similarity is not None:
-            from ..eval.metrics import ClipScorer
-
             clip = ClipScorer(cfg.clip_model, device=cfg.device)
     writer: _ImageFolderWriter | _WebDatasetWriter = (
         _ImageFolderWriter(out) if cfg.output_format == "imagefolder"
@@ -510,8 +504,6 @@ def _cosines(clip: Any, images: list[Image.Image], texts: list[str]) -> list[flo
         return []
     if hasattr(clip, "embed_images"):
         import warnings
-
-        from ..eval.metrics import clip_score_from_embeddings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -32,9 +32,12 @@ from typing import Any
 
 from PIL import Image
 
+from ..prompt_words import ATTRIBUTE_WORDS
+from ..scoring.detect import Detection, Detector
+from ..scoring.metrics import clip_score_from_embeddings
+from ..scoring.vqa import VQAScorer
 from ..utils import singular
-from .detect import Detection, Detector
-from .vqa import VQAScorer
+from .generate import image_filename
 
 __all__ = [
     "ATTRIBUTE_CATEGORIES",
@@ -115,8 +118,6 @@ class Sample:
 
 def _file_stem(prompt: str) -> str:
     """The prompt part of the file name ``llm4gen eval generate --naming compbench`` gives ``prompt``'s images."""
-    from .generate import image_filename
-
     return image_filename(prompt, 0, 0, 1, naming="compbench")[: -len("_000000.png")]
 
 
@@ -360,7 +361,6 @@ def _remove_adjectives(prompt: str, parser: str) -> str:
     fallback removes words of the attribute lexicon)."""
     if _resolve_parser(parser) == "spacy":
         return " ".join(t.text for t in _spacy()(prompt) if t.pos_ != "ADJ")
-    from ..training.data import ATTRIBUTE_WORDS
 
     return " ".join(w for w in prompt.split() if w.lower().strip(",.") not in ATTRIBUTE_WORDS)
 
@@ -385,7 +385,7 @@ def three_in_one(prompts: Sequence[str], attribute: Sequence[float], spatial: Se
 @dataclass
 class CompBenchScorers:
     """The models a run needs: ``vqa`` for attribute and complex, ``detector`` for spatial and complex, ``clip`` (a
-    :class:`~llm4gen.eval.metrics.ClipScorer`, or any callable ``(images, texts) -> cosines``) for non_spatial and
+    :class:`~llm4gen.scoring.metrics.ClipScorer`, or any callable ``(images, texts) -> cosines``) for non_spatial and
     complex. Instead of a model, ``factories[kind]`` may hold a zero-argument function that loads it; it is called
     only when a requested category needs that model. ``names`` records the model ids in the results."""
 
@@ -407,8 +407,6 @@ class CompBenchScorers:
 def _clip_cosines(clip, images: Sequence[Image.Image], texts: Sequence[str]) -> list[float]:
     """Raw cosine similarities: a ``ClipScorer`` (embed_images / embed_texts) or a callable (images, texts)."""
     if hasattr(clip, "embed_images"):
-        from .metrics import clip_score_from_embeddings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return clip_score_from_embeddings(clip.embed_images(list(images)), clip.embed_texts(list(texts)),

@@ -32,8 +32,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..scoring.vqa import VQAScorer
 from ..utils import read_jsonl
-from .vqa import VQAScorer
 
 __all__ = ["DEVIATIONS", "DenseItem", "Question", "apply_dependencies", "item_images", "read_questions", "run_dpg",
            "score_item", "write_prompt_file"]

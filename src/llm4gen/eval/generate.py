@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
+from ..utils import describe_load_error, read_jsonl, validate_prompts
+
 __all__ = [
     "MANIFEST_NAME",
     "NAMINGS",
@@ -153,8 +156,6 @@ def is_valid_png(path: str | os.PathLike) -> bool:
 
 
 def _as_records(prompts: Sequence[str] | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    from ..utils import validate_prompts
-
     if prompts and all(isinstance(p, dict) for p in prompts):
         records = [{"prompt": p["prompt"], "meta": dict(p.get("meta", {}))} for p in prompts]
         validate_prompts([r["prompt"] for r in records])
@@ -179,8 +180,6 @@ def plan_generation(prompts: Sequence[str] | Sequence[dict[str, Any]], settings:
 
 def read_manifest(images_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``images_dir/manifest.jsonl`` (each has at least ``file`` and ``prompt``)."""
-    from ..utils import read_jsonl
-
     path = Path(images_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: {images_dir} was not written by `llm4gen eval "
@@ -199,8 +198,6 @@ def load_text_to_image_pipeline(
     ``model_index.json``), everything else with ``DiffusionPipeline.from_pretrained``."""
     from diffusers import DiffusionPipeline
 
-    from ..utils import describe_load_error
-
     ref = os.fspath(model)
     try:
         index = DiffusionPipeline.load_config(ref)
@@ -212,8 +209,6 @@ def load_text_to_image_pipeline(
         kwargs["torch_dtype"] = dtype
     cls = DiffusionPipeline
     if class_name in ("LLM4GenPipeline", "LLM4GenXLPipeline"):
-        from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
-
         cls = LLM4GenXLPipeline if class_name == "LLM4GenXLPipeline" else LLM4GenPipeline
     try:
         pipe = cls.from_pretrained(ref, **kwargs)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import CrossAdapterConfig
+from ..data.sources import DataConfig
 
-__all__ = ["DataConfig", "TrainConfig", "load_config"]
+__all__ = ["TrainConfig", "load_config"]
 
-DATA_TYPES = ("imagefolder", "shapesworld", "hf", "webdataset")
 ENTITY_PARSERS = ("rule", "spacy")
 ENTITY_LOSS_TOKENS = ("auto", "llm", "clip", "both")
 UNET_MODES = ("full", "lora", "frozen")
@@ -35,67 +35,8 @@ LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_
 
 
 @dataclass
-class DataConfig:
-    """Where the (image, caption) pairs come from.
-
-    - ``imagefolder``: ``path`` holds images and ``metadata.jsonl`` (``file_name`` + ``caption_column``), the
-      diffusers / HF datasets convention; ShapesWorld folders also carry scene graphs (exact entity pairs).
-    - ``shapesworld``: generated on the fly from ``split`` / ``seed``; ``num_items`` items make an epoch.
-    - ``hf``: a Hugging Face dataset (``path`` = hub id, a local dataset folder, or one written by ``save_to_disk``;
-      ``split``; ``image_column`` / ``caption_column``). Needs ``pip install llm4gen[hf]``.
-    - ``webdataset``: tar shards (``path`` = ``"shards/train-{000000..000009}.tar"``, a glob, or one tar) whose
-      members share a key: ``KEY.jpg|jpeg|png|webp`` and ``KEY.txt`` (or ``KEY.json`` with ``caption_column``).
-
-    ``drop_count_sentence`` (ShapesWorld only): the share of items whose caption loses the sentence that states the
-    number of objects ("In total there are three figures in the scene."), so the model has to count the objects the
-    caption describes instead of reading one number. The choice is fixed per item (seeded by ``seed`` and the index).
-    ``min_objects`` / ``max_objects`` (ShapesWorld only, 1-4): how many objects a scene holds, e.g. 1 and 1 for
-    scenes of one object, where a caption's place words and colour need no binding to their object.
-    """
-
-    type: str = "shapesworld"
-    path: str | None = None
-    caption_column: str = "text"
-    image_column: str = "image"
-    split: str = "train"
-    seed: int = 0
-    num_items: int = 100_000
-    caption_style: str = "mixed"
-    center_crop: bool = True
-    random_flip: bool = False
-    drop_count_sentence: float = 0.0
-    min_objects: int = 1
-    max_objects: int = 4
-
-    def __post_init__(self) -> None:
-        if self.type not in DATA_TYPES:
-            raise ValueError(f"data.type must be one of {DATA_TYPES}, got {self.type!r}.")
-        if self.type in ("imagefolder", "hf", "webdataset") and not self.path:
-            raise ValueError(f"data.path is required for data.type: {self.type}.")
-        if self.random_flip and self.type == "shapesworld":
-            raise ValueError("data.random_flip would contradict ShapesWorld's left/right captions; leave it off.")
-        if not 0.0 <= self.drop_count_sentence <= 1.0:
-            raise ValueError(f"data.drop_count_sentence is a share of items in [0, 1], got {self.drop_count_sentence}.")
-        if not 1 <= self.min_objects <= self.max_objects <= 4:
-            raise ValueError(
-                f"data.min_objects and data.max_objects need 1 <= min_objects <= max_objects <= 4 (ShapesWorld draws "
-                f"1 to 4 objects), got {self.min_objects} and {self.max_objects}."
-            )
-        if (self.min_objects, self.max_objects) != (1, 4) and self.type != "shapesworld":
-            raise ValueError(
-                "data.min_objects / data.max_objects choose ShapesWorld's scenes; leave them at 1 and 4 for "
-                f"data.type: {self.type}."
-            )
-        if self.drop_count_sentence and self.type != "shapesworld":
-            raise ValueError(
-                "data.drop_count_sentence edits ShapesWorld captions only; set it to 0 for "
-                f"data.type: {self.type} (edit those captions in the dataset itself)."
-            )
-
-
-@dataclass
 class TrainConfig:
-    """Everything a training run needs; see the README's training section for a walk-through."""
+    """Everything a training run needs; see docs/training.md for a walk-through."""
 
     output_dir: str
     base_model: str
@@ -312,3 +253,4 @@ def load_config(source: str | os.PathLike | dict[str, Any], set_values: dict[str
     for key, value in (set_values or {}).items():
         _set_dotted(data, key, value)
     return _from_dict(TrainConfig, data, "")
+

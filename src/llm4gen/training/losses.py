@@ -11,7 +11,7 @@ distance between the attribute's and the entity's distributions:
 It is zero exactly when every attribute attends where its entity does, and pulls "red" towards the cube rather than
 the ball. It is also zero when every token attends everywhere alike, which binds nothing; with
 ``entity_loss_negatives`` the loss adds a push term over token pairs (i, j) of mentions that name different colours
-(``llm4gen.training.data.token_bindings``: "red" / "cube" against "blue" / "ball"):
+(``llm4gen.prompt_words.token_bindings``: "red" / "cube" against "blue" / "ball"):
 
     L_push = mean_{l, (i, j)}  1 - 1/2 * sum_xy | P_i(x, y) - P_j(x, y) |      in [0, 1]
 
@@ -20,8 +20,8 @@ object*; when the data says where each object is (ShapesWorld scenes), ``entity_
 
     L_ground = mean_{l, mentions m, tokens t of m}  1 - sum_xy P_t(x, y) * C_m(x, y)      in [0, 1]
 
-with ``C_m`` the fraction of each attention cell inside m's object (``llm4gen.data.shapes.object_cover``): zero when
-every word of a mention attends only inside its object. The training loss is
+with ``C_m`` the fraction of each attention cell inside m's object (``llm4gen.shapesworld.world.object_cover``): zero
+when every word of a mention attends only inside its object. The training loss is
 ``L_diffusion + entity_loss_weight * (L_entity [+ L_push] [+ L_ground])``.
 """
 
@@ -32,8 +32,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionStore", "cover_share", "diffusion_loss", "entity_loss", "grid_side", "grounding_loss",
-           "install_attention_store", "timestep_weights", "token_tv"]
+from .._compat import moved_attributes
+from ..attention import cover_share, grid_side
+from ..shapesworld.world import object_cover
+
+__all__ = ["diffusion_loss", "entity_loss", "grounding_loss", "timestep_weights", "token_tv"]
+
+# names that lived here before 0.2 (llm4gen._compat)
+__getattr__ = moved_attributes(__name__, dict.fromkeys(
+    ("AttentionStore", "install_attention_store", "cover_share", "grid_side"), "llm4gen.attention"))
 
 
 def timestep_weights(
@@ -110,28 +117,6 @@ def token_tv(m: torch.Tensor, pairs: list[tuple[int, int, int]], eps: float = 1e
     return 0.5 * (pi - pj).abs().sum(-1)
 
 
-def cover_share(m: torch.Tensor, rows: list[tuple[int, int]], covers: torch.Tensor, eps: float = 1e-8
-                ) -> torch.Tensor:
-    """Share ``[R]`` of each token's spatial attention that falls on a region: ``rows`` are ``(b, t)`` into one
-    layer's attention ``m`` (``[B, HW, T]``), ``covers`` ``[R, HW]`` the fraction of each cell inside row r's region
-    (``llm4gen.data.shapes.object_cover``). A map spread evenly gives ``covers.mean(-1)`` (chance)."""
-    if covers.shape != (len(rows), m.shape[1]):
-        raise ValueError(f"covers must be [rows, positions] = [{len(rows)}, {m.shape[1]}], got {tuple(covers.shape)}.")
-    b_idx = torch.tensor([r[0] for r in rows], device=m.device, dtype=torch.long)
-    t_idx = torch.tensor([r[1] for r in rows], device=m.device, dtype=torch.long)
-    p = m.float()[b_idx, :, t_idx]
-    p = p / p.sum(-1, keepdim=True).clamp_min(eps)
-    return (p * covers.to(p.device, p.dtype)).sum(-1)
-
-
-def grid_side(m: torch.Tensor, what: str = "this") -> int:
-    """The side of a square attention grid ``[B, side * side, T]``; an error for any other shape."""
-    side = int(round(m.shape[1] ** 0.5))
-    if side * side != m.shape[1]:
-        raise ValueError(f"{what} needs square attention grids, got {m.shape[1]} positions.")
-    return side
-
-
 def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
                 negatives: list[list[tuple[int, int]]] | None = None, eps: float = 1e-8) -> torch.Tensor:
     """The entity-guided loss above. ``maps``: per layer ``[B, HW, T]`` attention probabilities; ``pairs[b]``:
@@ -157,8 +142,6 @@ def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[in
                    eps: float = 1e-8) -> torch.Tensor:
     """The grounding term above. ``maps``: per layer ``[B, HW, T]`` attention probabilities (square grids);
     ``groundings[b]``: (token positions, scene object) for sample ``b``'s mentions. Returns 0 with nothing to ground."""
-    from ..data.shapes import object_cover
-
     device = maps[0].device if maps else torch.device("cpu")
     rows = [(b, t, obj) for b, found in enumerate(groundings) for tokens, obj in found for t in tokens]
     if not maps or not rows:
@@ -177,46 +160,3 @@ def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[in
     return total / len(maps)
 
 
-class AttentionStore:
-    """Collects cross-attention probabilities ``[B, HW, T]`` (mean over heads) while ``active``."""
-
-    def __init__(self, max_resolution: int = 16) -> None:
-        self.max_tokens = max_resolution * max_resolution
-        self.active = False
-        self.maps: list[torch.Tensor] = []
-
-    def reset(self) -> None:
-        self.maps = []
-
-
-class _StoringProcessor:
-    """Runs the layer's own processor, and while the store is active also records its attention probabilities
-    (recomputed from the same projections, so gradients reach ``to_q`` / ``to_k``)."""
-
-    def __init__(self, store: AttentionStore, inner: Any) -> None:
-        self.store, self.inner = store, inner
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        if self.store.active and encoder_hidden_states is not None and hidden_states.ndim == 3:
-            b, hw, _ = hidden_states.shape
-            if hw <= self.store.max_tokens:
-                ctx = encoder_hidden_states
-                if attn.norm_cross:
-                    ctx = attn.norm_encoder_hidden_states(ctx)
-                q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-                k = attn.head_to_batch_dim(attn.to_k(ctx))
-                mask = attn.prepare_attention_mask(attention_mask, ctx.shape[1], b)
-                probs = attn.get_attention_scores(q, k, mask)  # [B * heads, HW, T]
-                self.store.maps.append(probs.view(b, attn.heads, hw, -1).mean(1))
-        return out
-
-
-def install_attention_store(unet: torch.nn.Module, store: AttentionStore) -> None:
-    """Wrap the processors of every cross-attention layer (``attn2``) of ``unet`` so they report to ``store``."""
-    processors = unet.attn_processors
-    wrapped = {}
-    for name, proc in processors.items():
-        is_cross = name.endswith("attn2.processor")
-        wrapped[name] = _StoringProcessor(store, proc) if is_cross else proc
-    unet.set_attn_processor(wrapped)

@@ -27,22 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..adapter import CrossAdapter
+from ..attention import AttentionStore, install_attention_store
+from ..data.sources import make_source, preprocess_image
+from ..denoiser import ClipText, Denoiser
 from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
+from ..feature_cache import FeatureCache, model_fingerprint
+from ..images import make_grid
+from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
+from ..prompt_words import token_bindings
+from ..shapesworld.mentions import scene_mentions
+from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
-from .cache import FeatureCache, model_fingerprint
 from .config import TrainConfig
-from .data import batch_indices, make_source, preprocess_image, scene_mentions, step_generator, token_bindings
-from .losses import (
-    AttentionStore,
-    diffusion_loss,
-    entity_loss,
-    grounding_loss,
-    install_attention_store,
-    timestep_weights,
-)
+from .data import batch_indices, step_generator
+from .losses import diffusion_loss, entity_loss, grounding_loss, timestep_weights
 
 __all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
 
@@ -64,72 +64,7 @@ class TrainResult:
     is_main_process: bool = True
 
 
-class Denoiser(nn.Module):
-    """The trained part in one module (one DDP wrapper): CAM (when there is an LLM) then the UNet."""
-
-    def __init__(self, unet: nn.Module, adapter: CrossAdapter | None, use_mask: bool) -> None:
-        super().__init__()
-        self.unet, self.adapter, self.use_mask = unet, adapter, use_mask
-
-    def forward(self, noisy, timesteps, clip, llm=None, llm_mask=None, pooled=None, time_ids=None, zero=None):
-        if self.adapter is not None:
-            cond, mask = self.adapter(clip, llm, llm_mask)
-        else:
-            cond, mask = clip, None
-        mask = mask if self.use_mask else None
-        added = None
-        if pooled is not None:  # SDXL
-            if zero is not None:  # dropped captions: zero conditioning, SDXL's convention for the empty prompt
-                keep = (~zero).to(cond.dtype)
-                cond = cond * keep[:, None, None]
-                pooled = pooled * keep[:, None]
-            added = {"text_embeds": pooled, "time_ids": time_ids}
-        return self.unet(noisy, timesteps, encoder_hidden_states=cond, encoder_attention_mask=mask,
-                         added_cond_kwargs=added).sample
-
-
 # ---------------------------------------------------------------------- loading
-class ClipText(nn.Module):
-    """The base model's frozen CLIP text encoder(s), encoding as its diffusers pipeline does.
-
-    SD1.x: the last hidden state of ``text_encoder`` (``[B, 77, D]``). SDXL: the penultimate hidden states of
-    ``text_encoder`` and ``text_encoder_2`` side by side (``[B, 77, D1 + D2]``) and the pooled, projected embedding of
-    ``text_encoder_2``.
-    """
-
-    def __init__(self, tokenizers: list, encoders: list[nn.Module]) -> None:
-        super().__init__()
-        self.tokenizers = tokenizers
-        self.encoders = nn.ModuleList(encoders)
-        self.xl = len(encoders) == 2
-        for m in self.encoders:
-            m.requires_grad_(False)
-            m.eval()
-
-    @property
-    def width(self) -> int:
-        return sum(e.config.hidden_size for e in self.encoders)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.tokenizers[0].model_max_length
-
-    @torch.no_grad()
-    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        device = next(self.encoders[0].parameters()).device
-        hidden, pooled = [], None
-        for tok, enc in zip(self.tokenizers, self.encoders):
-            ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(device)
-            if not self.xl:
-                hidden.append(enc(ids)[0])
-            else:
-                out = enc(ids, output_hidden_states=True)
-                hidden.append(out.hidden_states[-2])
-                pooled = out[0]  # the last encoder's projected pooled output, as StableDiffusionXLPipeline
-        return torch.cat(hidden, dim=-1), pooled
-
-
 def _load_frozen(cfg: TrainConfig):
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -173,8 +108,6 @@ def _load_frozen(cfg: TrainConfig):
 
 def _load_unet(cfg: TrainConfig, clip_dim: int):
     from diffusers import UNet2DConditionModel
-
-    from ..unet import CoordUNet2DConditionModel, load_unet
 
     if isinstance(cfg.unet, dict):
         unet = (CoordUNet2DConditionModel if cfg.unet_coords else UNet2DConditionModel)(**cfg.unet)
@@ -447,8 +380,6 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
 def _build_pipeline(cfg, unet, adapter, vae, text: ClipText, llm, noise_scheduler):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
-
     scheduler = DDIMScheduler.from_config(noise_scheduler.config)
     common = dict(vae=vae, text_encoder=text.encoders[0], tokenizer=text.tokenizers[0], unet=unet, scheduler=scheduler)
     if text.xl:
@@ -486,7 +417,6 @@ def _swapped(model: Denoiser, params: dict[str, torch.Tensor] | None):
 def _validate(cfg, step, model, pipeline_parts, out: Path) -> Path | None:
     if not cfg.validation_prompts:
         return None
-    from ..images import make_grid
 
     pipe = _build_pipeline(cfg, model.unet, model.adapter, *pipeline_parts)
     pipe.set_progress_bar_config(disable=True)

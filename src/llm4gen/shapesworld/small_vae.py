@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..images import images_from_pixels, pixels_from_uint8, uint8_tensor
+from ..images import images_from_pixels, make_grid, pixels_from_uint8, uint8_tensor
 from ..utils import loss_progress
+from .scorer import ShapesScorer
+from .world import ShapesWorld, ShapesWorldConfig
 
 __all__ = ["SmallVaeConfig", "build_small_vae", "train_small_vae", "vae_round_trip"]
 
@@ -61,8 +63,6 @@ def build_small_vae(cfg: SmallVaeConfig):
 
 
 def _images(split: str, n: int, cfg: SmallVaeConfig, progress: bool) -> tuple[torch.Tensor, list]:
-    from ..data.shapes import ShapesWorld, ShapesWorldConfig
-
     items = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size)).take(n, progress)
     return uint8_tensor([it.image for it in items]), [it.scene for it in items]
 
@@ -82,9 +82,6 @@ def vae_round_trip(vae, pixels: torch.Tensor, batch_size: int = 50) -> tuple[tor
 def train_small_vae(out_dir: str | os.PathLike, config: SmallVaeConfig | None = None,
                     progress: bool = True) -> dict[str, Any]:
     """Train the ShapesWorld VAE and save it under ``out_dir`` (see the module docs). Returns the metrics."""
-    from ..eval.shapes import ShapesScorer
-    from ..images import make_grid
-
     cfg = config or SmallVaeConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

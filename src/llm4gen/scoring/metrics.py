@@ -1,6 +1,6 @@
 """Image-generation metrics: CLIP score, FID (Inception or any vision model's features), Inception Score, aesthetics.
 
-Conventions (they follow the references the papers use, see the README's evaluation section for the deviations):
+Conventions (they follow the references the papers use, see docs/evaluation.md for the deviations):
 
 - **CLIP score** of an (image, text) pair is ``100 * max(cos(E_img, E_txt), 0)`` with the projected, L2-normalised
   embeddings of a CLIP model; a set's score is the mean over pairs. This is torchmetrics' ``CLIPScore`` (and the
@@ -8,7 +8,7 @@ Conventions (they follow the references the papers use, see the README's evaluat
   with a warning that counts them.
 - **FID** is the Fréchet distance between Gaussians fitted to two sets of features,
   ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))``, computed here (float64, ``scipy.linalg.sqrtm``) with the usual
-  numerical fixes of pytorch-fid. Features come from a pluggable extractor (:mod:`llm4gen.eval.features`): the FID
+  numerical fixes of pytorch-fid. Features come from a pluggable extractor (:mod:`llm4gen.scoring.features`): the FID
   Inception-v3 network (``pool3``, 2048-d) for the classic FID, or any transformers vision model (``CLIP-FID``).
 - **Inception Score** is ``exp(E_x KL(p(y|x) || p(y)))`` averaged over ``splits`` equal parts of the set (mean and
   standard deviation over the parts), as in the original implementation.
@@ -31,6 +31,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from PIL import Image
+
+from ..utils import describe_load_error, validate_prompts
+from .features import load_state_dict_file, pooled_embeddings
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -57,7 +60,6 @@ __all__ = [
     "load_images",
     "load_statistics",
     "save_statistics",
-    "score_generated",
 ]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # torchmetrics' default; the usual choice in T2I papers
@@ -142,17 +144,6 @@ def clip_score_from_embeddings(
     return (scale * cos).numpy()
 
 
-def _pooled(out: Any) -> torch.Tensor:
-    """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` is it (5)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for name in ("pooler_output", "image_embeds", "text_embeds"):
-        value = getattr(out, name, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError(f"Cannot find the embeddings in the model output of type {type(out).__name__}.")
-
-
 class ClipScorer:
     """Embeds images and texts with any transformers CLIP-style model (``get_image_features``/``get_text_features``)
     and scores pairs. ``model`` is a hub id, a local folder or an already loaded model (then give ``tokenizer`` and
@@ -171,7 +162,6 @@ class ClipScorer:
     ) -> None:
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
-        from ..utils import describe_load_error
 
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -216,7 +206,7 @@ class ClipScorer:
         with _progress(len(images), "CLIP images", progress) as bar:
             for batch in batched(images, self.batch_size):
                 pixels = self.image_processor(images=load_images(batch), return_tensors="pt")["pixel_values"]
-                emb = _pooled(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
+                emb = pooled_embeddings(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
                 out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
                 bar.update(len(batch))
         return torch.cat(out)
@@ -224,7 +214,6 @@ class ClipScorer:
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings ``[N, D]`` (float32, CPU); texts over the window are truncated."""
-        from ..utils import validate_prompts
 
         texts = validate_prompts(list(texts) if not isinstance(texts, str) else texts, name="texts")
         out = []
@@ -237,7 +226,7 @@ class ClipScorer:
             kwargs = {"input_ids": enc["input_ids"].to(self.device)}
             if "attention_mask" in enc:
                 kwargs["attention_mask"] = enc["attention_mask"].to(self.device)
-            emb = _pooled(self.model.get_text_features(**kwargs))
+            emb = pooled_embeddings(self.model.get_text_features(**kwargs))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
         if truncated:
             warnings.warn(f"{truncated} of {len(texts)} texts are longer than the CLIP model's {self.max_length}-token "
@@ -276,7 +265,7 @@ def clip_score(
 
 # -------------------------------------------------------------------------------------------------------------- FID
 class FeatureExtractor(Protocol):
-    """Maps a batch of RGB PIL images to features ``[N, D]`` (see :mod:`llm4gen.eval.features`)."""
+    """Maps a batch of RGB PIL images to features ``[N, D]`` (see :mod:`llm4gen.scoring.features`)."""
 
     name: str
 
@@ -408,7 +397,7 @@ def fid(
     progress: bool = False,
 ) -> float:
     """FID between two image sets (folders, lists of images/paths, or ``.npz`` statistics) in ``extractor``'s
-    feature space (:class:`~llm4gen.eval.features.InceptionFeatures` for the classic FID)."""
+    feature space (:class:`~llm4gen.scoring.features.InceptionFeatures` for the classic FID)."""
     mu1, s1, _ = fid_statistics(images_a, extractor, batch_size, progress)
     mu2, s2, _ = fid_statistics(images_b, extractor, batch_size, progress)
     return frechet_distance(mu1, s1, mu2, s2)
@@ -463,7 +452,7 @@ def inception_score(
     progress: bool = False,
 ) -> tuple[float, float]:
     """Inception Score (mean, std over ``splits``) of images under a classifier that returns probabilities
-    (:class:`~llm4gen.eval.features.InceptionFeatures` ``.classifier()`` for the classic IS)."""
+    (:class:`~llm4gen.scoring.features.InceptionFeatures` ``.classifier()`` for the classic IS)."""
     probs = compute_probabilities(images, classifier, batch_size=batch_size, progress=progress)
     return inception_score_from_probs(probs, splits=splits)
 
@@ -521,8 +510,6 @@ class LaionAestheticPredictor(torch.nn.Module):
         )
         self.name = f"laion-aesthetic({self.clip.model_name})"
         if head_path is not None:
-            from .features import load_state_dict_file
-
             state = load_state_dict_file(head_path)
             state = {k.removeprefix("module."): v for k, v in state.items()}
             try:
@@ -536,101 +523,3 @@ class LaionAestheticPredictor(torch.nn.Module):
     def forward(self, images: list[Image.Image]) -> np.ndarray:  # type: ignore[override]
         emb = self.clip.embed_images(images)
         return self.layers(emb.to(next(self.layers.parameters()).dtype)).squeeze(-1).double().numpy()
-
-
-# ------------------------------------------------------------------------------------------ scoring a generated set
-def score_generated(
-    images_dir: str | os.PathLike,
-    *,
-    clip_model: str | os.PathLike | ClipScorer | None = None,
-    fid_ref: str | os.PathLike | None = None,
-    fid_features: str | Callable[[list[Image.Image]], np.ndarray | torch.Tensor] | None = None,
-    is_classifier: str | Callable[[list[Image.Image]], np.ndarray | torch.Tensor] | None = None,
-    is_splits: int = 10,
-    aesthetic: Callable[[list[Image.Image]], Any] | None = None,
-    limit: int | None = None,
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-    save_ref_stats: str | os.PathLike | None = None,
-    progress: bool = False,
-    trust_remote_code: bool = False,
-) -> dict[str, Any]:
-    """Score a folder written by ``llm4gen eval generate`` (its ``manifest.jsonl`` gives the prompts) with the
-    metrics asked for; returns a JSON-ready report ``{"images_dir", "num_images", "metrics": {...}, "per_image"}``.
-
-    - ``clip_model``: CLIP score of each image with its prompt (hub id / folder / :class:`ClipScorer`);
-    - ``fid_ref`` + ``fid_features``: FID against a reference folder or ``.npz`` statistics, in the features of
-      ``inception:PATH`` / ``hf:ID`` (:func:`~llm4gen.eval.features.make_feature_extractor`) or a given extractor;
-      ``save_ref_stats`` writes the reference statistics to ``.npz`` for the next run;
-    - ``is_classifier``: Inception Score (``inception:PATH`` / ``hf:ID`` or a callable returning probabilities),
-      over ``min(is_splits, N)`` splits;
-    - ``aesthetic``: any aesthetic scorer (e.g. :class:`LaionAestheticPredictor`).
-
-    A folder without a manifest can still get FID, IS and aesthetics (all its images, sorted by name).
-    ``limit`` scores the first N images only (smoke runs).
-    """
-    from .features import make_classifier, make_feature_extractor
-    from .generate import MANIFEST_NAME, read_manifest
-
-    root = Path(images_dir)
-    if (root / MANIFEST_NAME).is_file():
-        records = read_manifest(root)
-        missing = [r["file"] for r in records if not (root / r["file"]).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} images of {root / MANIFEST_NAME} are missing (e.g. "
-                                    f"{missing[0]}); re-run `llm4gen eval generate` to complete the folder.")
-    else:
-        if clip_model is not None:
-            raise FileNotFoundError(f"{root} has no {MANIFEST_NAME}, so the prompts of its images are unknown and "
-                                    "the CLIP score cannot be computed; generate with `llm4gen eval generate`.")
-        records = [{"file": p.name, "prompt": None} for p in list_images(root)]
-    if limit is not None:
-        records = records[:limit]
-    if not records:
-        raise ValueError(f"No images to score in {root}.")
-    if fid_ref is not None and fid_features is None:
-        raise ValueError("FID needs a feature extractor: pass fid_features ('inception:PATH' or 'hf:ID').")
-    if not any(x is not None for x in (clip_model, fid_ref, is_classifier, aesthetic)):
-        raise ValueError("Nothing to compute: ask for at least one of the CLIP score, FID, IS or an aesthetic score.")
-    paths = [root / r["file"] for r in records]
-    report: dict[str, Any] = {"images_dir": str(root), "num_images": len(paths), "metrics": {}}
-    per_image: list[dict[str, Any]] = [{"file": r["file"], "prompt": r.get("prompt")} for r in records]
-
-    if clip_model is not None:
-        scorer = clip_model if isinstance(clip_model, ClipScorer) else ClipScorer(
-            clip_model, device=device, dtype=dtype, batch_size=batch_size, trust_remote_code=trust_remote_code)
-        scores = scorer.score_pairs(paths, [r["prompt"] for r in records], progress=progress)
-        report["metrics"]["clip_score"] = {"mean": float(scores.mean()), "std": float(scores.std()),
-                                           "n": len(scores), "model": scorer.model_name}
-        for row, s in zip(per_image, scores):
-            row["clip_score"] = float(s)
-
-    if fid_ref is not None:
-        extractor = (make_feature_extractor(fid_features, device=device, dtype=dtype,
-                                            trust_remote_code=trust_remote_code)
-                     if isinstance(fid_features, str) else fid_features)
-        mu1, s1, n1 = fid_statistics(paths, extractor, batch_size=batch_size, progress=progress)
-        mu2, s2, n2 = fid_statistics(fid_ref, extractor, batch_size=batch_size, progress=progress)
-        if save_ref_stats is not None:
-            save_statistics(save_ref_stats, mu2, s2)
-        report["metrics"]["fid"] = {"value": frechet_distance(mu1, s1, mu2, s2), "n": n1, "n_reference": n2,
-                                    "reference": os.fspath(fid_ref),
-                                    "features": getattr(extractor, "name", type(extractor).__name__)}
-
-    if is_classifier is not None:
-        classifier = (make_classifier(is_classifier, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-                      if isinstance(is_classifier, str) else is_classifier)
-        splits = max(1, min(is_splits, len(paths)))
-        mean, std = inception_score(paths, classifier, splits=splits, batch_size=batch_size, progress=progress)
-        report["metrics"]["inception_score"] = {"mean": mean, "std": std, "splits": splits, "n": len(paths),
-                                                "classifier": getattr(classifier, "name", type(classifier).__name__)}
-
-    if aesthetic is not None:
-        mean, values = aesthetic_score(paths, aesthetic, batch_size=batch_size, progress=progress)
-        report["metrics"]["aesthetic"] = {"mean": mean, "std": float(values.std()), "n": len(values),
-                                          "scorer": getattr(aesthetic, "name", type(aesthetic).__name__)}
-        for row, v in zip(per_image, values):
-            row["aesthetic"] = float(v)
-    report["per_image"] = per_image
-    return report

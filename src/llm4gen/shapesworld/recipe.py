@@ -1,6 +1,6 @@
 """The recipe of the bundled default model: assemble a ShapesWorld base model from the small CLIP and the small VAE.
 
-The bundled model is trained in four commands (the README lists them with their wall times)::
+The bundled model is trained in four commands (research/shapesworld/recipe.md lists them with their wall times)::
 
     llm4gen shapes train-clip runs/shapes/clip                   # text encoder + tokenizer (CLIP-style, 77 tokens)
     llm4gen shapes train-vae runs/shapes/vae --latent-channels 8  # 64 px <-> 16x16x8 latents
@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+
+from .arms import base_schedule_differences, training_schedule
 
 __all__ = ["SHAPES_SCHEDULER", "build_shapes_base", "package_default_model", "shapes_unet_config"]
 
@@ -104,8 +106,6 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
     import shutil
 
     from diffusers import DPMSolverMultistepScheduler
-
-    from ..eval.shapes_bench import base_schedule_differences, training_schedule
 
     src, base, out = Path(llm4gen_dir), Path(base_arm_dir), Path(out_dir)
     index = src / "model_index.json"

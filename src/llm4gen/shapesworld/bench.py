@@ -9,9 +9,9 @@ ShapesWorld scorer checks each image against the scene graph its prompt describe
   the prompts come from ``prompt_seed``): a control for whether a failure comes from the unseen pairs.
 - images: image ``i`` of every arm starts from the same noise (``torch.Generator`` seeded ``image_seed + i``) and
   uses the same scheduler, steps and guidance.
-- metrics: count, colour, shape, binding, size, spatial, position, background and all-correct (``llm4gen.eval.shapes``;
-  ``position_chance`` beside ``position``), overall and split by the prompt's length in CLIP tokens (``<=77``: inside
-  CLIP's window, ``>77``: beyond it).
+- metrics: count, colour, shape, binding, size, spatial, position, background and all-correct
+  (``llm4gen.shapesworld.scorer``; ``position_chance`` beside ``position``), overall and split by the prompt's length
+  in CLIP tokens (``<=77``: inside CLIP's window, ``>77``: beyond it).
 - statistics: per arm the mean with a 95% percentile-bootstrap interval over prompts; between each arm and the first
   (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
 
@@ -34,24 +34,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .shapes import LENGTH_BUCKETS, METRICS, PROTOTYPES, clip_token_count, length_bucket, score_image
+from ..images import make_grid
+from ..layout import plan_regions
+from ..regions import Region, region_control
+from ..stats import metric_summary, paired_difference
+from ..utils import quiet_library_notices
+from .arms import set_scheduler
+from .mentions import NOUN_SHAPES, scene_matches
+from .scorer import LENGTH_BUCKETS, METRICS, PROTOTYPES, cell_box, clip_token_count, length_bucket, score_image
+from .world import HELD_OUT_PAIRS, REGION_EDGES, SPLITS, Scene, ShapesWorld, ShapesWorldConfig, position_region
 
 __all__ = [
     "QualityConfig",
     "RegionArm",
-    "base_schedule_differences",
-    "base_unet_dir",
     "benchmark_prompts",
     "binding_breakdown",
-    "bootstrap_ci",
-    "clip_only_pipeline",
     "compare_runs",
     "config_differences",
     "format_percent",
-    "load_arm",
-    "load_with_tokenizers",
-    "metric_summary",
-    "paired_difference",
     "planned_regions",
     "plot_quality",
     "position_breakdown",
@@ -61,7 +61,6 @@ __all__ = [
     "scene_regions",
     "score_with_count_errors",
     "summarize_arm",
-    "training_schedule",
 ]
 
 SCHEDULERS = ("dpm", "ddim", "own")
@@ -84,11 +83,9 @@ class QualityConfig:
     size: int = 64
     bootstrap: int = 2000
     split: str = "test"  # test: every prompt asks for a pair held out of training; train: new scenes of seen pairs
-    scorer_prototypes: str = "auto"  # llm4gen.eval.shapes.detect_objects' prototypes (auto: every README table's)
+    scorer_prototypes: str = "auto"  # the scorer's detect_objects prototypes (auto: every published table's)
 
     def __post_init__(self) -> None:
-        from ..data.shapes import SPLITS
-
         if self.num_prompts < 1 or self.batch_size < 1 or self.num_inference_steps < 1 or self.bootstrap < 100:
             raise ValueError("num_prompts, batch_size and num_inference_steps must be >= 1, bootstrap >= 100.")
         if not 0.0 <= self.guidance_rescale <= 1.0:
@@ -110,58 +107,19 @@ class QualityConfig:
 def benchmark_prompts(cfg: QualityConfig) -> list[tuple[str, Any]]:
     """The prompts and their scene graphs: ``[(caption, scene), ...]``, the first ``num_prompts`` of ``cfg.split``
     (``test``: the held-out prompts)."""
-    from ..data.shapes import ShapesWorld, ShapesWorldConfig
-
     world = ShapesWorld(cfg.split, seed=cfg.prompt_seed,
                         config=ShapesWorldConfig(size=cfg.size, caption_style=cfg.caption_style))
     return [world.caption_of(i) for i in range(cfg.num_prompts)]
 
 
-# ---------------------------------------------------------------------- arms
-def clip_only_pipeline(pipe: Any, unet: Any = None) -> Any:
-    """A plain diffusers ``StableDiffusionPipeline`` from an LLM4GEN pipeline's VAE, CLIP, tokenizer and scheduler.
-
-    ``unet`` replaces the UNet (a UNet module or folder): pass the base arm's UNet to get the model trained on CLIP
-    alone. Without it the LLM4GEN UNet runs on CLIP tokens only, which shows the CLIP path of that model, not a
-    trained base.
-    """
-    from diffusers import StableDiffusionPipeline
-
-    from ..unet import load_unet
-
-    if isinstance(unet, (str, os.PathLike)):
-        folder = Path(unet)
-        if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
-            folder = folder / "unet"
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{unet} is not a UNet folder (no config.json) nor a pipeline folder with unet/.")
-        unet = load_unet(folder)
-    unet = unet if unet is not None else pipe.unet
-    if unet.config.cross_attention_dim != pipe.text_encoder.config.hidden_size:
-        raise ValueError(
-            f"The UNet's cross_attention_dim ({unet.config.cross_attention_dim}) does not match the CLIP text "
-            f"encoder's width ({pipe.text_encoder.config.hidden_size}): it was trained for another text encoder."
-        )
-    base = StableDiffusionPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=unet,
-        scheduler=type(pipe.scheduler).from_config(pipe.scheduler.config),  # its own copy: schedulers keep state
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    return base.to(pipe.device)
-
-
+# ---------------------------------------------------------------------- regions
 def scene_regions(text: str, scene: Any) -> list[Any]:
     """Region guidance's regions for a ShapesWorld caption: per object that the caption names by colour and noun
     (every such mention, its colour, size and noun words), the box of the 3x3 cell its place phrase names
-    (:func:`~llm4gen.eval.shapes.cell_box`). The boxes come from the caption's words, not the scene's exact
+    (:func:`~llm4gen.shapesworld.scorer.cell_box`). The boxes come from the caption's words, not the scene's exact
     positions; objects the caption never names that way get no region."""
-    from ..data.shapes import position_region
-    from ..regions import Region
-    from ..training.data import _scene_matches
-    from .shapes import cell_box
-
     spans: dict[int, list[tuple[int, int]]] = {}
-    for ent, attrs, k in _scene_matches(text, scene):
+    for ent, attrs, k in scene_matches(text, scene):
         spans.setdefault(k, []).extend([ent, *attrs])
     return [Region(None, cell_box(position_region(scene.objects[k].x, scene.objects[k].y)),
                    spans=tuple(sorted(set(spans[k])))) for k in sorted(spans)]
@@ -169,13 +127,9 @@ def scene_regions(text: str, scene: Any) -> list[Any]:
 
 def planned_regions(text: str) -> list[Any]:
     """Region guidance's regions for a ShapesWorld caption from its words alone: :func:`llm4gen.layout.plan_regions`
-    on ShapesWorld's 3x3 grid (:data:`~llm4gen.data.shapes.REGION_EDGES`) with its nouns' synonyms ("round disc",
+    on ShapesWorld's 3x3 grid (:data:`~llm4gen.shapesworld.world.REGION_EDGES`) with its nouns' synonyms ("round disc",
     "plus sign"). Unlike :func:`scene_regions` it needs no scene: it is what a user's prompt gives."""
-    from ..data.shapes import REGION_EDGES
-    from ..layout import plan_regions
-    from ..training.data import _NOUN_SHAPES
-
-    return plan_regions(text, edges=REGION_EDGES, synonyms=_NOUN_SHAPES)
+    return plan_regions(text, edges=REGION_EDGES, synonyms=NOUN_SHAPES)
 
 
 class RegionArm:
@@ -199,131 +153,14 @@ class RegionArm:
         setattr(self._pipe, name, value)
 
     def __call__(self, prompt: list[str], **kwargs: Any) -> Any:
-        from ..regions import region_control
-
         with region_control(self._pipe, prompt, [self._regions.get(p, []) for p in prompt], kwargs,
                             **self._settings):
             return self._pipe(prompt=prompt, **kwargs)
 
 
-def base_unet_dir(model: str | os.PathLike) -> Path | None:
-    """``model/base_unet`` (the base arm's UNet that ``llm4gen shapes package`` puts beside the model), if present."""
-    folder = Path(model) / "base_unet"
-    return folder if (folder / "config.json").is_file() else None
-
-
-# The scheduler settings that fix what a UNet learnt to predict at which noise level. A UNet sampled with other values
-# than those it was trained with is off its schedule (the solver, step count and spacing are sampling choices).
-TRAINING_SCHEDULE_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False,
-}
-
-
-def training_schedule(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The noise-schedule settings (:data:`TRAINING_SCHEDULE_DEFAULTS`' keys, missing ones at diffusers' defaults) of
-    the pipeline or run folder ``folder``, read from ``folder/scheduler/scheduler_config.json``; None without one."""
-    path = Path(folder) / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore the scheduler config of {folder}.") from None
-    return {key: config.get(key, default) for key, default in TRAINING_SCHEDULE_DEFAULTS.items()}
-
-
-def base_schedule_differences(model: str | os.PathLike, base_unet: str | os.PathLike) -> dict[str, tuple[Any, Any]]:
-    """The noise-schedule settings in which the base arm's UNet was trained otherwise than ``model``, whose
-    scheduler :func:`clip_only_pipeline` samples it with: ``{key: (model's value, base UNet's value)}``.
-
-    The base UNet's schedule is that of the pipeline folder holding it: ``X`` for ``X/base_unet`` (``llm4gen shapes
-    package`` trains and ships it with ``X``'s scheduler) and ``X/unet``, ``X`` itself for a training run's output
-    folder. Empty when the two agree or when either schedule is unknown (no ``scheduler/`` found).
-    """
-    folder = Path(base_unet)
-    owner = folder if (folder / "scheduler").is_dir() else folder.parent
-    mine, theirs = training_schedule(model), training_schedule(owner)
-    if mine is None or theirs is None:
-        return {}
-    return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
-
-
-def load_with_tokenizers(folder: str | os.PathLike) -> tuple[Any, Any, Any]:
-    """An LLM4GEN pipeline folder with its CLIP and LLM tokenizers, both fast (their offset mappings tie words to
-    tokens), for the diagnostics that read particular words' tokens: ``(pipeline, clip_tokenizer, llm_tokenizer)``."""
-    from transformers import AutoTokenizer
-
-    from ..pipeline import LLM4GenPipeline
-
-    src = Path(folder)
-    if not (src / "model_index.json").is_file():
-        raise FileNotFoundError(f"{src} is not a pipeline folder (no model_index.json); give an LLM4GEN pipeline.")
-    pipe = LLM4GenPipeline.from_pretrained(src)
-    clip_tok = AutoTokenizer.from_pretrained(src / "tokenizer")
-    llm_tok = pipe.llm_encoder.tokenizer
-    if not (clip_tok.is_fast and llm_tok.is_fast):
-        raise ValueError("Both tokenizers must be fast tokenizers (offset mappings) to map words to tokens.")
-    return pipe, clip_tok, llm_tok
-
-
-def denoiser_arms(folder: str | os.PathLike) -> tuple[Any, dict[str, tuple[Any, bool]]]:
-    """For the diagnostics that call the UNet directly: the pipeline of ``folder`` (as :func:`load_with_tokenizers`
-    loads it) and its arms as the trainer's ``Denoiser``s in eval mode, ``{name: (denoiser, reads_llm_tokens)}``:
-    ``llm4gen`` (UNet + CAM) and, where the folder holds the benchmark's base arm (``base_unet/``), ``base (CLIP
-    only)``."""
-    from ..training.trainer import Denoiser
-    from ..unet import load_unet
-
-    src = Path(folder)
-    pipe = load_with_tokenizers(src)[0]
-    arms = {"llm4gen": (Denoiser(pipe.unet, pipe.adapter, bool(pipe.config.get("use_llm_attention_mask", False))),
-                        True)}
-    if (src / "base_unet" / "config.json").is_file():
-        arms["base (CLIP only)"] = (Denoiser(load_unet(src / "base_unet"), None, False), False)
-    for model, _ in arms.values():
-        model.eval()
-    return pipe, arms
-
-
-def load_arm(model: str | os.PathLike, unet: str | os.PathLike | None = None, device: str = "cpu") -> Any:
-    """Load an arm: an LLM4GEN or plain Stable Diffusion pipeline folder; with ``unet``, the CLIP-only pipeline made
-    of ``model``'s VAE / CLIP / scheduler and that UNet (see :func:`clip_only_pipeline`)."""
-    from diffusers import StableDiffusionPipeline
-
-    from ..pipeline import LLM4GenPipeline
-
-    folder = Path(model)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{model} is not a pipeline folder (no model_index.json).")
-    cls_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    if cls_name not in ("LLM4GenPipeline", "StableDiffusionPipeline"):
-        raise ValueError(f"{model} holds a {cls_name}; the ShapesWorld benchmark compares SD1.x-style pipelines "
-                         "(LLM4GenPipeline or StableDiffusionPipeline).")
-    cls = LLM4GenPipeline if cls_name == "LLM4GenPipeline" else StableDiffusionPipeline
-    pipe = cls.from_pretrained(folder).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if unet is not None:
-        pipe = clip_only_pipeline(pipe, unet)
-        pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _set_scheduler(pipe: Any, name: str) -> None:
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-
-    if name == "dpm":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    elif name == "ddim":
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-
-
 def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any = None) -> list[Image.Image]:
     """Render ``prompts`` (image ``i`` from noise seeded ``cfg.image_seed + i``) in batches of ``cfg.batch_size``."""
-    from ..utils import quiet_library_notices
-
-    _set_scheduler(pipe, cfg.scheduler)
+    set_scheduler(pipe, cfg.scheduler)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
@@ -346,29 +183,6 @@ def render_arm(pipe: Any, prompts: list[str], cfg: QualityConfig, progress: Any 
 
 
 # ---------------------------------------------------------------------- statistics
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of ``values`` (resampling items with replacement)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    means = values[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
-
-
-def _values(results: list[dict[str, Any]], metric: str) -> np.ndarray:
-    return np.array([r[metric] for r in results if r.get(metric) is not None], dtype=np.float64)
-
-
-def metric_summary(results: list[dict[str, Any]], metric: str, n_boot: int = 2000) -> dict[str, Any]:
-    """``{"mean", "ci95", "n"}`` of ``metric`` over the rows scored on it (``mean`` and ``ci95`` None if none is)."""
-    v = _values(results, metric)
-    return {"mean": float(v.mean()) if v.size else None,
-            "ci95": list(bootstrap_ci(v, n_boot)) if v.size else None, "n": int(v.size)}
-
-
 def summarize_arm(results: list[dict[str, Any]], n_boot: int = 2000) -> dict[str, dict[str, Any]]:
     """``{bucket: {metric: {"mean", "ci95", "n"}}}`` for one arm's per-prompt results (with ``clip_tokens``)."""
     metrics = (*METRICS, "position_chance")
@@ -390,7 +204,7 @@ def position_breakdown(results: list[dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def score_with_count_errors(images: list[Image.Image], scenes: list[Any]) -> list[dict[str, Any]]:
-    """:func:`~llm4gen.eval.shapes.score_image` of each image against its scene, plus ``too_many`` / ``too_few``
+    """:func:`~llm4gen.shapesworld.scorer.score_image` of each image against its scene, plus ``too_many`` / ``too_few``
     (1.0 or 0.0) and ``surplus`` (objects found - objects asked)."""
     rows = []
     for img, scene in zip(images, scenes):
@@ -405,15 +219,13 @@ def binding_breakdown(results: list[dict[str, Any]], scenes: list[Any]) -> dict[
     """Where binding fails, by the number of objects asked (``{"1": {...}, "2": {...}, ...}``).
 
     For each count: ``prompts``; ``held_out_pairs`` / ``seen_pairs``: how many asked (colour, shape) pairs are of a
-    kind held out of training (:data:`~llm4gen.data.shapes.HELD_OUT_PAIRS`) or seen in it, and the fraction of them
-    drawn (``found``: an object found with that colour and shape, each found object used once); ``parts_right``:
+    kind held out of training (:data:`~llm4gen.shapesworld.world.HELD_OUT_PAIRS`) or seen in it, and the fraction of
+    them drawn (``found``: an object found with that colour and shape, each found object used once); ``parts_right``:
     prompts whose every asked colour and every asked shape is in the image (``colour`` and ``shape`` both 1), and
     ``pairs_wrong``: how many of those still miss a pair, i.e. put a right colour on a wrong shape. ``results`` are
-    :func:`~llm4gen.eval.shapes.score_image` rows (with ``found``), in the order of ``scenes``.
+    :func:`~llm4gen.shapesworld.scorer.score_image` rows (with ``found``), in the order of ``scenes``.
     """
     from collections import Counter
-
-    from ..data.shapes import HELD_OUT_PAIRS, Scene
 
     if len(results) != len(scenes):
         raise ValueError(f"binding_breakdown needs one scene per result row: {len(results)} rows, "
@@ -444,18 +256,6 @@ def binding_breakdown(results: list[dict[str, Any]], scenes: list[Any]) -> dict[
     return {str(n): {"prompts": t["prompts"], "held_out_pairs": share("held_out", t), "seen_pairs": share("seen", t),
                      "parts_right": t["parts_right"], "pairs_wrong": t["pairs_wrong"]}
             for n, t in sorted(tally.items())}
-
-
-def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str,
-                      n_boot: int = 2000) -> dict[str, Any]:
-    """Mean of ``b - a`` over prompts scored in both (same order = same prompt), with a paired bootstrap interval."""
-    if len(a) != len(b):
-        raise ValueError(f"Paired results need the same prompts: {len(a)} vs {len(b)} rows.")
-    d = np.array([y[metric] - x[metric] for x, y in zip(a, b)
-                  if x.get(metric) is not None and y.get(metric) is not None], dtype=np.float64)
-    if d.size == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    return {"mean": float(d.mean()), "ci95": list(bootstrap_ci(d, n_boot)), "n": int(d.size)}
 
 
 # The QualityConfig fields that decide which prompts and noise a run used: two runs compared prompt by prompt must
@@ -710,8 +510,6 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
 
 def _sample_grid(images: dict[str, list[Image.Image]], prompts: list[str], n: int) -> Image.Image:
     """Rows = arms, columns = the first ``n`` prompts, each cell captioned with the arm's name and the prompt."""
-    from ..images import make_grid
-
     n = min(n, len(prompts))
     cells, captions = [], []
     for name, imgs in images.items():

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 from ..images import pixels_from_uint8, uint8_tensor
 from ..utils import loss_progress
+from .world import CAPTION_STYLES, ShapesWorld, ShapesWorldConfig
 
 __all__ = ["SmallClipConfig", "build_small_clip", "retrieval_accuracy", "train_small_clip"]
 
@@ -56,8 +58,6 @@ class SmallClipConfig:
 def build_small_clip(cfg: SmallClipConfig):
     """A randomly initialised ``transformers.CLIPModel`` of the configured size with OpenAI CLIP's vocabulary."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
-    from ..data.clip_tokenizer import CLIP_VOCAB_SIZE
 
     text = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE, hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size,
@@ -88,8 +88,6 @@ def retrieval_accuracy(text_emb: torch.Tensor, image_emb: torch.Tensor, k: int =
 
 
 def _make_split(split: str, n: int, cfg: SmallClipConfig, progress: bool):
-    from ..data.shapes import CAPTION_STYLES, ShapesWorld, ShapesWorldConfig
-
     items = ShapesWorld(split, seed=cfg.data_seed, config=ShapesWorldConfig(size=cfg.image_size)).take(n, progress)
     captions = [[it.captions[s] for s in CAPTION_STYLES] for it in items]
     return uint8_tensor([it.image for it in items]), captions
@@ -97,8 +95,6 @@ def _make_split(split: str, n: int, cfg: SmallClipConfig, progress: bool):
 
 @torch.no_grad()
 def _evaluate(model, tokenizer, images: torch.Tensor, captions: list[list[str]], batch: int = 250) -> dict[str, float]:
-    from ..data.shapes import CAPTION_STYLES
-
     model.eval()
     img_emb = torch.cat([_features(model.get_image_features(pixel_values=pixels_from_uint8(images[i : i + batch])))
                          for i in range(0, len(images), batch)])
@@ -130,8 +126,6 @@ def train_small_clip(
 ) -> dict[str, Any]:
     """Train the small CLIP with ``config`` and save it under ``out_dir`` (see the module docs). Returns the metrics."""
     from transformers import CLIPTextModel
-
-    from ..data.clip_tokenizer import load_clip_tokenizer
 
     cfg = config or SmallClipConfig()
     out = Path(out_dir)

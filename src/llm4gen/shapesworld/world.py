@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils import read_jsonl
+from ..utils import progress_iter, read_jsonl
 
 __all__ = [
     "BACKGROUNDS",
     "CAPTION_STYLES",
     "COLOURS",
     "HELD_OUT_PAIRS",
+    "MIN_GAP",
     "POSITION_CELLS",
     "REGION_EDGES",
     "SHAPES",
@@ -50,6 +51,7 @@ __all__ = [
     "corrupt_scene",
     "drop_count_sentence",
     "drop_relation_sentences",
+    "item_rng",
     "object_cover",
     "place_phrase",
     "position_region",
@@ -93,7 +95,7 @@ HELD_OUT_PAIRS = frozenset(
     }
 )
 RELATIONS = ("left of", "right of", "above", "below")
-_MIN_GAP = 4 / 64  # free space between two objects' bounding circles, as a fraction of the width
+MIN_GAP = 4 / 64  # free space between two objects' bounding circles, as a fraction of the width
 
 
 @dataclass
@@ -180,7 +182,7 @@ class ShapesWorldConfig:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES + ('mixed',)}, got {self.caption_style!r}.")
 
 
-def _item_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+def item_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
     """Item ``index``'s generator; ``stream`` numbers give independent draws of the same item for other purposes."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
@@ -221,7 +223,7 @@ def _place(rng: np.random.Generator, sizes: Sequence[str]) -> list[tuple[float, 
         r = SIZES[size]
         for _ in range(200):
             x, y = (float(v) for v in rng.uniform(r + 2 / 64, 1 - r - 2 / 64, size=2))
-            if all(math.hypot(x - px, y - py) >= r + pr + _MIN_GAP for px, py, pr in placed):
+            if all(math.hypot(x - px, y - py) >= r + pr + MIN_GAP for px, py, pr in placed):
                 placed.append((round(x, 4), round(y, 4), r))
                 break
         else:
@@ -544,12 +546,12 @@ class ShapesWorld:
         return self.num_items
 
     def scene(self, index: int) -> Scene:
-        return sample_scene(_item_rng(self.seed, self.split, index), self.split, self.config)
+        return sample_scene(item_rng(self.seed, self.split, index), self.split, self.config)
 
     def _describe(self, index: int) -> tuple[Scene, dict[str, str], str]:
         if index < 0 or (self.num_items is not None and index >= self.num_items):
             raise IndexError(f"index {index} out of range for {self.num_items} items")
-        rng = _item_rng(self.seed, self.split, index)
+        rng = item_rng(self.seed, self.split, index)
         scene = sample_scene(rng, self.split, self.config)
         captions = {style: caption_scene(scene, style, rng) for style in CAPTION_STYLES}
         style = self.config.caption_style
@@ -571,8 +573,6 @@ class ShapesWorld:
         """Items 0..n-1, with a progress bar if asked."""
         indices: Any = range(n)
         if progress:
-            from ..utils import progress_iter
-
             indices = progress_iter(indices, f"ShapesWorld {self.split}")
         return [self[k] for k in indices]
 
@@ -630,8 +630,6 @@ def write_dataset(
     world = ShapesWorld(split, seed, num_items, config)
     iterator = range(num_items)
     if progress:
-        from ..utils import progress_iter
-
         iterator = progress_iter(iterator, f"ShapesWorld {split}")
     with open(out / "metadata.jsonl", "w", encoding="utf-8") as meta:
         for k in iterator:

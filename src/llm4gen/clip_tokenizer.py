@@ -41,7 +41,7 @@ def bytes_to_unicode() -> dict[int, str]:
 @lru_cache(maxsize=1)
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """The vocabulary (token -> id) and merge rules ("a b") of OpenAI CLIP, from the bundled file."""
-    data = resources.files("llm4gen.data").joinpath("assets/bpe_simple_vocab_16e6.txt.gz").read_bytes()
+    data = resources.files("llm4gen").joinpath("assets/bpe_simple_vocab_16e6.txt.gz").read_bytes()
     lines = gzip.decompress(data).decode("utf-8").split("\n")
     merges = lines[1 : 1 + _NUM_MERGES]  # line 0 is a version header
     if len(merges) != _NUM_MERGES:

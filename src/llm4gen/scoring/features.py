@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..utils import describe_load_error
+
 __all__ = [
     "FIDInceptionV3",
     "InceptionClassifier",
@@ -32,6 +34,7 @@ __all__ = [
     "make_classifier",
     "make_feature_extractor",
     "pil_to_unit_tensor",
+    "pooled_embeddings",
 ]
 
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -320,6 +323,17 @@ class InceptionClassifier:
 
 
 # ----------------------------------------------------------------------------------------------- transformers models
+def pooled_embeddings(out: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output`` is it (5)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in ("pooler_output", "image_embeds", "text_embeds"):
+        value = getattr(out, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"Cannot find the embeddings in the model output of type {type(out).__name__}.")
+
+
 def _load_processor(ref: str, kwargs: dict[str, Any]) -> Any:
     from transformers import AutoImageProcessor
 
@@ -339,8 +353,6 @@ class TransformersVisionFeatures:
                  dtype: torch.dtype | None = None, pooling: str = "auto", normalize: bool = False,
                  trust_remote_code: bool = False) -> None:
         from transformers import AutoModel
-
-        from ..utils import describe_load_error
 
         if pooling not in ("auto", "cls", "mean"):
             raise ValueError(f"pooling must be 'auto', 'cls' or 'mean', got {pooling!r}.")
@@ -364,9 +376,7 @@ class TransformersVisionFeatures:
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
         if self.pooling == "auto" and hasattr(self.model, "get_image_features"):
-            from .metrics import _pooled
-
-            feats = _pooled(self.model.get_image_features(pixel_values=pixels))
+            feats = pooled_embeddings(self.model.get_image_features(pixel_values=pixels))
         else:  # a CLIP-style model's vision tower, or the model itself
             backbone = getattr(self.model, "vision_model", None) if hasattr(self.model, "get_image_features") else None
             feats = self._pool((backbone or self.model)(pixel_values=pixels))
@@ -395,8 +405,6 @@ class TransformersImageClassifier:
     def __init__(self, model: str | os.PathLike, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> None:
         from transformers import AutoModelForImageClassification
-
-        from ..utils import describe_load_error
 
         ref = os.fspath(model)
         kwargs = {"trust_remote_code": True} if trust_remote_code else {}

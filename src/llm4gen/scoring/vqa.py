@@ -26,7 +26,8 @@ from PIL import Image
 
 from ..utils import describe_load_error
 
-__all__ = ["BlipVQAScorer", "GenerativeVQAScorer", "VQAScorer", "load_vqa_scorer", "yes_probability"]
+__all__ = ["BlipVQAScorer", "GenerativeVQAScorer", "VQAScorer", "load_image_text_model", "load_vqa_scorer",
+           "yes_probability"]
 
 
 @runtime_checkable
@@ -175,7 +176,7 @@ class GenerativeVQAScorer:
 
         try:
             processor = AutoProcessor.from_pretrained(ref, trust_remote_code=trust_remote_code)
-            model = _load_image_text_model(ref, dtype, trust_remote_code).to(device)
+            model = load_image_text_model(ref, dtype, trust_remote_code).to(device)
         except (OSError, ValueError) as err:
             raise describe_load_error(err, "VQA model", ref) from err
         return cls(model, processor, name=ref, device=device, **kwargs)
@@ -216,7 +217,9 @@ class GenerativeVQAScorer:
         return out
 
 
-def _load_image_text_model(ref: str, dtype: torch.dtype, trust_remote_code: bool):
+def load_image_text_model(ref: str, dtype: torch.dtype, trust_remote_code: bool):
+    """A generative vision-language model (LLaVA, Qwen2-VL, ...) by hub id or folder, through whichever of
+    transformers' ``AutoModelForImageTextToText`` / ``AutoModelForVision2Seq`` knows its configuration."""
     import transformers
 
     errors = []

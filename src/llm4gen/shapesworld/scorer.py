@@ -19,9 +19,9 @@ Scores, per prompt (the asked objects have distinct (colour, shape) pairs):
   colour and shape (None when there are none to judge);
 - ``position``: the fraction of the asked objects found by colour and shape whose centre lies in the cell of the 3x3
   grid that a dense caption names for it ("in the upper left corner", "near the bottom edge, horizontally centred",
-  :func:`~llm4gen.data.shapes.position_region`), within 2 px at 64 px of the cell's edges (None when no asked object
-  was found; :func:`score_folder` gives None for short and relational captions, which name no positions), and beside
-  it ``position_chance``, what an image that ignores the position words would score on the same objects
+  :func:`~llm4gen.shapesworld.world.position_region`), within 2 px at 64 px of the cell's edges (None when no asked
+  object was found; :func:`score_folder` gives None for short and relational captions, which name no positions), and
+  beside it ``position_chance``, what an image that ignores the position words would score on the same objects
   (:func:`position_chance`);
 - ``background``: the background colour is right;
 - ``all_correct``: count, binding and size fully right and every relation of the graph holds (``position`` is reported
@@ -42,15 +42,19 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from ..data.shapes import (
+from ..clip_tokenizer import load_clip_tokenizer
+from ..utils import progress_iter
+from .world import (
     BACKGROUNDS,
     COLOURS,
+    MIN_GAP,
     REGION_EDGES,
     SHAPES,
     SIZES,
     Scene,
     SceneObject,
     position_region,
+    read_dataset,
     render_scene,
 )
 
@@ -158,11 +162,11 @@ def detect_objects(
 ) -> list[Detection]:
     """Find the coloured objects in ``image`` (RGB). Returns one :class:`Detection` per object, largest first.
 
-    ``prototypes`` picks the shape prototypes the silhouettes are matched to: ``"auto"`` (what every table in the
-    README was scored with) uses the median-filtered renders' when the image has pixel noise and is filtered, else the
-    clean renders'; ``"clean"`` and ``"smooth"`` (the median-filtered ones) force one set. Blurred images without
+    ``prototypes`` picks the shape prototypes the silhouettes are matched to: ``"auto"`` (what every published table
+    was scored with) uses the median-filtered renders' when the image has pixel noise and is filtered, else the clean
+    renders'; ``"clean"`` and ``"smooth"`` (the median-filtered ones) force one set. Blurred images without
     pixel noise, as a diffusion model draws them, get ``"clean"`` from ``"auto"``, which reads many blurred stars as
-    crosses; ``"smooth"`` reads them right (README: the scorer audit)."""
+    crosses; ``"smooth"`` reads them right (research/shapesworld/scorer-audit.md)."""
     if prototypes not in PROTOTYPES:
         raise ValueError(f"prototypes must be one of {PROTOTYPES}, got {prototypes!r}.")
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
@@ -240,7 +244,7 @@ _CELL_SPANS = {"left": (0.0, _lo), "top": (0.0, _lo), "centre": (_lo, _hi), "mid
 
 def cell_box(cell: tuple[str, str]) -> tuple[float, float, float, float]:
     """The box ``(x0, y0, x1, y1)`` (fractions of the image, y down) of ``cell`` of the 3x3 grid, as
-    :func:`~llm4gen.data.shapes.position_region` names it: what a dense caption's place phrase says."""
+    :func:`~llm4gen.shapesworld.world.position_region` names it: what a dense caption's place phrase says."""
     if cell[0] not in ("left", "centre", "right") or cell[1] not in ("top", "middle", "bottom"):
         raise ValueError(f"A cell is (left|centre|right, top|middle|bottom), got {cell!r}.")
     (x0, x1), (y0, y1) = _CELL_SPANS[cell[0]], _CELL_SPANS[cell[1]]
@@ -249,7 +253,7 @@ def cell_box(cell: tuple[str, str]) -> tuple[float, float, float, float]:
 
 def in_cell(x: Any, y: Any, cell: tuple[str, str], tol: float = 2 / 64) -> Any:
     """Whether the point ``(x, y)`` (fractions of the width and height; floats or arrays) lies in ``cell`` of the
-    3x3 grid (:func:`~llm4gen.data.shapes.position_region`'s names), ``tol`` beyond its edges included."""
+    3x3 grid (:func:`~llm4gen.shapesworld.world.position_region`'s names), ``tol`` beyond its edges included."""
     (x0, x1), (y0, y1) = _CELL_SPANS[cell[0]], _CELL_SPANS[cell[1]]
     return (x >= x0 - tol) & (x <= x1 + tol) & (y >= y0 - tol) & (y <= y1 + tol)
 
@@ -257,11 +261,9 @@ def in_cell(x: Any, y: Any, cell: tuple[str, str], tol: float = 2 / 64) -> Any:
 @cache
 def _placements(num_objects: int, size: str, samples: int = 20_000) -> np.ndarray:
     """Centres ``[samples, 2]`` of the objects of ``size`` in scenes of ``num_objects`` objects, placed as
-    :func:`~llm4gen.data.shapes.sample_scene` places them (sizes uniform; one object after another, each at the first
-    of up to 200 uniform draws that keeps its gap to those before; a scene where one finds no room is drawn again),
-    vectorised over scenes."""
-    from ..data.shapes import _MIN_GAP
-
+    :func:`~llm4gen.shapesworld.world.sample_scene` places them (sizes uniform; one object after another, each at the
+    first of up to 200 uniform draws that keeps its gap to those before; a scene where one finds no room is drawn
+    again), vectorised over scenes."""
     rng, names = np.random.default_rng(0), list(SIZES)
     radii = np.array([SIZES[n] for n in names])
     out: list[np.ndarray] = []
@@ -277,7 +279,7 @@ def _placements(num_objects: int, size: str, samples: int = 20_000) -> np.ndarra
             valid = np.ones((batch, 200), dtype=bool)
             for j in range(k):
                 gap = np.linalg.norm(cand - pos[:, None, j], axis=-1)
-                valid &= gap >= (r[:, k] + r[:, j] + _MIN_GAP)[:, None]
+                valid &= gap >= (r[:, k] + r[:, j] + MIN_GAP)[:, None]
             ok &= valid.any(axis=1)
             pos[:, k] = cand[np.arange(batch), valid.argmax(axis=1)]
         out.append(pos[ok][which[ok] == names.index(size)])
@@ -383,8 +385,6 @@ class ShapesScorer:
 def clip_token_count(texts: Sequence[str], tokenizer: Any = None) -> list[int]:
     """CLIP tokens per text (start and end tokens included, no truncation), with OpenAI CLIP's vocabulary."""
     if tokenizer is None:
-        from ..data.clip_tokenizer import load_clip_tokenizer
-
         tokenizer = load_clip_tokenizer(model_max_length=1_000_000)  # only counting: no length warning
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]]
 
@@ -411,8 +411,6 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True, prot
     Returns ``{"summary": {bucket: {metric: {"mean", "n"}}}, "results": [per image]}`` with buckets ``all``,
     ``<=77 tokens`` and ``>77 tokens`` (the prompt's length in CLIP tokens: inside or beyond CLIP's window).
     """
-    from ..data.shapes import read_dataset
-
     if prototypes not in PROTOTYPES:
         raise ValueError(f"prototypes must be one of {PROTOTYPES}, got {prototypes!r}.")
     records = read_dataset(folder)
@@ -421,8 +419,6 @@ def score_folder(folder: str, tokenizer: Any = None, progress: bool = True, prot
     lengths = clip_token_count([r.get("text", "") for r in records], tokenizer)
     iterator: Any = zip(records, lengths)
     if progress:
-        from ..utils import progress_iter
-
         iterator = progress_iter(list(iterator), "Scoring")
     results = []
     for rec, n_tokens in iterator:

@@ -1,0 +1,16 @@
+"""The `llm4gen` command: one module per command group, registered on the root command by importing them."""
+
+from __future__ import annotations
+
+from . import data, eval, generate, shapes, train, webapp  # noqa: F401  (each registers its commands)
+from .common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
