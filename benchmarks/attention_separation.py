@@ -99,6 +99,7 @@ def main() -> None:
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.shapesworld.arms import load_with_tokenizers
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
+    from llm4gen.shapesworld.mentions import scene_mentions
     from llm4gen.shapesworld.world import render_scene
     from llm4gen.training.trainer import TokenSpace, entity_targets
     from llm4gen.unet import load_unet
@@ -125,9 +126,16 @@ def main() -> None:
     scenes = [scene for _, scene in items]
 
     def targets(space: TokenSpace) -> tuple[list, list, list]:
-        """(attribute pairs, negative pairs, grounded mentions) per caption, as the trainer's entity loss reads
-        them: positions in the fused sequence, inside the window."""
-        return entity_targets(captions, [space], negatives=True, scenes=scenes)
+        """(attribute pairs, negative pairs, grounded mentions) per caption: the first two as the trainer's entity
+        loss reads them, the mentions matched to their scene objects; positions in the fused sequence, inside the
+        window."""
+        pairs, negatives = entity_targets(captions, [space], negatives=True)
+        offsets = space.tokenizer([space.prefix + c for c in captions], return_offsets_mapping=True, truncation=True,
+                                  max_length=space.limit)["offset_mapping"]
+        grounded = [[([t + space.shift for t in tokens], scene.objects[k])
+                     for tokens, k in scene_mentions(c, scene, o, len(space.prefix), space.limit)]
+                    for c, scene, o in zip(captions, scenes, offsets)]
+        return pairs, negatives, grounded
 
     # where each window sits in the fused sequence (as in training)
     clip_first = getattr(pipe.adapter.config, "concat_order", "clip_first") == "clip_first"

@@ -37,7 +37,7 @@ what the llm4gen UNet attends to next to the CLIP tokens).
 
 Prints a table and writes JSON (default benchmarks/results/binding_probe.json) and a bar chart next to it (.png).
 It also prints, per CAM layer, the RMS size of its three terms (input, attention and FFN branch; ``branch_rms``)
-over the held-out prompts, with the gates of a gated CAM.
+over the held-out prompts (the gated CAM these were read with at first left the library in 0.2).
 """
 
 from __future__ import annotations
@@ -349,20 +349,18 @@ def main() -> None:
                                   "train_accuracy")),
                       str(r["train_rows"]), f"{r['test_rows']} ({r['test_rows_held_out']})")
     Console(width=max(Console().width, 150)).print(table)
-    with torch.no_grad():  # how large each term of the CAM is, which its gates (if any) alone do not tell
+    with torch.no_grad():  # how large each term of the CAM is
         batch = [c for c, _ in test]
         enc = pipe.llm_encoder.encode(batch)
         sizes = pipe.adapter.branch_rms(text(batch)[0], enc.embeds.float(), enc.attention_mask)
-    gates = pipe.adapter.gate_values()
-    for k, (size, gate) in enumerate(zip(sizes, gates)):
+    for k, size in enumerate(sizes):
         print(f"CAM layer {k}, RMS over the held-out prompts' real LLM tokens: input (llm_proj) {size['input']:.3f}, "
-              f"attention branch {size['attention']:.3f}, FFN branch {size['ffn']:.3f}; gates (tanh) "
-              f"{gate['attention']:.3f} / {gate['ffn']:.3f}")
+              f"attention branch {size['attention']:.3f}, FFN branch {size['ffn']:.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(src), "train_prompts": len(train), "test_prompts": len(test), "l2": args.l2,
               "swapped": {k: len(sets[f"{k} swapped"]) for k in ("train", "test")},
-              "cam_branch_rms": sizes, "cam_gates": gates, "rows": results}
+              "cam_branch_rms": sizes, "rows": results}
     out.write_text(json.dumps(report, indent=1) + "\n")
     plot_probe(results, out.with_suffix(".png"), f"Linear binding probe on {src} (held-out prompts)")
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -24,9 +24,8 @@ def _lin(x, sd, name):
     return x @ sd[name + ".weight"].T + sd[name + ".bias"]
 
 
-def reference_cam(sd, clip, llm, num_heads, num_layers, scale, concat_order, gates=None):
-    """The CAM equations written out by hand: explicit per-head softmax attention, LayerNorm and QuickGELU;
-    ``gates[i] = (a, f)`` multiplies layer i's attention and FFN branches."""
+def reference_cam(sd, clip, llm, num_heads, num_layers, scale, concat_order):
+    """The CAM equations written out by hand: explicit per-head softmax attention, LayerNorm and QuickGELU."""
     h = llm
     for i in range(num_layers):
         p = f"layers.{i}."
@@ -41,11 +40,10 @@ def reference_cam(sd, clip, llm, num_heads, num_layers, scale, concat_order, gat
             logits = qj @ kj.transpose(-1, -2) / math.sqrt(d)
             w = torch.exp(logits - logits.max(-1, keepdim=True).values)
             heads.append((w / w.sum(-1, keepdim=True)) @ vj)
-        ga, gf = (1.0, 1.0) if gates is None else gates[i]
-        h = h + ga * _lin(torch.cat(heads, -1), sd, p + "out_proj")
+        h = h + _lin(torch.cat(heads, -1), sd, p + "out_proj")
         f = _lin(_ln(h, sd[p + "ffn_norm.weight"], sd[p + "ffn_norm.bias"]), sd, p + "ffn.0")
         f = f * (1 / (1 + torch.exp(-1.702 * f)))
-        h = h + gf * _lin(f, sd, p + "ffn.2")
+        h = h + _lin(f, sd, p + "ffn.2")
     h = scale * h
     return torch.cat([clip, h] if concat_order == "clip_first" else [h, clip], dim=1)
 
@@ -118,49 +116,6 @@ def test_forward_matches_hand_written_equations(concat_order, num_layers, scale)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
-def test_gated_layers_scale_each_branch_by_tanh_of_its_gate(tmp_path):
-    torch.manual_seed(6)
-    adapter = CrossAdapter(clip_dim=24, llm_dim=20, num_heads=3, num_layers=2, gated=True).double()
-    assert adapter.gate_values() == [{"attention": 0.0, "ffn": 0.0}] * 2  # a new gated adapter starts closed
-    _randomize(adapter, seed=7)
-    sd = adapter.state_dict()
-    gates = [(math.tanh(sd[f"layers.{i}.attn_gate"].item()), math.tanh(sd[f"layers.{i}.ffn_gate"].item()))
-             for i in range(2)]
-    assert all(0 < abs(g) < 1 for pair in gates for g in pair)
-    clip = torch.randn(2, 7, 24, dtype=torch.float64)
-    llm = torch.randn(2, 5, 20, dtype=torch.float64)
-    want = reference_cam(sd, clip, llm, 3, 2, 1.0, "clip_first", gates)
-    torch.testing.assert_close(adapter(clip, llm)[0], want, rtol=1e-10, atol=1e-10)
-    got_gates = [(v["attention"], v["ffn"]) for v in adapter.gate_values()]
-    assert [g for pair in got_gates for g in pair] == pytest.approx([g for pair in gates for g in pair])
-    adapter.save_pretrained(tmp_path)  # the gates and the flag survive a round trip
-    loaded = CrossAdapter.from_pretrained(tmp_path).double()
-    assert loaded.config.gated is True
-    torch.testing.assert_close(loaded(clip, llm)[0], want, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="already gated"):
-        adapter.with_gates()
-
-
-def test_with_gates_keeps_the_weights_and_starts_as_the_projection_alone():
-    torch.manual_seed(8)
-    adapter = CrossAdapter(clip_dim=24, llm_dim=20, num_heads=3).double()
-    _randomize(adapter, seed=9)
-    gated = adapter.with_gates()
-    assert gated.config.gated and not adapter.config.gated and gated.dtype == torch.float64
-    sd = adapter.state_dict()
-    for k, v in sd.items():
-        torch.testing.assert_close(gated.state_dict()[k], v, rtol=0, atol=0)  # float64 kept, nothing rounded
-    clip = torch.randn(2, 7, 24, dtype=torch.float64)
-    llm = torch.randn(2, 5, 20, dtype=torch.float64)
-    got = gated(clip, llm)[0]
-    torch.testing.assert_close(got[:, :7], clip)
-    torch.testing.assert_close(got[:, 7:], _lin(llm, sd, "layers.0.llm_proj"))  # both branches shut
-    with torch.no_grad():  # fully open gates give back the ungated module
-        gated.layers[0].attn_gate.fill_(40.0)
-        gated.layers[0].ffn_gate.fill_(40.0)
-    torch.testing.assert_close(gated(clip, llm)[0], adapter(clip, llm)[0])
-
-
 def test_branch_rms_measures_the_three_terms_over_real_tokens():
     torch.manual_seed(10)
     adapter = CrossAdapter(clip_dim=24, llm_dim=20, num_heads=3).double()
@@ -181,8 +136,10 @@ def test_branch_rms_measures_the_three_terms_over_real_tokens():
     assert got["attention"] == pytest.approx(attn[keep].pow(2).mean().sqrt().item(), rel=1e-9)
     assert got["ffn"] == pytest.approx(ffn[keep].pow(2).mean().sqrt().item(), rel=1e-9)
     assert adapter.branch_rms(clip, llm)[0]["input"] == pytest.approx(proj.pow(2).mean().sqrt().item(), rel=1e-12)
-    shut = adapter.with_gates()  # gates at 0: the two branches add nothing
-    rms = shut.branch_rms(clip, llm, mask)[0]
+    shut = {k: (torch.zeros_like(v) if k.startswith(("layers.0.out_proj", "layers.0.ffn.2")) else v)
+            for k, v in sd.items()}  # both branches' last layers at zero: the two branches add nothing
+    adapter.load_state_dict(shut)
+    rms = adapter.branch_rms(clip, llm, mask)[0]
     assert rms["attention"] == rms["ffn"] == 0.0 and rms["input"] == pytest.approx(got["input"], rel=1e-12)
     with pytest.raises(ValueError, match="llm_mask must have shape"):
         adapter.branch_rms(clip, llm, mask[:, :3])
@@ -274,7 +231,6 @@ def test_from_adapter_config_and_return_dict():
         ({"scale": -0.5}, "balance factor"),
         ({"scale": float("nan")}, "balance factor"),
         ({"scale": "1"}, "balance factor"),
-        ({"gated": "yes"}, "gated must be true or false"),
     ],
 )
 def test_bad_config(kwargs, match):
@@ -346,3 +302,20 @@ def test_from_official_bad_files(tmp_path):
     torch.save({"weights": AuthorsQuickGELU()}, tmp_path / "code.pth")  # a pickled object: refused, not executed
     with pytest.raises(ValueError, match="weights_only"):
         CrossAdapter.from_official(tmp_path / "code.pth")
+
+
+def test_a_saved_gated_adapter_of_0_1_is_refused_by_name_and_gated_false_loads(tmp_path):
+    """0.1 wrote ``gated`` into every adapter's config; 0.2 dropped the gated variant. ``gated: false`` is this CAM,
+    ``gated: true`` would lose its gates silently, so it is an error that says where the variant went."""
+    import json
+
+    adapter = CrossAdapter(clip_dim=8, llm_dim=4, num_heads=2)
+    adapter.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "gated" not in config
+    (tmp_path / "config.json").write_text(json.dumps({**config, "gated": False}))
+    loaded = CrossAdapter.from_pretrained(tmp_path)
+    assert "gated" not in loaded.config and loaded.config.num_heads == 2
+    (tmp_path / "config.json").write_text(json.dumps({**config, "gated": True}))
+    with pytest.raises(ValueError, match="gated=True, a research variant that left llm4gen in 0.2"):
+        CrossAdapter.from_pretrained(tmp_path)

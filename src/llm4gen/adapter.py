@@ -8,10 +8,6 @@ One layer reads, top to bottom (B = batch, Tc = CLIP tokens, Tl = LLM tokens, Dc
     h   = h + out_proj(softmax(q k^T / sqrt(d_head)) v)       # multi-head cross-attention + residual
     h   = h + ffn(ffn_norm(h))                                # pre-LN FFN with QuickGELU + residual
 
-With ``gated=True`` each layer scales its two branches by learnt scalar gates, ``h = h + tanh(a) * out_proj(...)``
-and ``h = h + tanh(f) * ffn(...)``, both starting at 0 (as Flamingo's gated cross-attention): a new gated adapter
-starts as a plain projection of the LLM tokens and learns how much of the CLIP fusion to let in.
-
 After the last layer the module returns ``concat(clip, scale * h)`` (``concat_order="clip_first"``), i.e.
 ``[B, Tc + Tl, Dc]`` prompt embeddings for the UNet's cross-attention. ``scale`` is the paper's balance factor λ.
 
@@ -53,8 +49,6 @@ class CrossAdapterConfig:
         ffn_mult: the FFN's hidden width is ``ffn_mult * clip_dim``.
         scale: the balance factor λ multiplying the LLM branch before concatenation.
         concat_order: ``"clip_first"`` (as the authors' code: CLIP tokens, then LLM tokens) or ``"llm_first"``.
-        gated: scale each layer's attention and FFN branches by ``tanh`` of a learnt scalar that starts at 0 (not in
-            the paper; the authors' CAM is ``gated=False``).
     """
 
     clip_dim: int = 768
@@ -64,7 +58,6 @@ class CrossAdapterConfig:
     ffn_mult: int = 4
     scale: float = 1.0
     concat_order: str = "clip_first"
-    gated: bool = False
 
     def __post_init__(self) -> None:
         for name in ("clip_dim", "llm_dim", "num_heads", "num_layers", "ffn_mult"):
@@ -80,8 +73,6 @@ class CrossAdapterConfig:
             raise ValueError(
                 f"CrossAdapterConfig.concat_order must be one of {CONCAT_ORDERS}, got {self.concat_order!r}."
             )
-        if not isinstance(self.gated, bool):
-            raise ValueError(f"CrossAdapterConfig.gated must be true or false, got {self.gated!r}.")
         self.scale = _check_scale(self.scale, "CrossAdapterConfig.scale")
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,9 +110,9 @@ class QuickGELU(nn.Module):
 
 
 class CrossFusionLayer(nn.Module):
-    """One CAM layer: LLM tokens (queries) attend to CLIP tokens (keys/values), then an FFN (optionally gated)."""
+    """One CAM layer: LLM tokens (queries) attend to CLIP tokens (keys/values), then an FFN."""
 
-    def __init__(self, in_dim: int, dim: int, num_heads: int, ffn_mult: int, gated: bool = False) -> None:
+    def __init__(self, in_dim: int, dim: int, num_heads: int, ffn_mult: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -136,11 +127,6 @@ class CrossFusionLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim * ffn_mult), QuickGELU(), nn.Linear(dim * ffn_mult, dim))
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             nn.init.trunc_normal_(proj.weight, std=0.02)
-        if gated:  # tanh(0) = 0: the layer starts as llm_proj alone
-            self.attn_gate = nn.Parameter(torch.zeros(1))
-            self.ffn_gate = nn.Parameter(torch.zeros(1))
-        else:
-            self.attn_gate = self.ffn_gate = None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -148,8 +134,8 @@ class CrossFusionLayer(nn.Module):
 
     def branches(self, clip_embeds: torch.Tensor, llm_tokens: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three terms whose sum is the layer's output: the projected input and the (gated) attention and FFN
-        branches added to it."""
+        """The three terms whose sum is the layer's output: the projected input and the attention and FFN branches
+        added to it."""
         h = self.llm_proj(llm_tokens)
         clip_n = self.clip_norm(clip_embeds)
         q = self._heads(self.q_proj(self.llm_norm(h)))
@@ -158,11 +144,7 @@ class CrossFusionLayer(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d_head)) v, no mask on CLIP tokens
         b, _, t, _ = attn.shape
         attn = self.out_proj(attn.transpose(1, 2).reshape(b, t, -1))
-        if self.attn_gate is not None:
-            attn = torch.tanh(self.attn_gate) * attn
         ffn = self.ffn(self.ffn_norm(h + attn))
-        if self.ffn_gate is not None:
-            ffn = torch.tanh(self.ffn_gate) * ffn
         return h, attn, ffn
 
     def forward(self, clip_embeds: torch.Tensor, llm_tokens: torch.Tensor) -> torch.Tensor:
@@ -203,8 +185,7 @@ class CrossAdapter(ModelMixin, ConfigMixin):
         cfg = CrossAdapterConfig(*args, **kwargs)
         self.adapter_config = cfg
         self.layers = nn.ModuleList(
-            CrossFusionLayer(cfg.llm_dim if i == 0 else cfg.clip_dim, cfg.clip_dim, cfg.num_heads, cfg.ffn_mult,
-                             cfg.gated)
+            CrossFusionLayer(cfg.llm_dim if i == 0 else cfg.clip_dim, cfg.clip_dim, cfg.num_heads, cfg.ffn_mult)
             for i in range(cfg.num_layers)
         )
 
@@ -212,21 +193,24 @@ class CrossAdapter(ModelMixin, ConfigMixin):
     def from_adapter_config(cls, config: CrossAdapterConfig) -> CrossAdapter:
         return cls(**config.to_dict())
 
-    def gate_values(self) -> list[dict[str, float]]:
-        """Per layer, ``tanh`` of the attention and FFN gates (what multiplies each branch); 1.0 when not gated."""
-        def value(gate: nn.Parameter | None) -> float:
-            return 1.0 if gate is None else float(torch.tanh(gate.detach()).item())
-
-        return [{"attention": value(layer.attn_gate), "ffn": value(layer.ffn_gate)} for layer in self.layers]
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """diffusers' reading of a saved ``config.json``, which refuses the gated CAM of llm4gen 0.1 by name
+        (``gated: false``, which 0.1 wrote into every adapter's config, means the CAM this class is)."""
+        if config_dict.get("gated"):
+            raise ValueError(
+                "This CrossAdapter was saved with gated=True, a research variant that left llm4gen in 0.2 (tried on "
+                "ShapesWorld and not adopted: research/shapesworld/gated-cam.md); its gates would be dropped "
+                "silently here. Load it with llm4gen 0.1 (commit 9537f8b), or train an ungated adapter."
+            )
+        return super().extract_init_dict({k: v for k, v in config_dict.items() if k != "gated"}, **kwargs)
 
     @torch.no_grad()
     def branch_rms(self, clip_embeds: torch.Tensor, llm_embeds: torch.Tensor,
                    llm_mask: torch.Tensor | None = None) -> list[dict[str, float]]:
         """Per layer, the root-mean-square size over the real LLM tokens (``llm_mask`` 1; all when None) of the
-        three terms the layer adds up: ``input`` (``llm_proj``), ``attention`` and ``ffn`` (after their gates).
-
-        A gate at 0.1 need not mean a branch at a tenth of its size: training can grow the branch's weights instead,
-        which this shows."""
+        three terms the layer adds up: ``input`` (``llm_proj``), ``attention`` and ``ffn``: how much of each token's
+        fused feature comes from the LLM alone and how much from reading CLIP's tokens."""
         self._check_inputs(clip_embeds, llm_embeds, llm_mask)
         keep = (torch.ones(llm_embeds.shape[:2], dtype=torch.bool, device=llm_embeds.device) if llm_mask is None
                 else llm_mask.to(device=llm_embeds.device).bool())
@@ -237,17 +221,6 @@ class CrossAdapter(ModelMixin, ConfigMixin):
                          for name, t in zip(("input", "attention", "ffn"), terms)})
             h = sum(terms)
         return rows
-
-    def with_gates(self) -> CrossAdapter:
-        """A gated copy of this ungated adapter: the same weights, and gates at 0 (so its layers start as
-        ``llm_proj`` alone and training decides how much of each branch to let back in)."""
-        if self.adapter_config.gated:
-            raise ValueError("This CrossAdapter is already gated.")
-        gated = type(self).from_adapter_config(dataclasses.replace(self.adapter_config, gated=True))
-        nn.Module.to(gated, device=self.device, dtype=self.dtype)  # before loading, so no weight is rounded
-        missing, unexpected = gated.load_state_dict(self.state_dict(), strict=False)
-        assert not unexpected and all(k.endswith(("attn_gate", "ffn_gate")) for k in missing), (missing, unexpected)
-        return gated
 
     def set_scale(self, scale: float) -> None:
         """Set the balance factor λ that multiplies the LLM branch (the trained value is in ``config.scale``).

@@ -128,7 +128,6 @@ class Example:
     load_image: Callable[[], Image.Image]  # called only when the latent is not cached
     caption: str
     key: str  # identifies the image content for the latent cache
-    scene: Any = None  # ShapesWorld's scene graph (object positions), for entity_loss_grounding
 
 
 class ImageFolderSource:

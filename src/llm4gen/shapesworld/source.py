@@ -32,7 +32,7 @@ class ShapesSource:
         key = f"shapesworld|{self.cfg.split}|{self.cfg.seed}|{index}|{c.size}|{c.caption_style}"  # the image only
         if (c.min_objects, c.max_objects) != (1, 4):  # other scenes; the default keeps the keys of earlier caches
             key += f"|objects={c.min_objects}-{c.max_objects}"
-        return Example(lambda: render_scene(scene, c.size), caption, key, scene)
+        return Example(lambda: render_scene(scene, c.size), caption, key)
 
     def drops_count(self, index: int) -> bool:
         """Whether item ``index`` loses its stated object count (``data.drop_count_sentence``); a draw of its own,

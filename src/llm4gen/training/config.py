@@ -90,7 +90,6 @@ class TrainConfig:
     entity_loss_max_resolution: int = 16  # cross-attention maps at or below this side length are used
     entity_parser: str = "rule"  # rule (documented lexicon rule) | spacy (dependency parse; llm4gen[spacy])
     entity_loss_negatives: bool = False  # also push apart the maps of mentions naming different colours
-    entity_loss_grounding: bool = False  # ShapesWorld: also pull each mention's attention onto its object
     entity_loss_tokens: str = "auto"  # whose maps: auto (the LLM's; CLIP's without one) | llm | clip | both
     # frozen-feature cache
     cache_dir: str | None = None
@@ -147,10 +146,6 @@ class TrainConfig:
             (self.entity_loss_weight >= 0, "entity_loss_weight must be >= 0 (0 disables it)."),
             (not self.entity_loss_negatives or self.entity_loss_weight > 0,
              "entity_loss_negatives needs entity_loss_weight > 0 (the push term is part of the entity loss)."),
-            (not self.entity_loss_grounding or self.entity_loss_weight > 0,
-             "entity_loss_grounding needs entity_loss_weight > 0 (the grounding term is part of the entity loss)."),
-            (not self.entity_loss_grounding or self.data.type == "shapesworld",
-             "entity_loss_grounding needs to know where each object is: use data.type: shapesworld."),
             (self.entity_loss_tokens in ENTITY_LOSS_TOKENS,
              f"entity_loss_tokens must be one of {ENTITY_LOSS_TOKENS}, got {self.entity_loss_tokens!r}."),
             (self.llm or self.entity_loss_tokens not in ("llm", "both"),

@@ -15,14 +15,8 @@ the ball. It is also zero when every token attends everywhere alike, which binds
 
     L_push = mean_{l, (i, j)}  1 - 1/2 * sum_xy | P_i(x, y) - P_j(x, y) |      in [0, 1]
 
-which is zero only when the two objects' tokens attend to disjoint places. Disjoint is not the same as *on the
-object*; when the data says where each object is (ShapesWorld scenes), ``entity_loss_grounding`` adds
-
-    L_ground = mean_{l, mentions m, tokens t of m}  1 - sum_xy P_t(x, y) * C_m(x, y)      in [0, 1]
-
-with ``C_m`` the fraction of each attention cell inside m's object (``llm4gen.shapesworld.world.object_cover``): zero
-when every word of a mention attends only inside its object. The training loss is
-``L_diffusion + entity_loss_weight * (L_entity [+ L_push] [+ L_ground])``.
+which is zero only when the two objects' tokens attend to disjoint places. The training loss is
+``L_diffusion + entity_loss_weight * (L_entity [+ L_push])``.
 """
 
 from __future__ import annotations
@@ -33,10 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .._compat import moved_attributes
-from ..attention import cover_share, grid_side
-from ..shapesworld.world import object_cover
 
-__all__ = ["diffusion_loss", "entity_loss", "grounding_loss", "timestep_weights", "token_tv"]
+__all__ = ["diffusion_loss", "entity_loss", "timestep_weights", "token_tv"]
 
 # names that lived here before 0.2 (llm4gen._compat)
 __getattr__ = moved_attributes(__name__, dict.fromkeys(
@@ -136,27 +128,3 @@ def entity_loss(maps: list[torch.Tensor], pairs: list[list[tuple[int, int]]],
         if neg:
             total = total + (1.0 - token_tv(m, neg, eps)).mean()
     return total / len(maps)
-
-
-def grounding_loss(maps: list[torch.Tensor], groundings: list[list[tuple[list[int], Any]]],
-                   eps: float = 1e-8) -> torch.Tensor:
-    """The grounding term above. ``maps``: per layer ``[B, HW, T]`` attention probabilities (square grids);
-    ``groundings[b]``: (token positions, scene object) for sample ``b``'s mentions. Returns 0 with nothing to ground."""
-    device = maps[0].device if maps else torch.device("cpu")
-    rows = [(b, t, obj) for b, found in enumerate(groundings) for tokens, obj in found for t in tokens]
-    if not maps or not rows:
-        return torch.zeros((), device=device)
-    total = torch.zeros((), device=device)
-    stacked: dict[int, torch.Tensor] = {}  # side -> [R, HW]: layers of one resolution share their covers
-    for m in maps:
-        side = grid_side(m, "grounding_loss")
-        if side not in stacked:
-            covers: dict[int, torch.Tensor] = {}
-            for _, _, obj in rows:
-                if id(obj) not in covers:
-                    covers[id(obj)] = torch.from_numpy(object_cover(obj, side))
-            stacked[side] = torch.stack([covers[id(obj)] for _, _, obj in rows]).to(device)
-        total = total + (1.0 - cover_share(m, [(b, t) for b, t, _ in rows], stacked[side], eps)).mean()
-    return total / len(maps)
-
-

@@ -37,12 +37,11 @@ from ..feature_cache import FeatureCache, model_fingerprint
 from ..images import make_grid
 from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 from ..prompt_words import token_bindings
-from ..shapesworld.mentions import scene_mentions
 from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
 from .config import TrainConfig
 from .data import batch_indices, step_generator
-from .losses import diffusion_loss, entity_loss, grounding_loss, timestep_weights
+from .losses import diffusion_loss, entity_loss, timestep_weights
 
 __all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
 
@@ -148,14 +147,12 @@ def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter
 
 
 def _apply_adapter_settings(adapter: CrossAdapter, settings: dict, path: str) -> CrossAdapter:
-    """``adapter:`` settings on top of an ``adapter_init`` adapter: equal values are fine, ``scale`` sets λ,
-    ``gated: true`` adds gates (at 0) to an ungated adapter; any other difference cannot apply to trained weights."""
+    """``adapter:`` settings on top of an ``adapter_init`` adapter: equal values are fine, ``scale`` sets λ; any
+    other difference cannot apply to trained weights."""
     loaded = adapter.config
     for key, value in settings.items():
         if key == "scale":
             adapter.set_scale(value)
-        elif key == "gated" and value is True and not loaded.gated:
-            adapter = adapter.with_gates()
         elif value != loaded[key]:
             raise ValueError(
                 f"adapter.{key}={value!r} but adapter_init {path!r} was trained with {key}={loaded[key]!r}: the "
@@ -458,13 +455,12 @@ class TokenSpace:
     limit: int
 
 
-def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = "rule", negatives: bool = False,
-                   scenes: list[Any] | None = None) -> tuple[list, list | None, list | None]:
-    """Per caption, the entity loss's token pairs, push pairs (with ``negatives``) and grounded mentions (with
-    ``scenes``: ``(token positions, scene object)``), all in fused-sequence positions, pooled over ``spaces``."""
+def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = "rule", negatives: bool = False
+                   ) -> tuple[list, list | None]:
+    """Per caption, the entity loss's token pairs and push pairs (with ``negatives``), in fused-sequence positions,
+    pooled over ``spaces``."""
     pairs: list[list[tuple[int, int]]] = [[] for _ in captions]
     pushed: list[list[tuple[int, int]]] | None = [[] for _ in captions] if negatives else None
-    grounded: list[list[tuple[list[int], Any]]] | None = [[] for _ in captions] if scenes is not None else None
     for sp in spaces:
         # truncated to the window as the encoder was, so the last slot holds its end token, not a word
         offsets = sp.tokenizer([sp.prefix + c for c in captions], return_offsets_mapping=True, truncation=True,
@@ -474,11 +470,7 @@ def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = 
             pairs[i] += _fused_positions(p, sp.shift, sp.limit)
             if pushed is not None:
                 pushed[i] += _fused_positions(n, sp.shift, sp.limit)
-            if grounded is not None:
-                scene = scenes[i]
-                grounded[i] += [([t + sp.shift for t in tokens], scene.objects[k])
-                                for tokens, k in scene_mentions(c, scene, o, len(sp.prefix), sp.limit)]
-    return pairs, pushed, grounded
+    return pairs, pushed
 
 
 def train(
@@ -681,12 +673,9 @@ def train(
                         loss = loss_d
                         if store is not None:
                             spaces = loss_token_spaces(llm_feats.shape[1] if llm is not None else 0)
-                            pairs, negatives, grounded = entity_targets(
-                                captions, list(spaces.values()), cfg.entity_parser, cfg.entity_loss_negatives,
-                                [ex.scene for ex in examples] if cfg.entity_loss_grounding else None)
+                            pairs, negatives = entity_targets(
+                                captions, list(spaces.values()), cfg.entity_parser, cfg.entity_loss_negatives)
                             loss_e = entity_loss(store.maps, pairs, negatives)
-                            if grounded is not None:
-                                loss_e = loss_e + grounding_loss(store.maps, grounded)
                             loss = loss + cfg.entity_loss_weight * loss_e
                             parts["entity"] += loss_e.item() / A
                             store.active = False
@@ -719,8 +708,6 @@ def train(
                           "loss_entity": parts["entity"], "lr": lr_scheduler.get_last_lr()[0],
                           "samples_per_s": round(sps, 2), "llm_truncated": feats.truncated,
                           "elapsed_s": round(time.time() - t_start, 1)}
-                if raw.adapter is not None and raw.adapter.config.gated:
-                    record["adapter_gates"] = raw.adapter.gate_values()
                 with open(logs, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
