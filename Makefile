@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: test demo install lint clean browser
+.PHONY: test test-research demo install lint clean browser
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The research probes' tests (research/shapesworld/*.py), kept out of `make test`, which covers the product
+test-research: $(STAMP)
+	$(PY) -m pytest -q -m research
 
 # Best effort: Debian's chromium + chromedriver for the web app's browser test (never fails; the test skips with
 # the reason when no browser can be installed).
@@ -34,7 +38,7 @@ demo: $(STAMP)
 	$(VENV)/bin/llm4gen demo --out outputs/demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks research
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

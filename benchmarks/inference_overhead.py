@@ -24,7 +24,6 @@ ratios against plain SD measured in the same run, and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -202,13 +201,15 @@ def time_unet_step(unet, latent: int, token_counts: dict[str, int], rounds: int)
 
 
 def main() -> None:
+    from llm4gen.utils import write_report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny, and sd15 at 128 px, 2 steps, 1 repeat")
     parser.add_argument("--sizes", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=512, help="sd15 image size (tiny is always 32)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="benchmarks/results/inference_overhead.json")
+    parser.add_argument("--json", default="runs/benchmarks/inference_overhead.json")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.resolution, args.repeats = 2, 128, 1
@@ -241,7 +242,7 @@ def main() -> None:
             steps_table.add_row(name, str(m["tokens"]), f"{m['median_s']:.4f}", f"{100 * m['overhead_vs_plain']:+.1f}%")
         console.print(steps_table)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(Path(args.json), report)
     print(f"wrote {args.json}")
 
 

@@ -111,10 +111,12 @@ def gpu_offload(size: str) -> dict:  # pragma: no cover - needs a CUDA GPU
 
 
 def main() -> None:
+    from llm4gen.utils import write_report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the base size")
     parser.add_argument("--size", choices=sorted(SIZES), default="large")
-    parser.add_argument("--json", default="benchmarks/results/llm_memory.json")
+    parser.add_argument("--json", default="runs/benchmarks/llm_memory.json")
     args = parser.parse_args()
     size = "base" if args.quick else args.size
 
@@ -147,7 +149,7 @@ def main() -> None:
     report = {"benchmark": "llm_memory", "size": size, "machine": platform.platform(), "runtime": runtime,
               "cpu_modes": modes, "gpu": gpu}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(Path(args.json), report)
     print(f"wrote {args.json}")
 
 

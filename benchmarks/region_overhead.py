@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import tempfile
@@ -159,7 +158,7 @@ def main() -> None:
     ap.add_argument("--guide-steps", type=int, default=10, help="region guidance's guided steps (the first ones)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1], help="images per call")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", default="benchmarks/results/region_overhead.json")
+    ap.add_argument("--json", default="runs/benchmarks/region_overhead.json")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.model, args.resolution, args.steps, args.guide_steps = ["tiny"], None, 32, 4, 2
@@ -182,7 +181,7 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
               "prompt": PROMPT, "models": {}}
     console = Console(width=140)
-    from llm4gen.utils import quiet_library_notices
+    from llm4gen.utils import quiet_library_notices, write_report
 
     for size in [args.model] if args.model else args.sizes:
         with tempfile.TemporaryDirectory(prefix="llm4gen-regions-") as tmp:
@@ -205,7 +204,7 @@ def main() -> None:
                               f"{m['mean_abs_change_vs_unguided']:.4f}")
         console.print(table)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(Path(args.json), report)
     print(f"wrote {args.json}")
 
 

@@ -19,7 +19,6 @@ measured in the same run and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -79,12 +78,14 @@ def run(base: str, out: Path, steps: int, batch: int, cache: str | None, checkpo
 
 
 def main() -> None:
+    from llm4gen.utils import write_report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 steps per mode (about 2 minutes here)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--text-encoder", default=None, help="a trained small-CLIP text_encoder folder (optional)")
-    parser.add_argument("--json", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--json", default="runs/benchmarks/train_throughput.json")
     args = parser.parse_args()
     steps = 8 if args.quick else args.steps
 
@@ -114,7 +115,7 @@ def main() -> None:
     report = {"benchmark": "train_throughput", "steps": steps, "batch": args.batch, "threads": torch.get_num_threads(),
               "machine": platform.platform(), "torch": torch.__version__, "modes": modes}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_report(Path(args.json), report)
     print(f"wrote {args.json}")
 
 

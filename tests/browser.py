@@ -1,7 +1,7 @@
 """Drive the web app in a real browser: headless Chromium through Selenium (test tooling, not part of the package).
 
-The browser test (test_app_browser.py) uses :func:`drive_browser`; run as a script, this file retakes the README's
-screenshot of the app::
+The browser test (test_app_browser.py) uses :func:`drive_browser`; run as a script, this file retakes the
+screenshot of the app in docs/usage.md::
 
     python tests/browser.py --out docs/app_screenshot.png             # the bundled model, its defaults
     python tests/browser.py --model DIR --steps 25 --out page.png     # any LLM4GEN folder

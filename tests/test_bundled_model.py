@@ -2,8 +2,8 @@
 
 The floors below sit under what this 24-prompt run measured when the model was packaged (MEASURED) by a margin of
 about two prompts' worth (the runs are deterministic on one machine; the margin absorbs BLAS differences elsewhere),
-and far above what an untrained or broken model scores (0-15% on these metrics, see the README), so a damaged
-checkpoint, a changed scheduler or a pipeline regression fails here.
+and far above what an untrained or broken model scores (0-15% on these metrics: research/shapesworld/history.md), so a
+damaged checkpoint, a changed scheduler or a pipeline regression fails here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MARGIN = 0.10
 
 
 def test_bundled_model_is_small_and_self_describing():
-    assert (MODEL / "model_index.json").is_file(), "models/default is missing: see the README's bundled-model section"
+    assert (MODEL / "model_index.json").is_file(), "models/default is missing: see docs/shapesworld.md"
     index = json.loads((MODEL / "model_index.json").read_text())
     assert index["_class_name"] == "LLM4GenPipeline" and index["scheduler"][1] == "DPMSolverMultistepScheduler"
     sched = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
@@ -76,58 +76,10 @@ def test_bundled_llm4gen_arm_beats_its_clip_only_twin(quality, metric):
     assert llm - base >= MIN_GAIN[metric], f"{metric}: llm4gen {llm:.3f} vs base {base:.3f}"
 
 
-def test_wilson_interval_matches_known_values():
-    from test_diagnostics import _load_script
-
-    wilson = _load_script("demo_seeds").wilson
-    # textbook values of the 95% Wilson score interval
-    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert wilson(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
-    assert wilson(20, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)
-
-
-def test_demo_seeds_scores_every_seed_as_its_own_call_would(tmp_path, monkeypatch, capsys):
-    """benchmarks/demo_seeds.py on the bundled model (2 seeds, 4 steps): a row per prompt, arm and seed; the summary
-    counts them; and seed 1's regions image scores what a call for seed 1 alone scores (one generator per image)."""
-    import torch
-
-    from llm4gen import LLM4GenPipeline
-    from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
-    from llm4gen.shapesworld.bench import planned_regions
-    from llm4gen.shapesworld.scorer import score_image
-    from test_diagnostics import _run_script
-
-    if not (MODEL / "base_unet" / "config.json").is_file():
-        pytest.skip("models/default is missing")
-    out = tmp_path / "ds.json"
-    _run_script("demo_seeds", monkeypatch, "--seeds", "2", "--steps", "4", "--grid-seeds", "2", "--out", str(out))
-    report = json.loads(out.read_text())
-    arms = ["base", "llm4gen", "llm4gen + regions"]
-    assert list(report["summary"]) == ["0", "1", "2"] and out.with_suffix(".png").stat().st_size > 0
-    for i, per_arm in report["results"].items():
-        assert list(per_arm) == arms
-        for name, rows in per_arm.items():
-            assert [r["seed"] for r in rows] == [0, 1]
-            s = report["summary"][i][name]
-            assert s["all_correct_seeds"] == sum(int(r["all_correct"]) for r in rows) and s["seeds"] == 2
-            assert s["binding"] == pytest.approx(sum(r["binding"] for r in rows) / 2)
-    pipe = LLM4GenPipeline.from_pretrained(MODEL)
-    pipe.set_progress_bar_config(disable=True)
-    prompt = DEMO_PROMPTS[2]
-    alone = pipe(prompt, num_inference_steps=4, guidance_scale=report["guidance"], regions=planned_regions(prompt),
-                 generator=torch.Generator().manual_seed(1)).images[0]
-    row = report["results"]["2"]["llm4gen + regions"][1]
-    found = score_image(alone, DEMO_SCENES[2])["found"]  # batched vs alone: BLAS may move a pixel, not an object
-    assert [(d["colour"], d["shape"], d["size"]) for d in found] == [(d["colour"], d["shape"], d["size"])
-                                                                      for d in row["found"]]
-    assert [v for d in found for v in (d["x"], d["y"])] == pytest.approx(
-        [v for d in row["found"] for v in (d["x"], d["y"])], abs=0.02)
-    assert "all-correct" in capsys.readouterr().out
-
-
 # `llm4gen demo`'s regions column (region guidance + mask at the pipeline's defaults, boxes planned from the words):
 # wholly right images of the first 4 seeds per demo prompt, by the scorer with prototypes that read soft stars right,
-# as benchmarks/demo_seeds.py --scorer-prototypes smooth measured them (README: 20, 15, 13 of 20 seeds)
+# as research/shapesworld/demo_seeds.py --scorer-prototypes smooth measured them (20, 15, 13 of 20 seeds:
+# research/shapesworld/demo-seeds.md)
 DEMO_MEASURED = [4, 3, 3]
 
 

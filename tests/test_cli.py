@@ -235,7 +235,7 @@ def test_bench_quality_command(tmp_path, monkeypatch, tiny_sd_dir):
     assert "not a fair base" in result.output
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "v"), "--split", "val"])
     assert result.exit_code != 0 and "split must be one of" in result.output
-    assert report["config"]["scorer_prototypes"] == "auto"  # every README table's scorer
+    assert report["config"]["scorer_prototypes"] == "auto"  # every published table's scorer
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "v"), "--scorer-prototypes", "blurred"])
     assert result.exit_code != 0 and "scorer_prototypes must be one of" in result.output
     result = runner.invoke(app, ["bench", "quality", "--out", str(tmp_path / "s"), "--prompts", "3", "--steps", "2",

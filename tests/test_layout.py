@@ -140,9 +140,9 @@ def test_demo_prompts_plan_the_cells_their_words_name():
 
 
 def test_demo_scenes_are_what_the_demo_prompts_ask_for():
-    """DEMO_SCENES (what benchmarks/demo_seeds.py scores the demo's images against): per prompt the objects it names,
-    each centred in the cell its planned region boxes, with its size and colour words and the prompt's relation; a
-    rendering of each scene scores all-correct (the renderer and the scorer agree it is a valid scene)."""
+    """DEMO_SCENES (what research/shapesworld/demo_seeds.py scores the demo's images against): per prompt the objects
+    it names, each centred in the cell its planned region boxes, with its size and colour words and the prompt's
+    relation; a rendering of each scene scores all-correct (the renderer and the scorer agree it is a valid scene)."""
     from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
     from llm4gen.shapesworld.bench import planned_regions
     from llm4gen.shapesworld.scorer import cell_box, score_image

@@ -564,66 +564,6 @@ def test_region_arm_guides_only_prompts_with_regions(tiny_pipe):
     assert arm.scheduler is tiny_pipe.scheduler
 
 
-def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeypatch, capsys):
-    import json
-    import shutil
-
-    import llm4gen.regions
-    from llm4gen.tiny import build_tiny_pipeline
-    from test_diagnostics import _run_script
-
-    model = tmp_path / "model"
-    build_tiny_pipeline(llm_max_length=256, work_dir=tmp_path / "parts").save_pretrained(model)
-    shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
-    out = tmp_path / "rg.json"
-    mask_steps = []
-
-    class Recorded(llm4gen.regions.RegionMask):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            mask_steps.append(self.steps)
-
-    monkeypatch.setattr(llm4gen.regions, "RegionMask", Recorded)
-    _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
-                "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
-                "--out", str(out), "--boxes", "scene", "planned", "--methods", "guide", "mask", "--mask-steps", "3")
-    report = json.loads(out.read_text())
-    assert report["mask_steps"] == 3 and mask_steps == [3] * 4  # the four mask arms, one batch each
-    run = json.loads((tmp_path / "work" / "results.json").read_text())
-    assert report["arms"] == ["base", "base + regions", "base + regions (mask)", "base + planned regions",
-                              "base + planned regions (mask)", "llm4gen", "llm4gen + regions",
-                              "llm4gen + regions (mask)", "llm4gen + planned regions",
-                              "llm4gen + planned regions (mask)"]
-    assert out.with_suffix(".png").stat().st_size > 0 and "llm4gen + regions - llm4gen" in capsys.readouterr().out
-    for name, (before, after) in {"llm4gen + regions - llm4gen": ("llm4gen", "llm4gen + regions"),
-                                  "base + regions - base": ("base", "base + regions"),
-                                  "llm4gen + regions - base + regions": ("base + regions", "llm4gen + regions"),
-                                  "llm4gen + planned regions - llm4gen": ("llm4gen", "llm4gen + planned regions"),
-                                  "llm4gen + planned regions - llm4gen + regions": ("llm4gen + regions",
-                                                                                    "llm4gen + planned regions"),
-                                  "llm4gen + regions (mask) - llm4gen": ("llm4gen", "llm4gen + regions (mask)"),
-                                  "llm4gen + planned regions (mask) - llm4gen + planned regions": (
-                                      "llm4gen + planned regions", "llm4gen + planned regions (mask)"),
-                                  "llm4gen + planned regions (mask) - llm4gen + regions (mask)": (
-                                      "llm4gen + regions (mask)", "llm4gen + planned regions (mask)"),
-                                  }.items():
-        for metric in ("colour", "count", "all_correct"):
-            want = np.mean([b[metric] - a[metric] for a, b in zip(run["results"][before], run["results"][after])])
-            assert report["differences"][name]["all"][metric]["mean"] == pytest.approx(want), (name, metric)
-    # the guidance changed the llm4gen arm's images (the tiny CLIP reads characters: its 77-token window ends before
-    # these dense captions name their objects, so the base arm has nothing to guide)
-    for arm in ("llm4gen + regions", "llm4gen + regions (mask)"):
-        assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
-            (tmp_path / "work" / arm / "00000.png").read_bytes()
-    # the planner's regions (words alone) cover at least the scene's: every object these captions name
-    assert report["regions"]["planned"] >= report["regions"]["scene"] > 0
-    with pytest.raises(SystemExit, match="--mask-steps must be >= 0"):
-        _run_script("region_guidance", monkeypatch, "--model", str(model), "--mask-steps", "-1")
-    with pytest.raises(SystemExit, match="no base arm"):
-        shutil.rmtree(model / "base_unet")
-        _run_script("region_guidance", monkeypatch, "--model", str(model), "--out", str(out))
-
-
 def test_region_guidance_moves_the_bundled_models_objects_into_their_boxes():
     """On the bundled model, boxes for the demo's first prompt put each object in its corner in every one of four
     images; without them the same noise misses at least once (the scorer finds objects by colour and shape)."""
@@ -661,7 +601,7 @@ def test_region_overhead_benchmark_times_each_mode_with_what_it_names(tmp_path, 
 
     import llm4gen.regions
     from llm4gen import LLM4GenPipeline
-    from test_diagnostics import _run_script
+    from scripts import run_script
 
     calls: list[list[str]] = []
 
@@ -685,7 +625,7 @@ def test_region_overhead_benchmark_times_each_mode_with_what_it_names(tmp_path, 
     monkeypatch.setattr(llm4gen.regions, "RegionGuidance", CountedGuidance)
     monkeypatch.setattr(LLM4GenPipeline, "__call__", call)
     out = tmp_path / "ro.json"
-    _run_script("region_overhead", monkeypatch, "--sizes", "tiny", "--resolution", "32", "--steps", "3",
+    run_script("benchmarks/region_overhead", monkeypatch, "--sizes", "tiny", "--resolution", "32", "--steps", "3",
                 "--guide-steps", "2", "--batch", "1", "2", "--repeats", "1", "--json", str(out))
     # per batch size: a warm-up call and one timed round, each mode in turn
     per_mode = [[], ["guide", "guide"], ["mask"], ["mask", "guide", "guide"]]
@@ -713,14 +653,15 @@ def test_region_overhead_benchmark_times_each_mode_with_what_it_names(tmp_path, 
     (["--batch", "0"], "must be >= 1"),
 ])
 def test_region_overhead_benchmark_names_bad_settings(args, match, tmp_path, monkeypatch):
-    from test_diagnostics import _run_script
+    from scripts import run_script
 
     with pytest.raises(SystemExit, match=match):
-        _run_script("region_overhead", monkeypatch, "--steps", "2", "--json", str(tmp_path / "x.json"), *args)
+        run_script("benchmarks/region_overhead", monkeypatch, "--steps", "2", "--json", str(tmp_path / "x.json"), *args)
 
 
 def test_every_entry_point_defaults_to_the_same_region_guidance_step():
-    """The README's measured default (RMS 0.05, chosen with the mask on) is what each way in uses when not told."""
+    """The measured default (RMS 0.05, chosen with the mask on: research/shapesworld/region-guidance.md) is what each
+    way in uses when not told."""
     import inspect
     import re
     from pathlib import Path
@@ -738,6 +679,6 @@ def test_every_entry_point_defaults_to_the_same_region_guidance_step():
         "RegionArm": inspect.signature(RegionArm).parameters["scale"].default,
         "llm4gen generate": inspect.signature(generate).parameters["region_scale"].default.default,
     }
-    script = (Path(__file__).parents[1] / "benchmarks" / "region_guidance.py").read_text()
+    script = (Path(__file__).parents[1] / "research" / "shapesworld" / "region_guidance.py").read_text()
     defaults["region_guidance.py"] = float(re.search(r'"--scale", type=float, default=([0-9.]+)', script).group(1))
     assert defaults == {name: 0.05 for name in defaults}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -417,7 +418,7 @@ def test_compare_runs_pairs_one_arm_across_two_runs_by_hand(tmp_path):
     a.write_text(json.dumps(before))
     b.write_text(json.dumps(after))
     out = tmp_path / "cmp.json"
-    script = [sys.executable, "benchmarks/compare_quality.py"]
+    script = [sys.executable, "research/shapesworld/compare_quality.py"]
     done = subprocess.run([*script, str(a), str(b), "--bootstrap", "200", "--out", str(out)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
@@ -525,3 +526,41 @@ def test_progress_iter_yields_everything_in_order_without_a_helper_thread():
     assert seen == list(range(50)) and set(threads) == {before}
     assert list(progress_iter(iter("abc"), "letters")) == ["a", "b", "c"]  # no len(): an open-ended bar
     assert threading.active_count() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from llm4gen.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("arms")
+    build_tiny_pipeline(llm_max_length=256, llm_padding="max_length", work_dir=root / "work").save_pretrained(
+        root / "model")
+    return root / "model"
+
+
+def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_folder, tmp_path):
+    from llm4gen.shapesworld.arms import load_with_tokenizers
+
+    pipe, clip_tok, llm_tok = load_with_tokenizers(tiny_folder)
+    assert clip_tok.is_fast and llm_tok.is_fast and llm_tok is pipe.llm_encoder.tokenizer
+    assert clip_tok("a red circle")["input_ids"] == pipe.tokenizer("a red circle")["input_ids"]
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_with_tokenizers(tmp_path)
+
+
+def test_denoiser_arms_gives_the_llm4gen_arm_and_the_base_arm_where_saved(tiny_folder, tmp_path):
+    from llm4gen.shapesworld.arms import denoiser_arms
+
+    pipe, arms = denoiser_arms(tiny_folder)
+    assert list(arms) == ["llm4gen"]
+    model, reads_llm = arms["llm4gen"]
+    assert reads_llm and model.unet is pipe.unet and model.adapter is pipe.adapter and not model.training
+    with_base = tmp_path / "with-base"
+    shutil.copytree(tiny_folder, with_base)
+    pipe.unet.save_pretrained(with_base / "base_unet")
+    _, arms = denoiser_arms(with_base)
+    base, reads_llm = arms["base (CLIP only)"]
+    assert list(arms) == ["llm4gen", "base (CLIP only)"] and not reads_llm and base.adapter is None
+    assert not base.training and base.unet is not arms["llm4gen"][0].unet
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        denoiser_arms(tmp_path / "nowhere")

@@ -188,7 +188,7 @@ def test_score_folder_and_cli(tmp_path):
 def test_smooth_prototypes_read_blurred_noise_free_shapes_that_auto_misreads_as_crosses():
     """A diffusion model draws blurred shapes without pixel noise. On renders blurred by 1 px (no noise) the smooth
     prototypes read every shape right; "auto" picks the clean ones for noise-free images and reads many of the stars
-    as crosses (the bias the README's scorer audit found on generated images), every other shape right."""
+    as crosses (the bias the scorer audit found on generated images), every other shape right."""
     from collections import Counter
 
     from llm4gen.shapesworld.world import BACKGROUNDS, SHAPES, SIZES

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _compat
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _compat.install()  # old module names (before 0.2's moves) keep working for one release, with a FutureWarning
 

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -97,6 +98,23 @@ def strip_records(report: Any, max_items: int = 50) -> Any:
             return {"omitted_items": len(report)}
         return [strip_records(v, max_items) for v in report]
     return report
+
+
+def write_report(path: str | os.PathLike, report: Any) -> list[Path]:
+    """Write a result report as JSON at ``path``, and, when it holds per-item records, its summary beside it
+    (``NAME.summary.json``, :func:`strip_records`): the full report stays with the run, the summary is what gets
+    committed. Returns the paths written."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    written = [path]
+    summary = strip_records(report)
+    if summary != report:
+        written.append(path.with_name(path.name.removesuffix(".json") + ".summary.json"))
+        written[-1].write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return written
 
 
 def progress_iter(items: Iterable[Any], description: str, total: int | None = None,

@@ -168,7 +168,8 @@ def shapes_package(
 
 @bench_app.command("quality")
 def bench_quality(
-    out: Path = typer.Option(Path("outputs/bench-quality"), "--out", help="Folder for images, results.json, charts."),
+    out: Path = typer.Option(Path("runs/bench-quality"), "--out",
+                             help="Folder for images, results.json (and a summary without per-prompt scores), charts."),
     model: str = typer.Option(None, "--model", help="The llm4gen arm (default: the bundled model)."),
     base_unet: str = typer.Option(
         None, "--base-unet",

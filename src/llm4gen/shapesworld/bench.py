@@ -16,13 +16,13 @@ ShapesWorld scorer checks each image against the scene graph its prompt describe
   (the reference), the *paired* difference (same prompt, same noise) with its bootstrap interval.
 
 Outputs in ``out_dir``: ``{arm}/{i:05d}.png``, ``results.json`` (settings, caveats as ``notes``, per-prompt scores,
-summary, :func:`binding_breakdown`, :func:`position_breakdown`), ``quality.png`` (bar chart with the intervals) and
+summary, :func:`binding_breakdown`, :func:`position_breakdown`), ``results.summary.json`` (the same without the
+per-prompt scores: what ``benchmarks/results/`` keeps), ``quality.png`` (bar chart with the intervals) and
 ``samples.png`` (a few prompts, the arms side by side).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -38,7 +38,7 @@ from ..images import make_grid
 from ..layout import plan_regions
 from ..regions import Region, region_control
 from ..stats import metric_summary, paired_difference
-from ..utils import quiet_library_notices
+from ..utils import quiet_library_notices, write_report
 from .arms import set_scheduler
 from .mentions import NOUN_SHAPES, scene_matches
 from .scorer import LENGTH_BUCKETS, METRICS, PROTOTYPES, cell_box, clip_token_count, length_bucket, score_image
@@ -500,7 +500,7 @@ def run_quality_benchmark(arms: dict[str, Any], out_dir: str | os.PathLike, cfg:
               "binding_breakdown": {name: binding_breakdown(per_arm[name], scenes) for name in names},
               "position_breakdown": {name: position_breakdown(per_arm[name]) for name in names},
               "results": per_arm}
-    (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_report(out / "results.json", report)
     plot_quality(summary, out / "quality.png", title=cfg.prompt_set)
     _sample_grid(images, prompts, samples).save(out / "samples.png")
     if progress:

@@ -20,16 +20,15 @@ centroid of its colour deviation from the image's median colour (where the objec
   uniformly drawn places) and knowing the named cell too (the mean of those renders in that cell). Where the noise
   holds nothing (zero terminal SNR, t = 999) the gap between the two is what the place words are worth to the loss.
 
-    python benchmarks/noise_leak.py --model models/default
+    python research/shapesworld/noise_leak.py --model models/default
 
 Prints a table (with the scheduler's first sampling step and its SNR) and writes JSON (default
-benchmarks/results/noise_leak.json).
+runs/research/noise_leak.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def main() -> None:
     ap.add_argument("--timesteps", default="999,961,921,881,801,701,501")
     ap.add_argument("--steps", type=int, default=25, help="sampling steps, for the first step's timestep")
     ap.add_argument("--renders", type=int, default=300, help="renders per prompt for the x0-MSE optima (0: skip)")
-    ap.add_argument("--out", default="benchmarks/results/noise_leak.json")
+    ap.add_argument("--out", default="runs/research/noise_leak.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.renders < 0:
@@ -118,6 +117,7 @@ def main() -> None:
     from llm4gen.shapesworld.arms import denoiser_arms
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
     from llm4gen.shapesworld.world import SIZES, Scene, SceneObject, position_region, render_scene, with_place
+    from llm4gen.utils import write_report
 
     src = Path(args.model)
     try:
@@ -211,12 +211,11 @@ def main() -> None:
     Console(width=max(Console().width, 130)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(src), "prompts": len(items), "first_sampling_timestep": first,
-                               "first_sampling_snr": float(ac[first] / (1 - ac[first])),
-                               "zero_terminal_snr": float(ac[-1]) == 0.0, "dist_words_alone": words_alone,
-                               "x0_mse_place_blind": blind, "x0_mse_with_cell": with_cell,
-                               "optima_prompts": len(optima), "config": vars(args), "rows": rows},
-                              indent=1) + "\n")
+    write_report(out, {"model": str(src), "prompts": len(items), "first_sampling_timestep": first,
+                       "first_sampling_snr": float(ac[first] / (1 - ac[first])),
+                       "zero_terminal_snr": float(ac[-1]) == 0.0, "dist_words_alone": words_alone,
+                       "x0_mse_place_blind": blind, "x0_mse_with_cell": with_cell,
+                       "optima_prompts": len(optima), "config": vars(args), "rows": rows})
     print(f"wrote {out}")
 
 

@@ -1,27 +1,28 @@
-"""The diagnostics behind the README's analysis of the bundled model.
+"""Tests of the research probes (research/shapesworld/*.py): opt-in with ``pytest -m research`` (``make
+test-research``); ``make test`` covers the product.
 
-benchmarks/text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
-benchmarks/vae_ceiling.py: what the VAE alone lets the scorer see;
-benchmarks/count_relations.py: whether relation sentences make an arm draw extra objects;
-benchmarks/adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
-benchmarks/attention_separation.py: whether different objects' words attend to different places;
-benchmarks/binding_probe.py: whether the text features say which colour goes with which shape;
-benchmarks/unet_position.py: whether the UNet's features say where in the image each location is;
-benchmarks/place_words.py: whether the place words of one-object prompts move the object;
-benchmarks/noise_leak.py: whether the model reads an object's place off the noised image or off the words.
+text_use.py --pipeline: which text source (CLIP or LLM tokens) a trained UNet relies on;
+vae_ceiling.py: what the VAE alone lets the scorer see;
+count_relations.py: whether relation sentences make an arm draw extra objects;
+adapter_scale.py: the llm4gen arm at several values of the CAM's balance factor λ;
+attention_separation.py: whether different objects' words attend to different places;
+binding_probe.py: whether the text features say which colour goes with which shape;
+unet_position.py: whether the UNet's features say where in the image each location is;
+place_words.py: whether the place words of one-object prompts move the object;
+noise_leak.py: whether the model reads an object's place off the noised image or off the words.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts import ROOT, load_script, run_script
+
+pytestmark = pytest.mark.research
 
 
 def _run_text_use(monkeypatch, *args: str) -> None:
@@ -29,16 +30,11 @@ def _run_text_use(monkeypatch, *args: str) -> None:
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"research/shapesworld/{name}")
 
 
 def _run_script(name: str, monkeypatch, *args: str) -> None:
-    module = _load_script(name)
-    monkeypatch.setattr(sys, "argv", [f"{name}.py", *args])
-    module.main()
+    run_script(f"research/shapesworld/{name}", monkeypatch, *args)
 
 
 @pytest.fixture
@@ -453,34 +449,6 @@ def test_binding_probe_names_a_folder_without_a_pipeline_and_bad_settings(tiny_f
                     str(tmp_path / "x.json"))
 
 
-def test_load_with_tokenizers_gives_fast_tokenizers_or_names_the_folder(tiny_folder, tmp_path):
-    from llm4gen.shapesworld.arms import load_with_tokenizers
-
-    pipe, clip_tok, llm_tok = load_with_tokenizers(tiny_folder)
-    assert clip_tok.is_fast and llm_tok.is_fast and llm_tok is pipe.llm_encoder.tokenizer
-    assert clip_tok("a red circle")["input_ids"] == pipe.tokenizer("a red circle")["input_ids"]
-    with pytest.raises(FileNotFoundError, match="no model_index.json"):
-        load_with_tokenizers(tmp_path)
-
-
-def test_denoiser_arms_gives_the_llm4gen_arm_and_the_base_arm_where_saved(tiny_folder, tmp_path):
-    from llm4gen.shapesworld.arms import denoiser_arms
-
-    pipe, arms = denoiser_arms(tiny_folder)
-    assert list(arms) == ["llm4gen"]
-    model, reads_llm = arms["llm4gen"]
-    assert reads_llm and model.unet is pipe.unet and model.adapter is pipe.adapter and not model.training
-    with_base = tmp_path / "with-base"
-    shutil.copytree(tiny_folder, with_base)
-    pipe.unet.save_pretrained(with_base / "base_unet")
-    _, arms = denoiser_arms(with_base)
-    base, reads_llm = arms["base (CLIP only)"]
-    assert list(arms) == ["llm4gen", "base (CLIP only)"] and not reads_llm and base.adapter is None
-    assert not base.training and base.unet is not arms["llm4gen"][0].unet
-    with pytest.raises(FileNotFoundError, match="no model_index.json"):
-        denoiser_arms(tmp_path / "nowhere")
-
-
 def test_unet_position_probe_reads_coordinates_only_where_features_hold_them():
     import torch
 
@@ -685,7 +653,7 @@ def test_sampling_needs_two_settings_and_a_pipeline(tmp_path, monkeypatch):
         _run_script("sampling", monkeypatch, "--model", str(tmp_path))
 
 
-# ---------------------------------------------------------------------- benchmarks/scorer_audit.py
+# ---------------------------------------------------------------------- scorer_audit.py
 def test_scorer_audit_agreement_and_recall_by_hand():
     """Precision per sheet is the share of crops a reader labelled as the scorer's shape; recall per shape the reader
     saw scales each sheet's labels to all of that shape's detections (a stratified estimate), worked out by hand."""
@@ -746,3 +714,107 @@ def test_scorer_audit_writes_numbered_sheets_of_the_scorers_detections(bundled_m
     assert "reader agrees" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="audit.json is missing"):
         _run_script("scorer_audit", monkeypatch, "--out-dir", str(tmp_path / "none"), "--labels", str(labels))
+
+
+def test_region_guidance_benchmark_reports_differences_by_hand(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import llm4gen.regions
+    from llm4gen.tiny import build_tiny_pipeline
+
+    model = tmp_path / "model"
+    build_tiny_pipeline(llm_max_length=256, work_dir=tmp_path / "parts").save_pretrained(model)
+    shutil.copytree(model / "unet", model / "base_unet")  # stands in for the base arm's UNet
+    out = tmp_path / "rg.json"
+    mask_steps = []
+
+    class Recorded(llm4gen.regions.RegionMask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            mask_steps.append(self.steps)
+
+    monkeypatch.setattr(llm4gen.regions, "RegionMask", Recorded)
+    _run_script("region_guidance", monkeypatch, "--model", str(model), "--prompts", "3", "--batch-size", "3",
+                "--bootstrap", "100", "--steps", "2", "--scale", "0.5", "--work", str(tmp_path / "work"),
+                "--out", str(out), "--boxes", "scene", "planned", "--methods", "guide", "mask", "--mask-steps", "3")
+    report = json.loads(out.read_text())
+    assert report["mask_steps"] == 3 and mask_steps == [3] * 4  # the four mask arms, one batch each
+    run = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert report["arms"] == ["base", "base + regions", "base + regions (mask)", "base + planned regions",
+                              "base + planned regions (mask)", "llm4gen", "llm4gen + regions",
+                              "llm4gen + regions (mask)", "llm4gen + planned regions",
+                              "llm4gen + planned regions (mask)"]
+    assert out.with_suffix(".png").stat().st_size > 0 and "llm4gen + regions - llm4gen" in capsys.readouterr().out
+    for name, (before, after) in {"llm4gen + regions - llm4gen": ("llm4gen", "llm4gen + regions"),
+                                  "base + regions - base": ("base", "base + regions"),
+                                  "llm4gen + regions - base + regions": ("base + regions", "llm4gen + regions"),
+                                  "llm4gen + planned regions - llm4gen": ("llm4gen", "llm4gen + planned regions"),
+                                  "llm4gen + planned regions - llm4gen + regions": ("llm4gen + regions",
+                                                                                    "llm4gen + planned regions"),
+                                  "llm4gen + regions (mask) - llm4gen": ("llm4gen", "llm4gen + regions (mask)"),
+                                  "llm4gen + planned regions (mask) - llm4gen + planned regions": (
+                                      "llm4gen + planned regions", "llm4gen + planned regions (mask)"),
+                                  "llm4gen + planned regions (mask) - llm4gen + regions (mask)": (
+                                      "llm4gen + regions (mask)", "llm4gen + planned regions (mask)"),
+                                  }.items():
+        for metric in ("colour", "count", "all_correct"):
+            want = np.mean([b[metric] - a[metric] for a, b in zip(run["results"][before], run["results"][after])])
+            assert report["differences"][name]["all"][metric]["mean"] == pytest.approx(want), (name, metric)
+    # the guidance changed the llm4gen arm's images (the tiny CLIP reads characters: its 77-token window ends before
+    # these dense captions name their objects, so the base arm has nothing to guide)
+    for arm in ("llm4gen + regions", "llm4gen + regions (mask)"):
+        assert (tmp_path / "work" / "llm4gen" / "00000.png").read_bytes() != \
+            (tmp_path / "work" / arm / "00000.png").read_bytes()
+    # the planner's regions (words alone) cover at least the scene's: every object these captions name
+    assert report["regions"]["planned"] >= report["regions"]["scene"] > 0
+    with pytest.raises(SystemExit, match="--mask-steps must be >= 0"):
+        _run_script("region_guidance", monkeypatch, "--model", str(model), "--mask-steps", "-1")
+    with pytest.raises(SystemExit, match="no base arm"):
+        shutil.rmtree(model / "base_unet")
+        _run_script("region_guidance", monkeypatch, "--model", str(model), "--out", str(out))
+
+
+def test_wilson_interval_matches_known_values():
+
+    wilson = _load_script("demo_seeds").wilson
+    # textbook values of the 95% Wilson score interval
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 20) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert wilson(20, 20) == pytest.approx((0.8389, 1.0), abs=1e-4)
+
+
+def test_demo_seeds_scores_every_seed_as_its_own_call_would(tmp_path, monkeypatch, capsys):
+    """demo_seeds.py on the bundled model (2 seeds, 4 steps): a row per prompt, arm and seed; the summary
+    counts them; and seed 1's regions image scores what a call for seed 1 alone scores (one generator per image)."""
+    import torch
+
+    from llm4gen import LLM4GenPipeline
+    from llm4gen.examples import DEMO_PROMPTS, DEMO_SCENES
+    from llm4gen.shapesworld.bench import planned_regions
+    from llm4gen.shapesworld.scorer import score_image
+    if not (ROOT / "models" / "default" / "base_unet" / "config.json").is_file():
+        pytest.skip("models/default is missing")
+    out = tmp_path / "ds.json"
+    _run_script("demo_seeds", monkeypatch, "--seeds", "2", "--steps", "4", "--grid-seeds", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    arms = ["base", "llm4gen", "llm4gen + regions"]
+    assert list(report["summary"]) == ["0", "1", "2"] and out.with_suffix(".png").stat().st_size > 0
+    for i, per_arm in report["results"].items():
+        assert list(per_arm) == arms
+        for name, rows in per_arm.items():
+            assert [r["seed"] for r in rows] == [0, 1]
+            s = report["summary"][i][name]
+            assert s["all_correct_seeds"] == sum(int(r["all_correct"]) for r in rows) and s["seeds"] == 2
+            assert s["binding"] == pytest.approx(sum(r["binding"] for r in rows) / 2)
+    pipe = LLM4GenPipeline.from_pretrained(ROOT / "models" / "default")
+    pipe.set_progress_bar_config(disable=True)
+    prompt = DEMO_PROMPTS[2]
+    alone = pipe(prompt, num_inference_steps=4, guidance_scale=report["guidance"], regions=planned_regions(prompt),
+                 generator=torch.Generator().manual_seed(1)).images[0]
+    row = report["results"]["2"]["llm4gen + regions"][1]
+    found = score_image(alone, DEMO_SCENES[2])["found"]  # batched vs alone: BLAS may move a pixel, not an object
+    assert [(d["colour"], d["shape"], d["size"]) for d in found] == [(d["colour"], d["shape"], d["size"])
+                                                                      for d in row["found"]]
+    assert [v for d in found for v in (d["x"], d["y"])] == pytest.approx(
+        [v for d in row["found"] for v in (d["x"], d["y"])], abs=0.02)
+    assert "all-correct" in capsys.readouterr().out

@@ -14,16 +14,16 @@ the asked colour, found by the ShapesWorld scorer's detector) then depends on th
 - **in named cell**: the share of images with the object in the cell its phrase names (2 px tolerance), against
   the chance of a uniformly placed object.
 
-    python benchmarks/place_words.py --model models/default
+    python research/shapesworld/place_words.py --model models/default
 
-Prints a table and writes JSON (default benchmarks/results/place_words.json) and a grid of the first prompts' nine
+Prints a table and writes JSON (default runs/research/place_words.json, and its summary
+``place_words.summary.json`` where the report holds per-item records) and a grid of the first prompts' nine
 versions per arm (.png next to it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=45)
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", default="benchmarks/results/place_words.json")
+    ap.add_argument("--out", default="runs/research/place_words.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.prompts < 1:
@@ -91,6 +91,7 @@ def main() -> None:
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm
     from llm4gen.shapesworld.scorer import in_cell, position_chance
     from llm4gen.shapesworld.world import POSITION_CELLS, SceneObject, with_place
+    from llm4gen.utils import write_report
 
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json): give --model.")
@@ -141,7 +142,7 @@ def main() -> None:
     Console(width=max(Console().width, 130)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(out, report)
     grid = make_grid(grid_cells, grid_captions, cols=len(POSITION_CELLS), cell=128, caption_lines=2)
     grid.save(out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")

@@ -25,15 +25,15 @@ The CLIP row of an LLM4GEN pipeline reads the first 77 fused tokens (the CLIP wi
 the base arm (``base_unet/``, CLIP only) has a CLIP row. Pairs beyond a window are left out (a row without pairs
 shows "-", null in the JSON).
 
-    python benchmarks/attention_separation.py --model models/default
+    python research/shapesworld/attention_separation.py --model models/default
 
-Prints a table and writes JSON (default benchmarks/results/attention_separation.json).
+Prints a table and writes JSON (default runs/research/attention_separation.json, and its summary
+``attention_separation.summary.json`` where the report holds per-item records).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (ShapesWorld)")
     ap.add_argument("--prompts", type=int, default=200, help="held-out prompts to draw (one-object ones are skipped)")
     ap.add_argument("--timesteps", default="250,500,750")
-    ap.add_argument("--out", default="benchmarks/results/attention_separation.json")
+    ap.add_argument("--out", default="runs/research/attention_separation.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -103,6 +103,7 @@ def main() -> None:
     from llm4gen.shapesworld.world import render_scene
     from llm4gen.training.trainer import TokenSpace, entity_targets
     from llm4gen.unet import load_unet
+    from llm4gen.utils import write_report
 
     src = Path(args.model)
     try:
@@ -196,7 +197,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(src), "prompts": len(items), "timesteps": args.timesteps, "rows": rows}
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(out, report)
     print(f"wrote {out}")
 
 

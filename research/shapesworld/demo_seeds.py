@@ -8,13 +8,12 @@ guidance 5), and scores every image with the ShapesWorld scorer against the scen
 with a 95% Wilson interval, and the mean colour, shape, binding, size, count and position scores. Prints a table,
 writes JSON and a PNG grid (per prompt and arm, the first seeds, each captioned with what the scorer found wrong).
 
-    python benchmarks/demo_seeds.py --seeds 20            # about 3 minutes on a 2-core CPU
+    python research/shapesworld/demo_seeds.py --seeds 20            # about 3 minutes on a 2-core CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -53,7 +52,7 @@ def main() -> None:
     ap.add_argument("--grid-seeds", type=int, default=8, help="seeds shown per row of the PNG grid")
     ap.add_argument("--scorer-prototypes", default="auto", choices=("auto", "clean", "smooth"),
                     help="the scorer's shape prototypes (llm4gen.eval.shapes.detect_objects; auto: the README's)")
-    ap.add_argument("--out", default="benchmarks/results/demo_seeds.json")
+    ap.add_argument("--out", default="runs/research/demo_seeds.json")
     args = ap.parse_args()
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json); give an LLM4GEN pipeline.")
@@ -73,7 +72,7 @@ def main() -> None:
     from llm4gen.shapesworld.bench import planned_regions
     from llm4gen.shapesworld.scorer import score_image, summarize
     from llm4gen.shapesworld.world import Scene
-    from llm4gen.utils import quiet_library_notices
+    from llm4gen.utils import quiet_library_notices, write_report
 
     guidance = BUNDLED_GUIDANCE if args.guidance is None else args.guidance
     pipe = LLM4GenPipeline.from_pretrained(args.model)
@@ -132,7 +131,7 @@ def main() -> None:
     report = {"benchmark": "demo_seeds", "model": args.model, "seeds": seeds, "steps": args.steps,
               "guidance": guidance, "scorer_prototypes": args.scorer_prototypes, "prompts": DEMO_PROMPTS,
               "scenes": DEMO_SCENES, "render_seconds": timings, "summary": summary, "results": rows}
-    out.write_text(json.dumps(report, indent=1))
+    write_report(out, report)
     if args.grid_seeds:
         shown = seeds[:args.grid_seeds]
         cells, captions = [], []

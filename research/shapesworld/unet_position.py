@@ -11,16 +11,16 @@ from the cell centre) from its feature vector, fitted on the locations of half o
 other half. R² near 1: the block's features say where they are; near 0: they do not. The noised latents themselves
 are the control (their content is where the objects happen to be). With a ``base_unet/``, both arms.
 
-    python benchmarks/unet_position.py --model models/default
+    python research/shapesworld/unet_position.py --model models/default
 
-Prints a table and writes JSON (default benchmarks/results/unet_position.json).
+Prints a table and writes JSON (default runs/research/unet_position.json, and its summary
+``unet_position.summary.json`` where the report holds per-item records).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64, help="held-out prompts (half fit the probe, half score it)")
     ap.add_argument("--timesteps", default="500,900")
     ap.add_argument("--l2", type=float, default=1e-3, help="the ridge penalty (features standardised)")
-    ap.add_argument("--out", default="benchmarks/results/unet_position.json")
+    ap.add_argument("--out", default="runs/research/unet_position.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.prompts < 2 or args.l2 < 0:
@@ -101,6 +101,7 @@ def main() -> None:
     from llm4gen.shapesworld.arms import denoiser_arms
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
     from llm4gen.shapesworld.world import render_scene
+    from llm4gen.utils import write_report
 
     src = Path(args.model)
     try:
@@ -147,8 +148,8 @@ def main() -> None:
     Console(width=max(Console().width, 120)).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(src), "prompts": len(items), "fit_images": half, "l2": args.l2,
-                               "rows": rows}, indent=1) + "\n")
+    write_report(out, {"model": str(src), "prompts": len(items), "fit_images": half, "l2": args.l2,
+                       "rows": rows})
     print(f"wrote {out}")
 
 

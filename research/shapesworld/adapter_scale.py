@@ -7,16 +7,16 @@ headline benchmark, but other scenes: ``--prompt-seed``; same noise per prompt) 
 reports, per λ, colour / shape / binding / count / all-correct (and how often an image has too many or too few
 objects) with 95% bootstrap intervals and the paired difference to λ = 1. Run on the bundled model::
 
-    python benchmarks/adapter_scale.py --model models/default --prompts 300
+    python research/shapesworld/adapter_scale.py --model models/default --prompts 300
 
-Prints a table and writes JSON (default benchmarks/results/adapter_scale.json), a line chart (``.png`` beside it)
+Prints a table and writes JSON (default runs/research/adapter_scale.json, and its summary
+``adapter_scale.summary.json`` where the report holds per-item records), a line chart (``.png`` beside it)
 and a grid of the first prompts at every λ (``_samples.png``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", default="benchmarks/results/adapter_scale.json")
+    ap.add_argument("--out", default="runs/research/adapter_scale.json")
     args = ap.parse_args()
     if args.prompts < 1:
         raise SystemExit("--prompts must be >= 1.")
@@ -104,6 +104,7 @@ def main() -> None:
         score_with_count_errors,
     )
     from llm4gen.stats import metric_summary, paired_difference
+    from llm4gen.utils import write_report
 
     cfg = QualityConfig(num_prompts=args.prompts, prompt_seed=args.prompt_seed, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, batch_size=args.batch_size, bootstrap=args.bootstrap)
@@ -166,7 +167,7 @@ def main() -> None:
               "prompt_seed": cfg.prompt_seed, "image_seed": cfg.image_seed, "trained_scale": trained,
               "scales": scales, "render_seconds": seconds, "base": base, "summary": summary,
               "differences_to_1": diffs, "per_prompt": per_prompt}
-    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_report(out, report)
     chart = out.with_suffix(".png")
     plot_scales(summary, base, chart, f"llm4gen arm vs its balance factor λ, {len(prompts)} held-out prompts")
     n = min(4, len(prompts))

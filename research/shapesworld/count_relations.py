@@ -5,7 +5,7 @@ sentences ("The orange square is above the blue square."). If an arm draws a new
 removing those sentences, with the scene, the noise and every other sentence unchanged, lowers how often it draws
 too many. Run on the bundled model::
 
-    python benchmarks/count_relations.py --model models/default --prompts 200
+    python research/shapesworld/count_relations.py --model models/default --prompts 200
 
 ``--drop count`` removes instead the sentence that states the total ("In total there are three figures in the
 scene."), which every dense caption has near its start, inside CLIP's 77-token window: an arm that reads the total
@@ -15,14 +15,13 @@ Each arm (the base arm from ``base_unet/`` when the folder has one, and llm4gen)
 held-out benchmark prompts that have such sentences twice: as they are and without them (same noise per prompt).
 Prints a table (per arm: object count right, too many, too few, mean surplus, colour, shape, binding; the paired
 difference without - with, with a 95% bootstrap interval) and writes JSON (default
-benchmarks/results/count_relations.json, or count_sentence.json for ``--drop count``) and a PNG of the first prompts
+runs/research/count_relations.json, or count_sentence.json for ``--drop count``) and a PNG of the first prompts
 next to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -44,10 +43,10 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", help="JSON path (default: benchmarks/results/count_relations.json or count_sentence.json)")
+    ap.add_argument("--out", help="JSON path (default: runs/research/count_relations.json or count_sentence.json)")
     args = ap.parse_args()
     what, out_name = DROPS[args.drop]
-    args.out = args.out or f"benchmarks/results/{out_name}.json"
+    args.out = args.out or f"runs/research/{out_name}.json"
     if args.prompts < 1:
         raise SystemExit("--prompts must be >= 1.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +59,7 @@ def main() -> None:
     from llm4gen.shapesworld.arms import base_unet_dir, load_arm
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm, score_with_count_errors
     from llm4gen.stats import paired_difference
+    from llm4gen.utils import write_report
 
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json): give --model.")
@@ -159,7 +159,7 @@ def main() -> None:
               "guidance": args.guidance, "prompt_seed": cfg.prompt_seed, "image_seed": cfg.image_seed,
               "render_seconds": seconds,
               "summary": summary, "differences": diffs, "by_objects": by_objects, "per_prompt": per_prompt}
-    out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_report(out, report)
     n = min(4, len(items))
     cells, captions = [], []
     for arm in arms:

@@ -3,15 +3,15 @@
 The scorer (``llm4gen.eval.shapes``) classifies each object's silhouette by its nearest prototype, measured on clean
 renders. Generated images are blurrier, so its verdicts there need checking by eye. Two steps:
 
-1. ``python benchmarks/scorer_audit.py --model models/default`` renders an arm (llm4gen by default; ``--arm base``)
-   on the headline benchmark's first ``--prompts`` held-out prompts and noise, detects every object, draws up to
-   ``--per-shape`` of the detections the scorer gave each shape (a fixed random sample), and writes one numbered
-   contact sheet per shape (``sheet_<shape>.png``: each crop enlarged around the object) and ``audit.json`` (which
-   object each number is, its colour, size, place and features) into ``--out-dir``.
+1. ``python research/shapesworld/scorer_audit.py --model models/default`` renders an arm (llm4gen by default;
+   ``--arm base``) on the headline benchmark's first ``--prompts`` held-out prompts and noise, detects every object,
+   draws up to ``--per-shape`` of the detections the scorer gave each shape (a fixed random sample), and writes one
+   numbered contact sheet per shape (``sheet_<shape>.png``: each crop enlarged around the object) and ``audit.json``
+   (which object each number is, its colour, size, place and features) into ``--out-dir``.
 2. A person looks at the sheets and writes what each crop shows into a labels JSON (``{"star": ["star", "cross",
    ...], ...}``: per sheet, one word per crop in number order, a shape or ``other``), then
-   ``python benchmarks/scorer_audit.py --out-dir DIR --labels FILE`` prints, per shape the scorer said, how many
-   crops show that shape (its precision by eye) and what the others show, and writes ``DIR/agreement.json``.
+   ``python research/shapesworld/scorer_audit.py --out-dir DIR --labels FILE`` prints, per shape the scorer said, how
+   many crops show that shape (its precision by eye) and what the others show, and writes ``DIR/agreement.json``.
 
 Labels are one reader's judgement: the result says how far the scorer can be trusted, not an exact error rate.
 """
@@ -109,6 +109,7 @@ def make_audit(model: str, arm: str, prompts: int, per_shape: int, seed: int, ou
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts, render_arm
     from llm4gen.shapesworld.scorer import detect_objects
     from llm4gen.shapesworld.world import SHAPES
+    from llm4gen.utils import write_report
 
     cfg = QualityConfig(num_prompts=prompts)
     items = benchmark_prompts(cfg)
@@ -152,18 +153,20 @@ def make_audit(model: str, arm: str, prompts: int, per_shape: int, seed: int, ou
     audit = {"model": model, "arm": arm, "image_size": images[0].size[0],
              "config": {"num_prompts": prompts, "prompt_seed": cfg.prompt_seed, "image_seed": cfg.image_seed},
              "detections": {s: len(v) for s, v in found.items()}, "sample_seed": seed, "sheets": sheets}
-    (out_dir / "audit.json").write_text(json.dumps(audit, indent=1))
+    write_report(out_dir / "audit.json", audit)
     return audit
 
 
 def main() -> None:
+    from llm4gen.utils import write_report
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/default", help="an LLM4GEN pipeline folder (ShapesWorld)")
     ap.add_argument("--arm", default="llm4gen", choices=("llm4gen", "base"))
     ap.add_argument("--prompts", type=int, default=250, help="the headline benchmark's first N held-out prompts")
     ap.add_argument("--per-shape", type=int, default=48, help="crops per contact sheet")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample drawn per sheet")
-    ap.add_argument("--out-dir", default="outputs/scorer_audit")
+    ap.add_argument("--out-dir", default="runs/research/scorer_audit")
     ap.add_argument("--labels", help="step 2: a JSON of what each crop shows, per sheet")
     args = ap.parse_args()
     out_dir = Path(args.out_dir)
@@ -220,7 +223,7 @@ def main() -> None:
     console.print(table)
     report = {"audit": str(audit_path), "labels_file": args.labels, "detections": audit["detections"],
               "agreement": result, "estimated_recall": recall, "prototype_sets": by_set}
-    (out_dir / "agreement.json").write_text(json.dumps(report, indent=1))
+    write_report(out_dir / "agreement.json", report)
     print(f"wrote {out_dir / 'agreement.json'}")
 
 

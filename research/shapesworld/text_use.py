@@ -6,7 +6,7 @@ and measure its mean squared error with three conditionings: the true caption, a
 rolled by one) and the empty prompt. A UNet that reads its text has a clearly lower error with the true caption at
 high noise, where the image alone says little; one that ignores it scores the same with all three.
 
-    python benchmarks/text_use.py --base runs/shapes/base \
+    python research/shapesworld/text_use.py --base runs/shapes/base \
         --checkpoint runs/shapes/base-arm/checkpoints/checkpoint-00002250
 
 This is how we found that epsilon prediction left the text pathway of the bundled recipe almost unused (README).
@@ -16,9 +16,10 @@ has two sources, so it adds two more rows: the true CLIP tokens with another sce
 the other way round ("clip shuffled"). How much worse "llm shuffled" is than "true" is how much the UNet relies on
 the LLM for what the image shows; if the folder has a ``base_unet/`` (the CLIP-only arm) it is measured too::
 
-    python benchmarks/text_use.py --pipeline models/default
+    python research/shapesworld/text_use.py --pipeline models/default
 
-Prints a table and writes JSON (default benchmarks/results/text_use.json).
+Prints a table and writes JSON (default runs/research/text_use.json, and its summary
+``text_use.summary.json`` where the report holds per-item records).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
                     help="what the checkpoint predicts (default: read from its trainer_state.json)")
     ap.add_argument("--scenes", type=int, default=32)
     ap.add_argument("--timesteps", default="300,500,700,850,950")
-    ap.add_argument("--out", default="benchmarks/results/text_use.json")
+    ap.add_argument("--out", default="runs/research/text_use.json")
     args = ap.parse_args()
     one_pipeline = args.pipeline and not (args.base or args.checkpoint)
     if not one_pipeline and not (args.base and args.checkpoint and not args.pipeline):
@@ -58,6 +59,7 @@ def main() -> None:
     from llm4gen.images import pixels_from_uint8, uint8_tensor
     from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
     from llm4gen.unet import load_unet
+    from llm4gen.utils import write_report
 
     world = ShapesWorld("train", seed=0, num_items=None, config=ShapesWorldConfig(size=64, caption_style="dense"))
     items = [world[100 + i] for i in range(args.scenes)]
@@ -153,7 +155,7 @@ def main() -> None:
     report = {"checkpoint": str(ckpt), "weights": "pipeline" if args.pipeline else args.weights,
               "prediction_type": pred_type,
               "scenes": args.scenes, "rows": rows}
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(out, report)
     print(f"wrote {out}")
 
 

@@ -8,10 +8,10 @@ that the prompt texts agree; ``--sampler-may-differ`` compares two sampler setti
 ``--scorer-prototypes`` are compared too, and the title and JSON say so). Per metric and prompt-length bucket it
 reports the mean of ``after - before`` over the prompts scored in both, with a paired bootstrap interval::
 
-    python benchmarks/compare_quality.py benchmarks/results/shapes_quality_29500steps.json \\
-        benchmarks/results/shapes_quality_36500steps.json
+    python research/shapesworld/compare_quality.py runs/bench-29500/results.json runs/bench-36500/results.json
 
-Prints a table and writes JSON (default benchmarks/results/compare_quality.json) and a chart of the differences
+Prints a table and writes JSON (default runs/research/compare_quality.json, and its summary
+``compare_quality.summary.json`` where the report holds per-item records) and a chart of the differences
 (.png next to it).
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--sampler-may-differ", action="store_true",
                     help="allow different steps / guidance / guidance rescale / scheduler (a sampling comparison)")
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--out", default="benchmarks/results/compare_quality.json")
+    ap.add_argument("--out", default="runs/research/compare_quality.json")
     args = ap.parse_args()
 
     import matplotlib
@@ -43,6 +43,7 @@ def main() -> None:
 
     from llm4gen.shapesworld.bench import SAMPLER_KEYS, compare_runs, config_differences, format_percent
     from llm4gen.shapesworld.scorer import LENGTH_BUCKETS, METRICS
+    from llm4gen.utils import write_report
 
     runs = []
     for path in (args.before, args.after):
@@ -82,11 +83,11 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"before": str(args.before), "after": str(args.after), "arm": args.arm,
-                               "before_arm": args.before_arm or args.arm,
-                               "sampler_differences": {k: list(v) for k, v in sampler.items()},
-                               "scoring_differences": {k: list(v) for k, v in scoring.items()},
-                               "differences": diff}, indent=1) + "\n")
+    write_report(out, {"before": str(args.before), "after": str(args.after), "arm": args.arm,
+                       "before_arm": args.before_arm or args.arm,
+                       "sampler_differences": {k: list(v) for k, v in sampler.items()},
+                       "scoring_differences": {k: list(v) for k, v in scoring.items()},
+                       "differences": diff})
     fig, axes = plt.subplots(1, len(LENGTH_BUCKETS), figsize=(5.2 * len(LENGTH_BUCKETS), 4.0), sharey=True)
     for ax, bucket in zip(axes, LENGTH_BUCKETS):
         shown = [m for m in METRICS if diff[bucket][m]["mean"] is not None]

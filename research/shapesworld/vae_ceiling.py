@@ -3,16 +3,15 @@
 A diffusion model in the VAE's latent space can at best draw what the decoder gives back, so the ShapesWorld scores
 of ``decode(encode(image))`` for true renders bound every arm's scores from above. Run on the bundled model::
 
-    python benchmarks/vae_ceiling.py --model models/default --images 96
+    python research/shapesworld/vae_ceiling.py --model models/default --images 96
 
 Prints a table (original renders vs round trip, per metric) and writes JSON (default
-benchmarks/results/vae_ceiling.json) and a grid PNG (originals on top, round trips below) next to it.
+runs/research/vae_ceiling.json) and a grid PNG (originals on top, round trips below) next to it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="models/default", help="a folder with vae/ (a pipeline or a base model)")
     ap.add_argument("--images", type=int, default=96, help="held-out test scenes (items 0..N-1, seed 0)")
-    ap.add_argument("--out", default="benchmarks/results/vae_ceiling.json")
+    ap.add_argument("--out", default="runs/research/vae_ceiling.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -33,6 +32,7 @@ def main() -> None:
     from llm4gen.shapesworld.scorer import METRICS, score_image, summarize
     from llm4gen.shapesworld.small_vae import vae_round_trip
     from llm4gen.shapesworld.world import ShapesWorld
+    from llm4gen.utils import write_report
 
     vae_dir = Path(args.model) / "vae"
     if not (vae_dir / "config.json").is_file():
@@ -56,7 +56,7 @@ def main() -> None:
     Console().print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(args.model), "images": args.images, "summary": summary}, indent=1) + "\n")
+    write_report(out, {"model": str(args.model), "images": args.images, "summary": summary})
     n = min(16, len(items))
     make_grid([it.image for it in items[:n]] + round_trips[:n], cols=n, cell=64).save(out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")

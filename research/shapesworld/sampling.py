@@ -5,13 +5,13 @@ seeds, 25 DPM-Solver++ steps unless the setting says otherwise) with the llm4gen
 reports each metric with its 95% bootstrap interval and the *paired* difference to the first setting (the
 reference). Run on the bundled model::
 
-    python benchmarks/sampling.py --model models/default --setting 5,0,25 --setting 7.5,0,25 --setting 3,0,25 \\
-        --setting 5,0.7,25 --setting 7.5,0.7,25 --setting 5,0,50
+    python research/shapesworld/sampling.py --model models/default --setting 5,0,25 --setting 7.5,0,25 \\
+        --setting 3,0,25 --setting 5,0.7,25 --setting 7.5,0.7,25 --setting 5,0,50
 
 A setting is ``GUIDANCE,RESCALE,STEPS`` (rescale: Lin et al. 2024's rescale of the guided prediction, 0 = plain
 guidance). Each setting's images and results.json go to ``--work/g{G}_r{R}_s{S}``; a results.json there with the
 same settings is reused, so an interrupted sweep resumes where it stopped. Prints a table and writes JSON (default
-benchmarks/results/sampling.json) and a chart of the differences (``.png`` beside it).
+runs/research/sampling.json) and a chart of the differences (``.png`` beside it).
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--work", default="outputs/sampling", help="folder for each setting's images and results.json")
-    ap.add_argument("--out", default="benchmarks/results/sampling.json")
+    ap.add_argument("--work", default="runs/research/sampling",
+                    help="folder for each setting's images and results.json")
+    ap.add_argument("--out", default="runs/research/sampling.json")
     args = ap.parse_args()
     settings = [parse_setting(s) for s in (args.setting or ["5,0,25", "7.5,0,25"])]
     if len(set(settings)) != len(settings) or len(settings) < 2:
@@ -94,6 +95,7 @@ def main() -> None:
 
     from llm4gen.shapesworld.arms import load_arm
     from llm4gen.shapesworld.bench import QualityConfig, compare_runs, format_percent, run_quality_benchmark
+    from llm4gen.utils import write_report
 
     pipe, runs = None, []
     for guidance, rescale, steps in settings:
@@ -112,7 +114,7 @@ def main() -> None:
             pipe = pipe or load_arm(args.model)
             run = run_quality_benchmark({"llm4gen": pipe}, folder, cfg, progress=False)
             run["model"] = str(args.model)
-            saved.write_text(json.dumps(run, indent=1), encoding="utf-8")
+            write_report(saved, run)
             print(f"rendered {setting_name(guidance, rescale, steps)} in {run['render_seconds']['llm4gen']:.0f} s")
         runs.append(run)
 
@@ -136,8 +138,8 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(args.model), "prompts": args.prompts, "reference": rows[0]["name"],
-                               "settings": rows}, indent=1) + "\n", encoding="utf-8")
+    write_report(out, {"model": str(args.model), "prompts": args.prompts, "reference": rows[0]["name"],
+                       "settings": rows})
     plot_differences(rows, out.with_suffix(".png"),
                      f"{args.model}: sampler settings against {rows[0]['name']}, same prompts and noise")
     print(f"wrote {out} and {out.with_suffix('.png')}")

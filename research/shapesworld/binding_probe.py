@@ -33,9 +33,10 @@ token), ``LLM`` (the LLM's hidden states), ``CAM input`` (the first CAM layer's 
 projection to the UNet's width that the layer's attention and FFN then add to) and ``CAM`` (the CAM's output tokens,
 what the llm4gen UNet attends to next to the CLIP tokens).
 
-    python benchmarks/binding_probe.py --model models/default
+    python research/shapesworld/binding_probe.py --model models/default
 
-Prints a table and writes JSON (default benchmarks/results/binding_probe.json) and a bar chart next to it (.png).
+Prints a table and writes JSON (default runs/research/binding_probe.json, and its summary
+``binding_probe.summary.json`` where the report holds per-item records) and a bar chart next to it (.png).
 It also prints, per CAM layer, the RMS size of its three terms (input, attention and FFN branch; ``branch_rms``)
 over the held-out prompts (the gated CAM these were read with at first left the library in 0.2).
 """
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -256,7 +256,7 @@ def main() -> None:
     ap.add_argument("--train-prompts", type=int, default=2000, help="train-split captions to fit the probe on")
     ap.add_argument("--prompts", type=int, default=500, help="held-out benchmark prompts to score it on")
     ap.add_argument("--l2", type=float, default=1e-4, help="the probe's weight penalty (features standardised)")
-    ap.add_argument("--out", default="benchmarks/results/binding_probe.json")
+    ap.add_argument("--out", default="runs/research/binding_probe.json")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -268,6 +268,7 @@ def main() -> None:
     from llm4gen.shapesworld.arms import load_with_tokenizers
     from llm4gen.shapesworld.bench import QualityConfig, benchmark_prompts
     from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig
+    from llm4gen.utils import write_report
 
     src = Path(args.model)
     if args.train_prompts < 1 or args.prompts < 1 or args.l2 < 0:
@@ -361,7 +362,7 @@ def main() -> None:
     report = {"model": str(src), "train_prompts": len(train), "test_prompts": len(test), "l2": args.l2,
               "swapped": {k: len(sets[f"{k} swapped"]) for k in ("train", "test")},
               "cam_branch_rms": sizes, "rows": results}
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(out, report)
     plot_probe(results, out.with_suffix(".png"), f"Linear binding probe on {src} (held-out prompts)")
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -15,16 +15,15 @@ cross-attention alone, ``llm4gen.regions.RegionMask``: in prompts with two regio
 read only inside its box; no extra UNet pass) and ``both`` (what ``regions=`` does by default); each is paired against
 the unguided arm, and against ``guide`` when that runs too; ``--mask-steps N`` masks only the first N steps.
 
-    python benchmarks/region_guidance.py --model models/default
+    python research/shapesworld/region_guidance.py --model models/default
 
 Images and the full results.json go to ``--work``; prints a table and writes JSON (default
-benchmarks/results/region_guidance.json) and a bar chart of the arms (``.png`` beside it).
+runs/research/region_guidance.json) and a bar chart of the arms (``.png`` beside it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -50,8 +49,8 @@ def main() -> None:
     ap.add_argument("--no-base", action="store_true", help="leave out the base arm (base_unet/) and its guided twin")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--bootstrap", type=int, default=2000)
-    ap.add_argument("--work", default="outputs/region_guidance", help="folder for the images and results.json")
-    ap.add_argument("--out", default="benchmarks/results/region_guidance.json")
+    ap.add_argument("--work", default="runs/research/region_guidance", help="folder for the images and results.json")
+    ap.add_argument("--out", default="runs/research/region_guidance.json")
     args = ap.parse_args()
     if not (Path(args.model) / "model_index.json").is_file():
         raise SystemExit(f"{args.model} is not a pipeline folder (no model_index.json); give an LLM4GEN pipeline.")
@@ -76,6 +75,7 @@ def main() -> None:
         scene_regions,
     )
     from llm4gen.stats import paired_difference
+    from llm4gen.utils import write_report
 
     try:
         cfg = QualityConfig(num_prompts=args.prompts, batch_size=args.batch_size, bootstrap=args.bootstrap)
@@ -148,7 +148,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    write_report(out, {
         "model": str(args.model), "prompts": args.prompts, "boxes": boxes,
         "prompts_with_regions": guided[boxes[0]] if len(boxes) == 1 else guided,
         "regions": {b: sum(len(regions[b][text]) for text, _ in prompts) for b in boxes},
@@ -158,7 +158,7 @@ def main() -> None:
         "arms": list(arms), "render_seconds": report["render_seconds"], "summary": report["summary"],
         "differences": differences, "binding_breakdown": report["binding_breakdown"],
         "position_breakdown": report["position_breakdown"],
-    }, indent=1) + "\n", encoding="utf-8")
+    })
     plot_quality(report["summary"], out.with_suffix(".png"),
                  title=f"{cfg.prompt_set}: without and with region guidance")
     print(f"wrote {out} and {out.with_suffix('.png')}")
