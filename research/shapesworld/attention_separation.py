@@ -2,7 +2,7 @@
 
 For held-out scenes with two or more objects (the headline benchmark's test prompts), the true image is encoded,
 noised to timestep t and passed through the UNet (with the CAM first, exactly as in training) while every
-cross-attention layer's probabilities are recorded (``llm4gen.training.losses.AttentionStore``: mean over heads,
+cross-attention layer's probabilities are recorded (``llm4gen.attention.AttentionStore``: mean over heads,
 layers at or below 16 x 16). The caption is parsed as the entity-guided loss parses it
 (``llm4gen.training.trainer.entity_targets``), once with the LLM tokenizer and once with the CLIP tokenizer, and per
 token space the script reports, over all layers and prompts:

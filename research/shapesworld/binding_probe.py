@@ -2,8 +2,8 @@
 
 The attention diagnostic (attention_separation.py) shows the UNet does not put each object's words on that object.
 This asks the question one step earlier: is the pairing in the conditioning at all? For every mention in a caption
-whose colour word and noun name exactly one object of the scene (``llm4gen.training.data.mention_words``: "a small
-red circle" -> the red circle), it takes the feature at a word's token and asks a linear probe
+whose colour word and noun name exactly one object of the scene (``llm4gen.shapesworld.mentions.mention_words``:
+"a small red circle" -> the red circle), it takes the feature at a word's token and asks a linear probe
 
 - **noun -> colour**: from the noun's token ("circle"), which of the scene's colours is this object's?
 - **colour -> shape**: from the colour word's token ("red"), which of the scene's shapes is this object's?
@@ -60,7 +60,7 @@ FITS = ("train captions", "train captions + colour swaps")
 
 def role_values() -> dict[str, list]:
     """The classes of each role's label: the colours, the shapes, and the 3x3 grid's cells (``place``: the cell a
-    dense caption names for the object, :func:`~llm4gen.data.shapes.position_region`)."""
+    dense caption names for the object, :func:`~llm4gen.shapesworld.world.position_region`)."""
     from llm4gen.shapesworld.world import COLOURS, POSITION_CELLS, SHAPES
 
     return {"colour": list(COLOURS), "shape": list(SHAPES), "place": list(POSITION_CELLS)}

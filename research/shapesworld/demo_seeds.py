@@ -51,7 +51,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="default: the demo's (llm4gen.cli.BUNDLED_GUIDANCE)")
     ap.add_argument("--grid-seeds", type=int, default=8, help="seeds shown per row of the PNG grid")
     ap.add_argument("--scorer-prototypes", default="auto", choices=("auto", "clean", "smooth"),
-                    help="the scorer's shape prototypes (llm4gen.eval.shapes.detect_objects; auto: the README's)")
+                    help="the scorer's shape prototypes (llm4gen.shapesworld.scorer.detect_objects; auto: the "
+                         "published tables')")
     ap.add_argument("--out", default="runs/research/demo_seeds.json")
     args = ap.parse_args()
     if not (Path(args.model) / "model_index.json").is_file():

@@ -79,7 +79,7 @@ def x0_optima(target: torch.Tensor, renders: torch.Tensor, same_cell: torch.Tens
 
 
 def cell_centre(cell: tuple[str, str]) -> tuple[float, float]:
-    """The centre ``(x, y)`` of ``cell`` of the 3x3 grid that :data:`llm4gen.data.shapes.REGION_EDGES` cut."""
+    """The centre ``(x, y)`` of ``cell`` of the 3x3 grid that :data:`llm4gen.shapesworld.world.REGION_EDGES` cut."""
     from llm4gen.shapesworld.world import REGION_EDGES
 
     lo, hi = REGION_EDGES

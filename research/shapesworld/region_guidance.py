@@ -3,7 +3,7 @@
 Region guidance (``llm4gen.regions``) moves the latents during the first denoising steps so that each named object's
 words attend inside a box. With ``--boxes scene`` (the default) each object's box is the cell of the 3x3 grid that its
 place phrase names ("in the upper right corner" -> the upper right ninth) and its words are every mention of it by
-colour and noun (``llm4gen.eval.shapes_bench.scene_regions``): what the prompt says, not where the scene put the
+colour and noun (``llm4gen.shapesworld.bench.scene_regions``): what the prompt says, not where the scene put the
 object. With ``--boxes planned`` the regions come from the caption's words alone (``llm4gen.layout.plan_regions``,
 as ``regions="auto"`` plans them); ``--boxes scene planned`` runs both. The script renders the headline benchmark's
 held-out prompts from the same noise (25 DPM-Solver++ steps, guidance 5) without and with region guidance, for the

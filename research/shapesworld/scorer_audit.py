@@ -1,7 +1,7 @@
 """Audit the ShapesWorld scorer on generated images: does the shape it reads match what a person sees?
 
-The scorer (``llm4gen.eval.shapes``) classifies each object's silhouette by its nearest prototype, measured on clean
-renders. Generated images are blurrier, so its verdicts there need checking by eye. Two steps:
+The scorer (``llm4gen.shapesworld.scorer``) classifies each object's silhouette by its nearest prototype, measured on
+clean renders. Generated images are blurrier, so its verdicts there need checking by eye. Two steps:
 
 1. ``python research/shapesworld/scorer_audit.py --model models/default`` renders an arm (llm4gen by default;
    ``--arm base``) on the headline benchmark's first ``--prompts`` held-out prompts and noise, detects every object,

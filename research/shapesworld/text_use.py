@@ -9,7 +9,8 @@ high noise, where the image alone says little; one that ignores it scores the sa
     python research/shapesworld/text_use.py --base runs/shapes/base \
         --checkpoint runs/shapes/base-arm/checkpoints/checkpoint-00002250
 
-This is how we found that epsilon prediction left the text pathway of the bundled recipe almost unused (README).
+This is how we found that epsilon prediction left the text pathway of the bundled recipe almost unused
+(research/shapesworld/v-prediction.md).
 
 ``--pipeline DIR`` diagnoses a trained LLM4GEN pipeline folder instead (e.g. ``models/default``). Its conditioning
 has two sources, so it adds two more rows: the true CLIP tokens with another scene's LLM tokens ("llm shuffled") and
