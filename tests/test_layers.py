@@ -29,6 +29,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("apps", ("llm4gen.cli", "llm4gen.app", "llm4gen.comfy", "llm4gen.__main__", "llm4gen")),
 ]
 SIBLINGS_APART = ("llm4gen.training", "llm4gen.eval")  # one layer, but neither may import the other
+# the command's modules import the library inside the command that runs, so `llm4gen --help` starts without torch
+# (test_the_command_line_starts_without_torch)
+LAZY_ENTRY_POINTS = ("llm4gen.cli",)
 OPTIONAL_HEAVY = ("gradio", "spacy", "peft", "datasets", "selenium")
 
 
@@ -148,8 +151,24 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_the_packages_own_imports_are_at_module_level():
-    lazy = [f"{a}:{line} imports {b} inside a function" for a, b, _, top, line in _edges() if not top]
+    lazy = [f"{a}:{line} imports {b} inside a function" for a, b, _, top, line in _edges()
+            if not top and not a.startswith(LAZY_ENTRY_POINTS)]
     assert not lazy, lazy
+
+
+def test_the_command_line_starts_without_torch():
+    """`llm4gen --help` and every group's help load typer and rich, not torch, diffusers or transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from llm4gen.cli import app\n"
+            "for args in ([], ['shapes'], ['eval'], ['data'], ['bench'], ['generate'], ['train'], ['app']):\n"
+            "    result = CliRunner().invoke(app, [*args, '--help'])\n"
+            "    assert result.exit_code == 0, (args, result.output)\n"
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_heavy_optional_dependencies_are_imported_lazily():

@@ -9,8 +9,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
-
 app = typer.Typer(
     name="llm4gen",
     help=(
@@ -59,6 +57,8 @@ def model_or_bundled(model: str | None, hint: str = "") -> str:
 
 def load_pipeline(model: str, xl: bool | None, device: str, trust_remote_code: bool):
     import json
+
+    from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 
     cls = LLM4GenPipeline
     index = Path(model) / "model_index.json"

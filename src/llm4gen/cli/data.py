@@ -6,9 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..data.dense_prompts import DensePromptsConfig, build_dense_prompts, read_examples
-from ..data.recaption import DEFAULT_INSTRUCTION, RecaptionConfig, recaption
-from ..eval.report import print_table
 from .common import app, console
 
 data_app = typer.Typer(help="Build data: dense prompts with a local LLM, recaptioned image sets.", no_args_is_help=True)
@@ -38,6 +35,9 @@ def data_dense_prompts(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
     """Write DensePrompts: dense 40-140-word prompts from a local LLM, deduplicated, length-filtered and tagged."""
+    from ..data.dense_prompts import DensePromptsConfig, build_dense_prompts, read_examples
+    from ..eval.report import print_table
+
     try:
         extra = {"examples": read_examples(examples)} if examples is not None else {}
         cfg = DensePromptsConfig(model=model, num_prompts=min(num, limit or num), min_words=min_words,
@@ -93,6 +93,9 @@ def data_recaption(
 
     Several GPUs: `accelerate launch --num_processes N -m llm4gen data recaption ... --device cuda`.
     """
+    from ..data.recaption import DEFAULT_INSTRUCTION, RecaptionConfig, recaption
+    from ..eval.report import print_table
+
     if device == "cuda":
         from accelerate import PartialState
 

@@ -8,15 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..eval.compbench import CompBenchScorers, run_compbench
-from ..eval.dpg import run_dpg, write_prompt_file
-from ..eval.generate import GenerationSettings, generate_images
-from ..eval.prompts import read_prompt_records
-from ..eval.report import bar_chart, print_table, write_json
-from ..eval.score import score_generated
-from ..scoring.detect import HFObjectDetector
-from ..scoring.metrics import ClipScorer, LaionAestheticPredictor
-from ..scoring.vqa import load_vqa_scorer
 from .common import app, console, parse_dtype
 
 eval_app = typer.Typer(
@@ -55,6 +46,9 @@ def eval_generate(
 
     Several GPUs: `accelerate launch --num_processes N -m llm4gen eval generate ...` splits the images.
     """
+    from ..eval.generate import GenerationSettings, generate_images
+    from ..eval.prompts import read_prompt_records
+
     try:
         settings = GenerationSettings(num_images=num_images, seed=seed, steps=steps, guidance=guidance, height=height,
                                       width=width, negative_prompt=negative, naming=naming, batch_size=batch_size,
@@ -104,6 +98,10 @@ def eval_score(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
 ) -> None:
     """Score generated images: CLIP score, FID, Inception Score, aesthetics; prints a table, writes JSON and a PNG."""
+    from ..eval.report import bar_chart, print_table, write_json
+    from ..eval.score import score_generated
+    from ..scoring.metrics import LaionAestheticPredictor
+
     try:
         torch_dtype = parse_dtype(dtype)
         aesthetic = None
@@ -171,6 +169,12 @@ def eval_compbench(
 
     Differences from the original evaluators (models, versions) are listed in docs/evaluation.md and in the JSON.
     """
+    from ..eval.compbench import CompBenchScorers, run_compbench
+    from ..eval.report import bar_chart, print_table
+    from ..scoring.detect import HFObjectDetector
+    from ..scoring.metrics import ClipScorer
+    from ..scoring.vqa import load_vqa_scorer
+
     try:
         torch_dtype = parse_dtype(dtype)
         kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
@@ -218,6 +222,10 @@ def eval_dpg(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
     """DPG-Bench-style scoring: yes/no questions per dense prompt, parent questions gate their children."""
+    from ..eval.dpg import run_dpg, write_prompt_file
+    from ..eval.report import bar_chart, print_table
+    from ..scoring.vqa import load_vqa_scorer
+
     try:
         if export_prompts is not None:
             typer.echo(f"prompt file: {write_prompt_file(questions, export_prompts)}")

@@ -10,13 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..examples import DEMO_PROMPTS
-from ..images import draw_regions, make_grid
-from ..layout import PLACE_EXAMPLES, plan_regions, region_words
-from ..regions import Region
-from ..shapesworld.arms import base_unet_dir, clip_only_pipeline
-from ..shapesworld.bench import planned_regions
-from ..shapesworld.scorer import clip_token_count
-from ..tiny import MINILM_REF, build_tiny_pipeline
 from ..utils import quiet_library_notices
 from . import common
 from .common import (
@@ -78,6 +71,10 @@ def generate(
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
     import torch
 
+    from ..images import draw_regions
+    from ..layout import region_words
+    from ..regions import Region
+
     guidance = guidance_or_default(guidance, model)
     model = model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
@@ -123,6 +120,8 @@ def clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
     """For prompts past CLIP's window, one line saying what diffusers' "truncated" notice means for an LLM4GEN
     pipeline: CLIP reads the first tokens, the LLM reads on (up to its own ``max_length``). None when no prompt is
     longer than the window or the pipeline has no LLM."""
+    from ..shapesworld.scorer import clip_token_count
+
     tokenizer, llm = getattr(pipe, "tokenizer", None), getattr(pipe, "llm_encoder", None)
     if tokenizer is None or llm is None:
         return None
@@ -150,6 +149,8 @@ def clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
 
 def print_planned_regions(prompt: str) -> list[Any]:
     """``--auto-regions``: the regions :func:`llm4gen.layout.plan_regions` reads from ``prompt``, printed."""
+    from ..layout import PLACE_EXAMPLES, plan_regions, region_words
+
     planned = plan_regions(prompt)
     if not planned:
         console.print(f"[yellow]--auto-regions: the prompt names no place for anything ({PLACE_EXAMPLES}); sampling "
@@ -177,6 +178,12 @@ def demo(
     from contextlib import nullcontext
 
     import torch
+
+    from ..images import draw_regions, make_grid
+    from ..layout import region_words
+    from ..shapesworld.arms import base_unet_dir, clip_only_pipeline
+    from ..shapesworld.bench import planned_regions
+    from ..tiny import MINILM_REF, build_tiny_pipeline
 
     bundled = common.bundled_model_dir()  # looked up there, so a test can stand in for it
     arms: dict[str, object] = {}

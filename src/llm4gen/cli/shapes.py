@@ -8,13 +8,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..shapesworld.arms import base_schedule_differences, base_unet_dir, load_arm
-from ..shapesworld.bench import QualityConfig, run_quality_benchmark
-from ..shapesworld.recipe import build_shapes_base, package_default_model
-from ..shapesworld.scorer import LENGTH_BUCKETS, METRICS, score_folder
-from ..shapesworld.small_clip import SmallClipConfig, train_small_clip
-from ..shapesworld.small_vae import SmallVaeConfig, train_small_vae
-from ..shapesworld.world import ShapesWorldConfig, write_dataset
 from .common import app, console, model_or_bundled
 
 shapes_app = typer.Typer(
@@ -40,6 +33,8 @@ def shapes_make_data(
     ),
 ) -> None:
     """Write a ShapesWorld split as an image folder with metadata.jsonl (file_name, text, scene graph)."""
+    from ..shapesworld.world import ShapesWorldConfig, write_dataset
+
     try:
         cfg = ShapesWorldConfig(size=size, caption_style=style)
         path = write_dataset(out, num, split=split, seed=seed, config=cfg, corrupt=corrupt)
@@ -62,6 +57,8 @@ def shapes_score(
 ) -> None:
     """Score generated images against their scene graphs; print a table by category and prompt length."""
     import json
+
+    from ..shapesworld.scorer import LENGTH_BUCKETS, METRICS, score_folder
 
     try:
         report = score_folder(str(images_dir), prototypes=prototypes)
@@ -96,6 +93,8 @@ def shapes_train_clip(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and batches (the data has its own)."),
 ) -> None:
     """Train the small ShapesWorld CLIP (the base model's text encoder) and report held-out retrieval."""
+    from ..shapesworld.small_clip import SmallClipConfig, train_small_clip
+
     heads = max(h for h in (1, 2, 4, 8) if hidden % h == 0)
     cfg = SmallClipConfig(hidden_size=hidden, num_layers=layers, num_heads=heads, projection_dim=hidden, steps=steps,
                           batch_size=batch_size, train_items=train_items, eval_items=eval_items, seed=seed)
@@ -126,6 +125,8 @@ def shapes_train_vae(
     seed: int = typer.Option(0, "--seed", help="Seed of the weights and batches."),
 ) -> None:
     """Train the small ShapesWorld VAE (64 px -> 16x16xC latents); report PSNR and the scorer on reconstructions."""
+    from ..shapesworld.small_vae import SmallVaeConfig, train_small_vae
+
     cfg = SmallVaeConfig(steps=steps, batch_size=batch_size, train_items=train_items, eval_items=eval_items,
                          image_size=size, latent_channels=latent_channels, seed=seed)
     result = train_small_vae(out, cfg)
@@ -143,6 +144,8 @@ def shapes_build_base(
     seed: int = typer.Option(0, "--seed", help="Seed of the UNet's initial weights (shared by both arms)."),
 ) -> None:
     """Assemble the ShapesWorld base model that configs/shapes-*.yaml train from."""
+    from ..shapesworld.recipe import build_shapes_base
+
     try:
         path = build_shapes_base(out, clip, vae, seed=seed)
     except (FileNotFoundError, ValueError) as err:
@@ -158,6 +161,8 @@ def shapes_package(
     out: Path = typer.Option(Path("models/default"), "--out", help="Where the bundled model goes."),
 ) -> None:
     """Assemble the bundled model: the LLM4GEN pipeline (DPM-Solver++ scheduler) plus the base arm's UNet."""
+    from ..shapesworld.recipe import package_default_model
+
     try:
         path = package_default_model(llm4gen, base, out)
     except (FileNotFoundError, ValueError) as err:
@@ -202,6 +207,9 @@ def bench_quality(
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
     prompts, scored exactly, split by prompt length, with 95% intervals; writes results.json, quality.png,
     samples.png."""
+    from ..shapesworld.arms import base_schedule_differences, base_unet_dir, load_arm
+    from ..shapesworld.bench import QualityConfig, run_quality_benchmark
+
     model = model_or_bundled(model)
     if base_model is None and base_unet is None:
         if base_unet_dir(model) is None:

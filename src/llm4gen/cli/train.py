@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..training.config import load_config, parse_set
-from ..training.trainer import TrainingDivergedError, train
 from .common import app, console
 
 
@@ -25,6 +23,9 @@ def train_cmd(
 
     Several processes or GPUs: `accelerate launch --num_processes N -m llm4gen train CONFIG`.
     """
+    from ..training.config import load_config, parse_set
+    from ..training.trainer import TrainingDivergedError, train
+
     try:
         cfg = load_config(config, parse_set(set_), output_dir=output_dir, max_train_steps=max_train_steps)
         result = train(cfg, resume=resume)

@@ -6,7 +6,6 @@ import importlib.util
 
 import typer
 
-from .. import app as web
 from .common import BUNDLED_GUIDANCE, app, console, guidance_or_default, model_or_bundled
 
 
@@ -33,6 +32,8 @@ def app_cmd(
     if importlib.util.find_spec("gradio") is None:
         console.print("[red]The web app needs gradio:[/red] pip install 'llm4gen[app]'.")
         raise typer.Exit(2)
+    from .. import app as web
+
     guidance = guidance_or_default(guidance, model)
     model = model_or_bundled(model)
     try:
