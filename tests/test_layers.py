@@ -232,3 +232,13 @@ def test_names_still_used_where_they_were_are_the_moved_objects():
     from llm4gen.training import config, trainer
 
     assert trainer.Denoiser is Denoiser and config.DataConfig is DataConfig
+
+
+def test_every_folder_of_modules_is_a_package_the_wheel_ships():
+    """A folder of modules without __init__.py imports from a checkout (a namespace package) but is left out of the
+    wheel by setuptools' package discovery."""
+    from setuptools import find_packages
+
+    shipped = set(find_packages(str(PACKAGE.parent)))
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("*.py")}
+    assert folders <= shipped, f"not packages: {sorted(folders - shipped)}"

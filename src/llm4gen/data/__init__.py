@@ -1,1 +1,2 @@
-"""Data: ShapesWorld (a synthetic compositional world) and the offline CLIP tokenizer."""
+"""Data: training sources (image folders, WebDataset shards, HF datasets, registered types), DensePrompts and
+recaptioning."""

@@ -1,1 +1,1 @@
-"""Training: the trainer (accelerate), losses and recipes such as the small ShapesWorld CLIP."""
+"""Training: the trainer (accelerate), its config, the batch order and the losses."""

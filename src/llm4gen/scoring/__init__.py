@@ -1,0 +1,1 @@
+"""Image and text scorers used by evaluation and data building: CLIP score, FID / IS features, VQA, detectors."""
