@@ -66,7 +66,7 @@ class DataConfig:
     """Where the (image, caption) pairs come from.
 
     - ``imagefolder``: ``path`` holds images and ``metadata.jsonl`` (``file_name`` + ``caption_column``), the
-      diffusers / HF datasets convention; ShapesWorld folders also carry scene graphs (exact entity pairs).
+      diffusers / HF datasets convention (what `llm4gen shapes make-data` writes).
     - ``shapesworld``: generated on the fly from ``split`` / ``seed``; ``num_items`` items make an epoch.
     - ``hf``: a Hugging Face dataset (``path`` = hub id, a local dataset folder, or one written by ``save_to_disk``;
       ``split``; ``image_column`` / ``caption_column``). Needs ``pip install llm4gen[hf]``.
