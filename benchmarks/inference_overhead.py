@@ -241,8 +241,7 @@ def main() -> None:
         for name, m in result["unet_step"].items():
             steps_table.add_row(name, str(m["tokens"]), f"{m['median_s']:.4f}", f"{100 * m['overhead_vs_plain']:+.1f}%")
         console.print(steps_table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_report(Path(args.json), report)
+    write_report(args.json, report)
     print(f"wrote {args.json}")
 
 

@@ -148,8 +148,7 @@ def main() -> None:
     print("GPU (resident LLM vs enable_model_cpu_offload):", json.dumps(gpu))
     report = {"benchmark": "llm_memory", "size": size, "machine": platform.platform(), "runtime": runtime,
               "cpu_modes": modes, "gpu": gpu}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_report(Path(args.json), report)
+    write_report(args.json, report)
     print(f"wrote {args.json}")
 
 

@@ -203,8 +203,7 @@ def main() -> None:
                 table.add_row(batch, mode, f"{m['s_per_image']:.3f}", f"{m['vs_unguided']:.2f}x", peak,
                               f"{m['mean_abs_change_vs_unguided']:.4f}")
         console.print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_report(Path(args.json), report)
+    write_report(args.json, report)
     print(f"wrote {args.json}")
 
 

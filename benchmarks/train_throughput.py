@@ -114,8 +114,7 @@ def main() -> None:
     Console().print(table)
     report = {"benchmark": "train_throughput", "steps": steps, "batch": args.batch, "threads": torch.get_num_threads(),
               "machine": platform.platform(), "torch": torch.__version__, "modes": modes}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_report(Path(args.json), report)
+    write_report(args.json, report)
     print(f"wrote {args.json}")
 
 

@@ -195,7 +195,6 @@ def main() -> None:
                       str(r["negative_pairs"]), str(r["attribute_pairs"]))
     Console(width=max(Console().width, 170)).print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"model": str(src), "prompts": len(items), "timesteps": args.timesteps, "rows": rows}
     write_report(out, report)
     print(f"wrote {out}")

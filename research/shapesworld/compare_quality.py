@@ -82,7 +82,6 @@ def main() -> None:
     Console().print(table)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {"before": str(args.before), "after": str(args.after), "arm": args.arm,
                        "before_arm": args.before_arm or args.arm,
                        "sampler_differences": {k: list(v) for k, v in sampler.items()},

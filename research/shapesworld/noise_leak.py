@@ -210,7 +210,6 @@ def main() -> None:
                       f"{r['x0_mse']:.3f}")
     Console(width=max(Console().width, 130)).print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {"model": str(src), "prompts": len(items), "first_sampling_timestep": first,
                        "first_sampling_snr": float(ac[first] / (1 - ac[first])),
                        "zero_terminal_snr": float(ac[-1]) == 0.0, "dist_words_alone": words_alone,

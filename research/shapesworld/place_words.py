@@ -141,7 +141,6 @@ def main() -> None:
                       f"{r['drawn']} / {r['images']}")
     Console(width=max(Console().width, 130)).print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, report)
     grid = make_grid(grid_cells, grid_captions, cols=len(POSITION_CELLS), cell=128, caption_lines=2)
     grid.save(out.with_suffix(".png"))

@@ -147,7 +147,6 @@ def main() -> None:
     (console if console.is_terminal else Console(width=160)).print(table)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {
         "model": str(args.model), "prompts": args.prompts, "boxes": boxes,
         "prompts_with_regions": guided[boxes[0]] if len(boxes) == 1 else guided,

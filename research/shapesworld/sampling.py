@@ -137,7 +137,6 @@ def main() -> None:
     (console if console.is_terminal else Console(width=150)).print(table)  # a log file: one line per row
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {"model": str(args.model), "prompts": args.prompts, "reference": rows[0]["name"],
                        "settings": rows})
     plot_differences(rows, out.with_suffix(".png"),

@@ -147,7 +147,6 @@ def main() -> None:
                       f"{r['r2_x']:.3f}", f"{r['r2_y']:.3f}")
     Console(width=max(Console().width, 120)).print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {"model": str(src), "prompts": len(items), "fit_images": half, "l2": args.l2,
                        "rows": rows})
     print(f"wrote {out}")

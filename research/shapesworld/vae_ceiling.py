@@ -55,7 +55,6 @@ def main() -> None:
             table.add_row(m, f"{100 * a:.1f}", f"{100 * b:.1f}" if b is not None else "-")
     Console().print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_report(out, {"model": str(args.model), "images": args.images, "summary": summary})
     n = min(16, len(items))
     make_grid([it.image for it in items[:n]] + round_trips[:n], cols=n, cell=64).save(out.with_suffix(".png"))

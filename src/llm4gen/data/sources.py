@@ -95,10 +95,9 @@ class DataConfig:
     max_objects: int = 4
 
     def __post_init__(self) -> None:
-        types = source_types()
-        if self.type not in types:
-            raise ValueError(f"data.type must be one of {types}, got {self.type!r} (a package can add a type with "
-                             "register_source or an 'llm4gen.data_sources' entry point).")
+        if self.type not in _SOURCES and self.type not in _entry_points():  # entry points read only when needed
+            raise ValueError(f"data.type must be one of {source_types()}, got {self.type!r} (a package can add a "
+                             "type with register_source or an 'llm4gen.data_sources' entry point).")
         if self.type in ("imagefolder", "hf", "webdataset") and not self.path:
             raise ValueError(f"data.path is required for data.type: {self.type}.")
         if self.random_flip and self.type == "shapesworld":
