@@ -22,7 +22,8 @@ def eval_generate(
     prompts_file: Path = typer.Argument(..., help="Prompts: .txt (one a line), .json, .jsonl, .csv or .tsv."),
     model: str = typer.Option(..., "--model", "-m", help="Any diffusers text-to-image pipeline folder or hub id "
                               "(LLM4GEN or not)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and manifest.jsonl (resumable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (resumable). manifest.jsonl "
+                              "goes in it, or beside it as OUT.manifest.jsonl with --naming compbench."),
     column: str | None = typer.Option(None, "--column", help="CSV column / JSON field with the prompt (default: "
                                       "prompt, text or caption)."),
     num_images: int = typer.Option(1, "--num-images", "-n", min=1, help="Images per prompt."),
@@ -34,7 +35,8 @@ def eval_generate(
     width: int | None = typer.Option(None, "--width", help="Image width (default: the model's)."),
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt for every image."),
     naming: str = typer.Option("llm4gen", "--naming", help="File names: llm4gen ({prompt_index:05d}_{i:02d}.png) or "
-                               "compbench ({prompt}_{index:06d}.png, T2I-CompBench's)."),
+                               "compbench ({prompt}_{index:06d}.png, T2I-CompBench's: OUT then holds only "
+                               "the images, as its evaluators need)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts (smoke runs)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: this process's accelerate "
                                       "device: cuda:i under `accelerate launch`, else cuda or cpu)."),

@@ -13,8 +13,12 @@ color, shape,  BLIP-VQA: product over the prompt's noun    ``annotation_blip/vqa
 texture        phrases of P(yes | "{noun phrase}?")
 spatial        detector + box geometry                     ``labels/annotation_obj_detection_2d/vqa_result.json``
 non_spatial    CLIP cosine similarity (not x100)           ``annotation_clip/vqa_result.json``
-complex        "3-in-1": mean of the three above           ``annotation_3_in_1/vqa_result.json``
+complex        "3-in-1": mean of the three above           ``annotation_3_in_1/vqa_result.json`` (its parts in the
+                                                           three folders above, where ``3_in_1.py`` reads them)
 =============  ==========================================  ==================================================
+
+Each folder also gets the original's summary text file (``blip_vqa_score.txt``, ``avg_score.txt``,
+``score_avg.txt``, ``vqa_score.txt``).
 
 The scoring rules follow the original code line by line (noun phrases, P(yes)/(P(yes)+P(no)), the spatial soft score
 with its 0.5 cut-off, the 3-in-1 mix); :data:`DEVIATIONS` lists every place where this implementation differs.
