@@ -25,7 +25,7 @@ from llm4gen.scoring.detect import Detection
 
 
 class SeedColourPipe:
-    """A text-to-image test double: a flat image whose colour comes from the generator's seed."""
+    """A text-to-image test double: a flat image (of the asked size) whose colour comes from the generator's seed."""
 
     def __init__(self, size: int = 16) -> None:
         self.size, self.calls = size, 0
@@ -35,7 +35,8 @@ class SeedColourPipe:
         images = []
         for g in generator:
             rng = np.random.default_rng(g.initial_seed() % 2**32)
-            images.append(Image.new("RGB", (self.size, self.size), tuple(int(v) for v in rng.integers(0, 256, 3))))
+            size = (kwargs.get("width", self.size), kwargs.get("height", self.size))
+            images.append(Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 256, 3))))
 
         class Out:
             pass
@@ -334,6 +335,10 @@ def test_write_grids_refuses_what_the_original_cannot_cut(tmp_path):
     _generate([{"prompt": "a", "meta": {"item_id": "x.1"}}], tmp_path / "dot", num_images=1)
     with pytest.raises(ValueError, match="first '.'"):
         dpg.write_grids(tmp_path / "dot", tmp_path / "g2")
+    _generate([{"prompt": "a", "meta": {"item_id": "p1"}}], tmp_path / "wide", num_images=2, height=8, width=16)
+    with pytest.raises(ValueError, match="square"):
+        dpg.write_grids(tmp_path / "wide", tmp_path / "g4")
+    assert not (tmp_path / "g4").exists()  # nothing written before the check
     _generate(["no item id"], tmp_path / "plain", num_images=1)
     with pytest.raises(ValueError, match="item_id"):
         dpg.write_grids(tmp_path / "plain", tmp_path / "g3")

@@ -221,32 +221,37 @@ def write_grids(images_dir: str | Path, out_dir: str | Path) -> tuple[list[Path]
             raise ValueError(f"{manifest_path(src)}: {rec['file']} has no meta.item_id; generate from the prompt file "
                              "of `llm4gen eval dpg --export-prompts`.")
         by_item.setdefault(str(item), []).append((int(rec.get("image_index", 0)), rec["file"]))
-    out.mkdir(parents=True, exist_ok=True)
-    written, sizes = [], set()
-    for item, files in by_item.items():
+    sizes = set()
+    for item, files in by_item.items():  # check everything before writing anything
         if "/" in item or "\\" in item or "." in item:
             raise ValueError(f"item_id {item!r} cannot be a DPG-Bench file name (the scorer reads the id up to the "
                              "first '.'); use ids without '/', '\\' or '.'.")
         if len(files) > 4:
             raise ValueError(f"{item} has {len(files)} images; a DPG-Bench grid holds at most 4 (--num-images 4).")
-        tiles = [_open(src / f) for _, f in sorted(files)]
-        size = tiles[0].size
-        if any(t.size != size for t in tiles) or (len(tiles) > 1 and size[0] != size[1]):
+        item_sizes = set()
+        for _, f in files:
+            with Image.open(src / f) as im:  # reads the header only
+                item_sizes.add(im.size)
+        if len(item_sizes) > 1 or (len(files) > 1 and any(w != h for w, h in item_sizes)):
             raise ValueError(f"The images of {item} must be square and of one size for a 2x2 grid (DPG-Bench cuts "
-                             f"square tiles), got {sorted({t.size for t in tiles})}; generate with --height = --width.")
-        sizes.add(size[0])
-        grid = tiles[0]
+                             f"square tiles), got {sorted(item_sizes)}; generate with --height = --width.")
+        sizes |= {w for w, _ in item_sizes}
+    if len(sizes) > 1:
+        raise ValueError(f"{src} holds images of several sizes {sorted(sizes)}; DPG-Bench scores one --resolution.")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item, files in by_item.items():
+        tiles = [_open(src / f) for _, f in sorted(files)]
+        grid, res = tiles[0], tiles[0].width
         if len(tiles) > 1:
-            grid = Image.new("RGB", (2 * size[0], 2 * size[0]))
+            grid = Image.new("RGB", (2 * res, 2 * res))
             for k, tile in enumerate(tiles):
-                grid.paste(tile, ((k % 2) * size[0], (k // 2) * size[0]))
+                grid.paste(tile, ((k % 2) * res, (k // 2) * res))
         target = out / f"{item}.png"
         tmp = out.parent / f".{out.name}.{item}.{os.getpid()}.tmp"
         grid.save(tmp, format="PNG")
         os.replace(tmp, target)
         written.append(target)
-    if len(sizes) > 1:
-        raise ValueError(f"{src} holds images of several sizes {sorted(sizes)}; DPG-Bench scores one --resolution.")
     return written, (sizes.pop() if sizes else 0), max((len(f) for f in by_item.values()), default=0)
 
 
