@@ -45,3 +45,26 @@ def test_make_source_names_the_known_types_for_an_unknown_one():
     cfg.type = "nonesuch"  # past the config's own check, as a hand-built config could be
     with pytest.raises(ValueError, match=r"data.type must be one of \(.*'imagefolder'.*\), got 'nonesuch'"):
         make_source(cfg, 32)
+
+
+def test_captions_with_a_byte_order_mark_and_other_encodings(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    (tmp_path / "metadata.jsonl").write_text("\ufeff" + json.dumps({"file_name": "a.png", "text": "a cat"}) + "\n",
+                                             encoding="utf-8")
+    folder = make_source(DataConfig(type="imagefolder", path=str(tmp_path)), 8)
+    assert folder[0].caption == "a cat"
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, format="PNG")
+    for shard, caption in (("s.tar", "\ufeffa red cube".encode()), ("latin.tar", "caf\xe9".encode("latin-1"))):
+        with tarfile.open(tmp_path / shard, "w") as tar:
+            for name, data in (("k.png", png.getvalue()), ("k.txt", caption)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    assert make_source(DataConfig(type="webdataset", path=str(tmp_path / "s.tar")), 8)[0].caption == "a red cube"
+    with pytest.raises(ValueError, match=r"latin\.tar: k\.txt is not UTF-8 text"):
+        make_source(DataConfig(type="webdataset", path=str(tmp_path / "latin.tar")), 8)

@@ -51,7 +51,8 @@ def test_score_item_by_hand():
     assert res["score"] == pytest.approx(0.375)
     assert res["answers"][0] == {1: 1.0, 2: 1.0, 3: 0.0, 4: 1.0}  # before the dependency rule
     soft = dpg.score_item(ColourVQA(), images[:1], item, soft=True)
-    assert soft["image_scores"] == pytest.approx([(0.9 + 0.9 + 0.1 + 0.9) / 4])
+    # soft: a child counts its P(yes) times its parent's: q2 0.9 * 0.9, q4 0.9 * 0.1
+    assert soft["image_scores"] == pytest.approx([(0.9 + 0.81 + 0.1 + 0.09) / 4])
 
 
 def _grid(tiles, res=16):
@@ -141,7 +142,7 @@ def test_run_dpg_with_a_tiny_blip(tmp_path):
     tiles = dpg.item_images(images, "p1", pic_num=2)
     p = vqa.score([tiles[0]] * 3, ["is it red?", "is the scene red?", "is it green?"])
     details = json.loads((images / "dpg_details.jsonl").read_text().splitlines()[0])
-    assert details["image_scores"][0] == pytest.approx(sum(p) / 3, abs=1e-5)
+    assert details["image_scores"][0] == pytest.approx((p[0] + p[1] * p[0] + p[2]) / 3, abs=1e-5)  # q2 gated by q1
 
 
 def test_prompt_file_and_generation_manifest(tmp_path):

@@ -70,6 +70,42 @@ def test_read_prompts_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ seeds and names
+def test_byte_order_marks_are_dropped_wherever_prompts_or_questions_are_read(tmp_path):
+    from llm4gen.data.dense_prompts import read_examples
+    from llm4gen.eval.compbench import read_prompt_file
+    from llm4gen.eval.dpg import read_questions
+    from llm4gen.utils import read_jsonl
+
+    bom = "\ufeff"
+    files = {
+        "p.txt": "a red apple\r\na green leaf\n",
+        "p.csv": "id,prompt\n1,a red apple\n2,a green leaf\n",
+        "p.tsv": "prompt\tid\na red apple\t1\na green leaf\t2\n",
+        "p.json": json.dumps(["a red apple", "a green leaf"]),
+        "p.jsonl": '{"prompt": "a red apple"}\n"a green leaf"\n',
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(bom + text, encoding="utf-8")  # as Excel and Notepad save UTF-8
+        assert read_prompts(tmp_path / name) == ["a red apple", "a green leaf"], name
+    assert read_prompt_records(tmp_path / "p.csv")[0]["meta"] == {"id": "1"}  # the first column keeps its name
+    assert image_filename(read_prompts(tmp_path / "p.txt")[0], 0, 0, 1, "compbench") == "a red apple_000000.png"
+    (tmp_path / "color_val.txt").write_text(bom + "a red apple\n", encoding="utf-8")
+    assert read_prompt_file(tmp_path, "color") == ["a red apple"]
+    (tmp_path / "q.csv").write_text(bom + "item_id,text,proposition_id,dependency,tuple,question_natural_language\n"
+                                    "p1,a red scene,1,0,entity - whole (scene),is it red?\n", encoding="utf-8")
+    assert [(i.item_id, i.prompt) for i in read_questions(tmp_path / "q.csv")] == [("p1", "a red scene")]
+    assert read_jsonl(tmp_path / "p.jsonl", objects_only=False)[0] == (1, {"prompt": "a red apple"})
+    (tmp_path / "ex.txt").write_text(bom + "first example\n\nsecond\n", encoding="utf-8")
+    assert read_examples(tmp_path / "ex.txt") == ["first example", "second"]
+    # a file in another encoding: the error names the file
+    (tmp_path / "latin.txt").write_bytes("un caf\xe9 rouge\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.txt is not UTF-8 text"):
+        read_prompts(tmp_path / "latin.txt")
+    (tmp_path / "latin.csv").write_bytes("item_id,question_natural_language\nx,caf\xe9?\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv is not UTF-8 text"):
+        read_questions(tmp_path / "latin.csv")
+
+
 def test_image_seeds_are_deterministic_distinct_and_documented():
     seeds = {image_seed(0, p, i) for p in range(50) for i in range(20)}
     assert len(seeds) == 1000
@@ -202,7 +238,8 @@ def test_cli_generate_llm4gen_pipeline_compbench_names_then_score(tiny_sd_dir, t
     clip = make_tiny_clip(tmp_path / "clip")
     scored = runner.invoke(app, ["eval", "score", str(out), "--clip-model", clip, "--limit", "3"])
     assert scored.exit_code == 0, scored.output
-    report = json.loads((out / "scores" / "scores.json").read_text())
+    report = json.loads((tmp_path / "samples.scores" / "scores.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == names  # samples/ still holds the images only
     assert report["num_images"] == 3 and 0 <= report["metrics"]["clip_score"]["mean"] <= 100
 
     bad = runner.invoke(app, ["eval", "generate", str(prompts_file), "--model", tiny_sd_dir, "--out",

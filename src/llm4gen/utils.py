@@ -64,26 +64,52 @@ def describe_load_error(err: Exception, what: str, ref: str, path: str | None = 
     )
 
 
-def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for each non-blank line of a JSON Lines file; a line that is not a JSON object or
-    lacks one of ``required`` raises a ``ValueError`` naming the file and line."""
+def decode_text(data: bytes, source: str) -> str:
+    """UTF-8 ``data`` as text, without a leading byte-order mark (as pandas and Excel-written files have it); other
+    encodings raise a ``ValueError`` that names ``source`` and the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{source} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r}); save it "
+                         "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, byte-order mark removed; every reader of prompt, caption and question files uses
+    this (see :func:`decode_text`)."""
+    return decode_text(Path(path).read_bytes(), str(path))
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text`` split as Python's text mode reads a file: at ``\\n``, ``\\r\\n`` and ``\\r`` only (not at
+    the other characters ``str.splitlines`` breaks at, which may sit inside a JSON string)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), objects_only: bool = True
+               ) -> list[tuple[int, Any]]:
+    """``(line number, record)`` for each non-blank line of a JSON Lines file (UTF-8, with or without a byte-order
+    mark); a line that is not valid JSON, not a JSON object (unless ``objects_only=False``) or lacks one of
+    ``required`` raises a ``ValueError`` naming the file and line."""
     import json
 
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no} is not valid JSON ({err}).") from err
-            if not isinstance(rec, dict):
+    for line_no, line in enumerate(text_lines(read_text(path)), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line_no} is not valid JSON ({err}).") from err
+        if not isinstance(rec, dict):
+            if objects_only:
                 raise ValueError(f"{path}:{line_no} is not a JSON object.")
-            for key in required:
-                if key not in rec:
-                    raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
             out.append((line_no, rec))
+            continue
+        for key in required:
+            if key not in rec:
+                raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
+        out.append((line_no, rec))
     return out
 
 

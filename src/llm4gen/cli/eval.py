@@ -22,7 +22,8 @@ def eval_generate(
     prompts_file: Path = typer.Argument(..., help="Prompts: .txt (one a line), .json, .jsonl, .csv or .tsv."),
     model: str = typer.Option(..., "--model", "-m", help="Any diffusers text-to-image pipeline folder or hub id "
                               "(LLM4GEN or not)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and manifest.jsonl (resumable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs (resumable). manifest.jsonl "
+                              "goes in it, or beside it as OUT.manifest.jsonl with --naming compbench."),
     column: str | None = typer.Option(None, "--column", help="CSV column / JSON field with the prompt (default: "
                                       "prompt, text or caption)."),
     num_images: int = typer.Option(1, "--num-images", "-n", min=1, help="Images per prompt."),
@@ -34,7 +35,8 @@ def eval_generate(
     width: int | None = typer.Option(None, "--width", help="Image width (default: the model's)."),
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt for every image."),
     naming: str = typer.Option("llm4gen", "--naming", help="File names: llm4gen ({prompt_index:05d}_{i:02d}.png) or "
-                               "compbench ({prompt}_{index:06d}.png, T2I-CompBench's)."),
+                               "compbench ({prompt}_{index:06d}.png, T2I-CompBench's: OUT then holds only "
+                               "the images, as its evaluators need)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts (smoke runs)."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: this process's accelerate "
                                       "device: cuda:i under `accelerate launch`, else cuda or cpu)."),
@@ -93,11 +95,14 @@ def eval_score(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the scoring models."),
-    json_out: Path | None = typer.Option(None, "--json", help="JSON report (default: IMAGES_DIR/scores/scores.json)."),
-    chart: Path | None = typer.Option(None, "--chart", help="PNG chart (default: IMAGES_DIR/scores/scores.png)."),
+    json_out: Path | None = typer.Option(None, "--json", help="JSON report (default: IMAGES_DIR/scores/scores.json, or "
+                                      "IMAGES_DIR.scores/ beside a --naming compbench folder)."),
+    chart: Path | None = typer.Option(None, "--chart", help="PNG chart (default: scores.png beside the default "
+                                   "JSON report)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
 ) -> None:
     """Score generated images: CLIP score, FID, Inception Score, aesthetics; prints a table, writes JSON and a PNG."""
+    from ..eval.generate import manifest_path
     from ..eval.report import bar_chart, print_table, write_json
     from ..eval.score import score_generated
     from ..scoring.metrics import LaionAestheticPredictor
@@ -134,8 +139,12 @@ def eval_score(
             if spread is not None:
                 errors[label] = {images_dir.name or str(images_dir): spread}
     print_table(rows, title=f"llm4gen eval score: {images_dir} ({report['num_images']} images)")
-    target = write_json(json_out or images_dir / "scores" / "scores.json", report)
-    chart_path = bar_chart(values, chart or images_dir / "scores" / "scores.png", title=f"scores: {images_dir.name}",
+    # a T2I-CompBench samples/ folder (manifest beside it) must keep nothing but images: the scores go beside it too
+    scores_dir = images_dir / "scores"
+    if manifest_path(images_dir).parent != images_dir:
+        scores_dir = images_dir.parent / f"{images_dir.name}.scores"
+    target = write_json(json_out or scores_dir / "scores.json", report)
+    chart_path = bar_chart(values, chart or scores_dir / "scores.png", title=f"scores: {images_dir.name}",
                            errors=errors, shared_axis=False)
     typer.echo(f"report: {target}\nchart: {chart_path}")
 
@@ -210,11 +219,15 @@ def eval_dpg(
                                   "image-text-to-text model)."),
     mode: str = typer.Option("prob", "--mode", help="prob: yes if P(yes) > 0.5; exact: the generated answer must "
                              "start with 'yes'."),
-    soft: bool = typer.Option(False, "--soft", help="Use P(yes) itself instead of yes/no."),
+    soft: bool = typer.Option(False, "--soft", help="Use P(yes) itself instead of yes/no; a question counts its "
+                              "P(yes) times its parents' (gated) values."),
     pic_num: int = typer.Option(4, "--pic-num", min=1, max=4, help="Tiles per grid image."),
     resolution: int | None = typer.Option(None, "--resolution", help="Tile size in pixels (default: half the grid)."),
     export_prompts: Path | None = typer.Option(None, "--export-prompts", help="Only write the prompt file "
                                                "({item_id, prompt} JSONL) for `llm4gen eval generate`, then stop."),
+    export_grids: Path | None = typer.Option(None, "--export-grids", help="Only write IMAGES_DIR's images (an "
+                                             "`llm4gen eval generate` folder) as {item_id}.png 2x2 grids to this "
+                                             "folder, which ELLA's compute_dpg_bench.py scores, then stop."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the results (default: IMAGES_DIR)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
@@ -222,13 +235,18 @@ def eval_dpg(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
     """DPG-Bench-style scoring: yes/no questions per dense prompt, parent questions gate their children."""
-    from ..eval.dpg import run_dpg, write_prompt_file
+    from ..eval.dpg import run_dpg, write_grids, write_prompt_file
     from ..eval.report import bar_chart, print_table
     from ..scoring.vqa import load_vqa_scorer
 
     try:
         if export_prompts is not None:
             typer.echo(f"prompt file: {write_prompt_file(questions, export_prompts)}")
+            return
+        if export_grids is not None:
+            files, size, tiles = write_grids(images_dir, export_grids)
+            typer.echo(f"{len(files)} grids in {export_grids} ({tiles} tiles of {size} px). Score them with ELLA's "
+                       f"scorer: PIC_NUM={tiles} bash dpg_bench/dist_eval.sh {export_grids} {size}")
             return
         torch_dtype = parse_dtype(dtype)
         kw = {"dtype": torch_dtype} if torch_dtype is not None else {}

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import describe_load_error, read_jsonl
+from ..utils import describe_load_error, read_jsonl, read_text
 
 __all__ = ["DEFAULT_EXAMPLES", "TAG_LEXICON", "TOPICS", "DensePromptsConfig", "NearDuplicateIndex",
            "build_dense_prompts", "build_messages", "clean_generation", "normalize_text", "read_examples",
@@ -368,5 +368,5 @@ def read_examples(path: str | Path) -> list[str]:
     path = Path(path)
     if path.suffix == ".jsonl":
         return [r["prompt"] for r in _read_existing(path)]
-    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")) if p.strip()]
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", read_text(path)) if p.strip()]
 

@@ -43,7 +43,7 @@ from PIL import Image
 
 from ..scoring.metrics import ClipScorer, LaionAestheticPredictor, clip_score_from_embeddings
 from ..scoring.vqa import load_image_text_model
-from ..utils import describe_load_error, read_jsonl
+from ..utils import decode_text, describe_load_error, read_jsonl
 from .sources import expand_shards
 
 __all__ = ["DEFAULT_INSTRUCTION", "FILTERS", "Captioner", "RecaptionConfig", "SourceItem", "filter_report",
@@ -182,10 +182,10 @@ def _read_webdataset(pattern: str, caption_column: str) -> Iterator[SourceItem]:
                         continue
                     caption, extra = None, {}
                     if ".json" in parts:
-                        extra = json.loads(tar.extractfile(parts[".json"]).read().decode("utf-8"))
+                        extra = json.loads(decode_text(tar.extractfile(parts[".json"]).read(), f"{shard}: {key}.json"))
                         caption = extra.pop(caption_column, None)
                     if ".txt" in parts:
-                        caption = tar.extractfile(parts[".txt"]).read().decode("utf-8").strip()
+                        caption = decode_text(tar.extractfile(parts[".txt"]).read(), f"{shard}: {key}.txt").strip()
 
                     def load(shard=shard, member=parts[image_ext]) -> bytes:
                         with tarfile.open(shard) as t:

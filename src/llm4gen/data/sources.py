@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..utils import read_jsonl
+from ..utils import decode_text, read_jsonl
 
 __all__ = ["DataConfig", "Example", "HFSource", "ImageFolderSource", "WebDatasetSource", "expand_shards",
            "file_fingerprint", "make_source", "preprocess_image", "register_source", "source_types"]
@@ -275,9 +275,9 @@ class WebDatasetSource:
 
     def _caption(self, tar, parts: dict[str, Any], shard: str, key: str) -> str:
         if ".txt" in parts:
-            caption = tar.extractfile(parts[".txt"]).read().decode("utf-8")
+            caption = decode_text(tar.extractfile(parts[".txt"]).read(), f"{shard}: {key}.txt")
         elif ".json" in parts:
-            data = json.loads(tar.extractfile(parts[".json"]).read().decode("utf-8"))
+            data = json.loads(decode_text(tar.extractfile(parts[".json"]).read(), f"{shard}: {key}.json"))
             if self.cfg.caption_column not in data:
                 raise ValueError(f"{shard}: {key}.json has no {self.cfg.caption_column!r} field (data.caption_column).")
             caption = data[self.cfg.caption_column]

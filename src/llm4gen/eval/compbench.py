@@ -13,8 +13,12 @@ color, shape,  BLIP-VQA: product over the prompt's noun    ``annotation_blip/vqa
 texture        phrases of P(yes | "{noun phrase}?")
 spatial        detector + box geometry                     ``labels/annotation_obj_detection_2d/vqa_result.json``
 non_spatial    CLIP cosine similarity (not x100)           ``annotation_clip/vqa_result.json``
-complex        "3-in-1": mean of the three above           ``annotation_3_in_1/vqa_result.json``
+complex        "3-in-1": mean of the three above           ``annotation_3_in_1/vqa_result.json`` (its parts in the
+                                                           three folders above, where ``3_in_1.py`` reads them)
 =============  ==========================================  ==================================================
+
+Each folder also gets the original's summary text file (``blip_vqa_score.txt``, ``avg_score.txt``,
+``score_avg.txt``, ``vqa_score.txt``).
 
 The scoring rules follow the original code line by line (noun phrases, P(yes)/(P(yes)+P(no)), the spatial soft score
 with its 0.5 cut-off, the 3-in-1 mix); :data:`DEVIATIONS` lists every place where this implementation differs.
@@ -36,8 +40,8 @@ from ..prompt_words import ATTRIBUTE_WORDS
 from ..scoring.detect import Detection, Detector
 from ..scoring.metrics import clip_score_from_embeddings
 from ..scoring.vqa import VQAScorer
-from ..utils import singular
-from .generate import image_filename
+from ..utils import read_text, singular, text_lines
+from .generate import compbench_stems
 
 __all__ = [
     "ATTRIBUTE_CATEGORIES",
@@ -65,6 +69,9 @@ SPATIAL_RELATIONS = ("on side of", "next to", "near", "on the left of", "on the 
                      "on the top of", "on top of")
 COMPLEX_PREPOSITIONS = ("on top of", "on bottom of", "on the left", "on the right", "next to", "on side of", "near")
 PERSON_WORDS = {"girl", "boy", "man", "woman"}
+# BLIP_vqa.py drops these noun chunks (exact, case-sensitive text) and asks about at most --np_num=8 of the rest
+DROPPED_NOUN_PHRASES = ("top", "the side", "the left", "the right")
+MAX_NOUN_PHRASES = 8
 
 DEVIATIONS = [
     "Attribute (colour/shape/texture): the original runs BLIP-VQA from Salesforce's BLIP code base (ViT-B, 480 px, "
@@ -87,7 +94,10 @@ DEVIATIONS = [
     "openai/clip-vit-base-patch32, the same weights); prompts longer than 77 tokens are truncated (the original "
     "raises). The score is the raw cosine similarity, as in the original.",
     "Complex (3-in-1): the original assumes exactly 10 images per prompt in file order; we group images by the prompt "
-    "in their file name, so any number of images per prompt works.",
+    "in their file name, so any number of images per prompt works (the mix takes the attribute score rounded to 4 "
+    "decimals, as the original reads it back from annotation_blip/vqa_result.json).",
+    "The original scripts take each image's prompt from its file name (the text before the first '_'); we take it "
+    "from the prompt file. The two differ only for prompts with '/', '\\', '_', tabs or newlines, or over 255 bytes.",
     "Images whose prompt is not in the category's prompt file are skipped with a warning (the original scores every "
     "file in samples/).",
 ]
@@ -95,15 +105,16 @@ DEVIATIONS = [
 
 # ------------------------------------------------------------------------------------------------------ files
 def read_prompt_file(prompts_dir: str | Path, category: str, split: str = "val") -> list[str]:
-    """The prompts of ``{category}_{split}.txt`` (the text before a tab, stripped; blank lines skipped)."""
+    """The prompts of ``{category}_{split}.txt`` (UTF-8, a byte-order mark dropped; the text before a tab, stripped;
+    blank lines skipped)."""
     path = Path(prompts_dir) / f"{category}_{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist. Point --prompts-dir at T2I-CompBench's examples/dataset folder (it holds "
             f"color_val.txt, shape_val.txt, ..., complex_val_spatial.txt)."
         )
-    with open(path, encoding="utf-8") as f:
-        return [line.split("\t")[0].strip() for line in f if line.split("\t")[0].strip()]
+    lines = (line.split("\t")[0].strip() for line in text_lines(read_text(path)))
+    return [line for line in lines if line]
 
 
 _SAMPLE = re.compile(r"^(?P<prompt>.*)_(?P<index>\d+)$")
@@ -114,11 +125,6 @@ class Sample:
     index: int  # the question_id of the original evaluators
     prompt: str
     path: Path
-
-
-def _file_stem(prompt: str) -> str:
-    """The prompt part of the file name ``llm4gen eval generate --naming compbench`` gives ``prompt``'s images."""
-    return image_filename(prompt, 0, 0, 1, naming="compbench")[: -len("_000000.png")]
 
 
 def sample_images(samples_dir: str | Path) -> list[Sample]:
@@ -196,9 +202,12 @@ def noun_phrases(text: str, parser: str = "auto") -> list[str]:
     return out
 
 
-def attribute_questions(prompt: str, parser: str = "auto") -> list[str]:
-    """One question per noun phrase: ``"{noun phrase}?"`` (the original's questions)."""
-    return [f"{np}?" for np in noun_phrases(prompt, parser)]
+def attribute_questions(prompt: str, parser: str = "auto", max_phrases: int = MAX_NOUN_PHRASES) -> list[str]:
+    """The original's BLIP questions: ``"{noun phrase}?"`` for the first ``max_phrases`` (its ``--np_num``, 8) noun
+    phrases, after dropping the phrases of :data:`DROPPED_NOUN_PHRASES` ("on the left of the pillow" asks nothing
+    about "the left")."""
+    kept = [np for np in noun_phrases(prompt, parser) if np not in DROPPED_NOUN_PHRASES]
+    return [f"{np}?" for np in kept[:max_phrases]]
 
 
 def find_relation(prompt: str) -> str | None:
@@ -414,13 +423,12 @@ def _clip_cosines(clip, images: Sequence[Image.Image], texts: Sequence[str]) -> 
     return [float(v) for v in clip(list(images), list(texts))]
 
 
-def _write_results(folder: Path, results: list[dict[str, Any]], score_file: str | None, label: str) -> Path:
+def _write_results(folder: Path, results: list[dict[str, Any]], score_file: str, label: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "vqa_result.json"
     path.write_text(json.dumps(results))
-    if score_file:
-        mean = sum(float(r["answer"]) for r in results) / max(len(results), 1)
-        (folder / score_file).write_text(f"{label}{mean}")
+    mean = sum(float(r["answer"]) for r in results) / max(len(results), 1)
+    (folder / score_file).write_text(f"{label}{mean}")
     return path
 
 
@@ -474,7 +482,7 @@ def run_compbench(
         if limit is not None:
             prompts = prompts[:limit]
         wanted = set(prompts)
-        by_stem = {_file_stem(p): p for p in prompts}  # file names carry a sanitised, possibly shortened prompt
+        by_stem = compbench_stems(prompts)  # file names carry a sanitised, possibly shortened prompt
         all_samples = sample_images(folder / "samples")
         samples = [Sample(s.index, by_stem.get(s.prompt, s.prompt), s.path) for s in all_samples
                    if s.prompt in by_stem or s.prompt in wanted]
@@ -514,18 +522,20 @@ def run_compbench(
                                                     "BLIP-VQA score:"))
         if needs["spatial"]:
             res = [{"question_id": i, "answer": v} for i, v in zip(ids, per["spatial"])]
-            sub = "labels/annotation_obj_detection_2d" if category == "spatial" else "annotation_obj_detection"
+            sub = "labels/annotation_obj_detection_2d"  # also for complex: where 3_in_1.py reads it
             files["spatial"] = str(_write_results(folder / sub, res, "avg_score.txt", "score avg:"))
             (folder / sub / "mapping.json").write_text(json.dumps([{"image": s.path.name, "question_id": s.index}
                                                                    for s in samples]))
         if needs["action"]:
             res = [{"question_id": i, "answer": v} for i, v in zip(ids, per["action"])]
-            files["clip"] = str(_write_results(folder / "annotation_clip", res, None, ""))
+            files["clip"] = str(_write_results(folder / "annotation_clip", res, "score_avg.txt", "score avg:"))
         if category == "complex":
             spatial_set = set(read_prompt_file(prompts_dir, "complex", "val_spatial"))
             action_set = set(read_prompt_file(prompts_dir, "complex", "val_action"))
-            final = three_in_one([s.prompt for s in samples], per["attribute"], per["spatial"], per["action"],
-                                 spatial_set, action_set)
+            # 3_in_1.py mixes the attribute scores as BLIP_vqa.py wrote them: rounded to 4 decimals
+            attribute = [float(f"{v:.4f}") for v in per["attribute"]]
+            final = three_in_one([s.prompt for s in samples], attribute, per["spatial"], per["action"], spatial_set,
+                                 action_set)
             res = [{"question_id": i, "answer": v} for i, v in zip(ids, final)]
             files["3_in_1"] = str(_write_results(folder / "annotation_3_in_1", res, "vqa_score.txt", "score avg:"))
         else:

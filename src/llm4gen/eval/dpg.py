@@ -11,11 +11,14 @@ prompt per line::
 Images: the ``manifest.jsonl`` of ``llm4gen eval generate`` run on the prompt file of :func:`write_prompt_file` (each
 image's ``meta.item_id``), or ``{images_dir}/{item_id}.png`` holding ``pic_num`` tiles of ``resolution`` pixels in a
 2x2 grid (the original's layout: tiles read left to right, top to bottom), or separate ``{item_id}_{k}.png`` files.
+:func:`write_grids` turns a generation folder into such grids, which ELLA's ``compute_dpg_bench.py`` reads as they are.
 
 Scoring is the original's: each question's answer counts 1 if the VQA model says yes (``P(yes) > 0.5``, or exact
-"yes" for a generative scorer in exact mode; ``soft=True`` uses P(yes) itself); a question whose parent question was
-answered no counts 0 (parents are processed in question order, so zeros propagate down a chain); an image's score is
-the mean over its questions, a prompt's the mean over its images, and the DPG score the mean over prompts, x100.
+"yes" for a generative scorer in exact mode); a question whose parent question was answered no counts 0 (parents are
+processed in question order, so zeros propagate down a chain); an image's score is the mean over its questions, a
+prompt's the mean over its images, and the DPG score the mean over prompts, x100. ``soft=True`` (ours) uses P(yes)
+itself and gates by multiplying: a question counts its P(yes) times its parents' gated values, i.e. the probability
+that it and all its ancestors hold if the answers were independent; with 0/1 answers this is the original's rule.
 Category scores average the answers before the dependency rule, per level-2 category (``tuple`` before "(") and
 level-1 category (the part before "-"). :data:`DEVIATIONS` lists the differences from the original evaluator.
 """
@@ -23,7 +26,9 @@ level-1 category (the part before "-"). :data:`DEVIATIONS` lists the differences
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,10 +38,11 @@ from typing import Any
 from PIL import Image
 
 from ..scoring.vqa import VQAScorer
-from ..utils import read_jsonl
+from ..utils import read_jsonl, read_text
+from .generate import manifest_path
 
 __all__ = ["DEVIATIONS", "DenseItem", "Question", "apply_dependencies", "item_images", "read_questions", "run_dpg",
-           "score_item", "write_prompt_file"]
+           "score_item", "write_grids", "write_prompt_file"]
 
 DEVIATIONS = [
     "VQA model: DPG-Bench uses mPLUG-large (modelscope 'damo/mplug_visual-question-answering_coco_large_en'), which "
@@ -45,7 +51,9 @@ DEVIATIONS = [
     "the same scorer.",
     "Answers: mPLUG's free-form answer must equal 'yes'; with a P(yes) scorer we count yes when P(yes) > 0.5, i.e. "
     "'yes' beats 'no' (the free-form answer could be a third word).",
-    "The original skips the first data row of the CSV (a bug that drops question 1 of the first prompt); we keep it.",
+    "The original skips the CSV's first data row (pandas' row 0, question 1 of the first prompt); a later question "
+    "of that prompt that depends on question 1 then fails with KeyError: 1, so the original drops the whole first "
+    "prompt from the DPG score (it prints 'Failed filename'). We keep the first prompt and all its questions.",
     "Category scores: the original uses the answers of the last tile only; we average over all tiles.",
 ]
 
@@ -83,17 +91,16 @@ def read_questions(path: str | Path) -> list[DenseItem]:
         raise FileNotFoundError(f"{path} does not exist. Pass DPG-Bench's dpg_bench.csv or a questions JSONL file.")
     items: dict[str, DenseItem] = {}
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            need = {"item_id", "proposition_id", "dependency", "question_natural_language"}
-            if not need <= set(reader.fieldnames or []):
-                raise ValueError(f"{path} lacks the DPG-Bench columns {sorted(need - set(reader.fieldnames or []))}.")
-            for row_no, row in enumerate(reader, 2):
-                where = f"{path}:{row_no}"
-                item = items.setdefault(row["item_id"], DenseItem(row["item_id"], row.get("text", ""), []))
-                category = (row.get("tuple") or row.get("category_detailed") or "other").split("(")[0].strip()
-                item.questions.append(Question(int(row["proposition_id"]), row["question_natural_language"],
-                                               _dependency(row["dependency"], where), category))
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        need = {"item_id", "proposition_id", "dependency", "question_natural_language"}
+        if not need <= set(reader.fieldnames or []):
+            raise ValueError(f"{path} lacks the DPG-Bench columns {sorted(need - set(reader.fieldnames or []))}.")
+        for row_no, row in enumerate(reader, 2):
+            where = f"{path}:{row_no}"
+            item = items.setdefault(row["item_id"], DenseItem(row["item_id"], row.get("text", ""), []))
+            category = (row.get("tuple") or row.get("category_detailed") or "other").split("(")[0].strip()
+            item.questions.append(Question(int(row["proposition_id"]), row["question_natural_language"],
+                                           _dependency(row["dependency"], where), category))
     else:
         for line_no, rec in read_jsonl(path, required=("item_id", "questions")):
             where = f"{path}:{line_no}"
@@ -118,11 +125,15 @@ def read_questions(path: str | Path) -> list[DenseItem]:
 
 
 def apply_dependencies(answers: dict[int, float], questions: Sequence[Question]) -> dict[int, float]:
-    """Zero the answer of every question with a parent answered no (0), in question order (the original's rule)."""
+    """Gate each answer by its parents, in question order: the answer times each parent's gated answer. With yes/no
+    answers (1/0) this is the original's rule (a question with a parent answered no counts 0, and zeros propagate
+    down a chain); with P(yes) answers (``soft``) a question counts the probability that it and all its ancestors
+    hold, taken as independent."""
     out = dict(answers)
     for q in questions:
-        if any(p != 0 and out[p] == 0 for p in q.dependency):
-            out[q.id] = 0.0
+        for p in q.dependency:
+            if p != 0:
+                out[q.id] *= out[p]
     return out
 
 
@@ -167,7 +178,7 @@ _MANIFESTS: dict[tuple[str, int], dict[str, list[str]]] = {}
 def _manifest_files(root: Path) -> dict[str, list[str]]:
     """item_id -> image files, from the ``manifest.jsonl`` of ``llm4gen eval generate`` (prompt files written by
     :func:`write_prompt_file` carry the item_id into it)."""
-    path = root / "manifest.jsonl"
+    path = manifest_path(root)
     if not path.is_file():
         return {}
     key = (str(path), path.stat().st_mtime_ns)
@@ -192,6 +203,56 @@ def write_prompt_file(questions_path: str | Path, out_path: str | Path) -> Path:
                 raise ValueError(f"{questions_path}: item {item.item_id!r} has no prompt text.")
             f.write(json.dumps({"item_id": item.item_id, "prompt": item.prompt}, ensure_ascii=False) + "\n")
     return out
+
+
+def write_grids(images_dir: str | Path, out_dir: str | Path) -> tuple[list[Path], int, int]:
+    """Write the images of an ``llm4gen eval generate`` folder (its manifest gives each image's ``meta.item_id``) as
+    DPG-Bench's ``{out_dir}/{item_id}.png``: up to four square tiles of one size in a 2x2 grid, in image order left
+    to right, top to bottom (unused tiles black); one image per prompt is written as it is. ELLA's scorer reads them
+    with ``--resolution`` = the tile size and ``--pic-num`` = the images per prompt. Returns the files, the tile
+    size and the most images of a prompt."""
+    src, out = Path(images_dir), Path(out_dir)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"Write the grids to another folder than {src}: DPG-Bench's scorer reads every file of it.")
+    by_item: dict[str, list[tuple[int, str]]] = {}
+    for _, rec in read_jsonl(manifest_path(src), required=("file", "prompt")):
+        item = (rec.get("meta") or {}).get("item_id")
+        if item is None:
+            raise ValueError(f"{manifest_path(src)}: {rec['file']} has no meta.item_id; generate from the prompt file "
+                             "of `llm4gen eval dpg --export-prompts`.")
+        by_item.setdefault(str(item), []).append((int(rec.get("image_index", 0)), rec["file"]))
+    sizes = set()
+    for item, files in by_item.items():  # check everything before writing anything
+        if "/" in item or "\\" in item or "." in item:
+            raise ValueError(f"item_id {item!r} cannot be a DPG-Bench file name (the scorer reads the id up to the "
+                             "first '.'); use ids without '/', '\\' or '.'.")
+        if len(files) > 4:
+            raise ValueError(f"{item} has {len(files)} images; a DPG-Bench grid holds at most 4 (--num-images 4).")
+        item_sizes = set()
+        for _, f in files:
+            with Image.open(src / f) as im:  # reads the header only
+                item_sizes.add(im.size)
+        if len(item_sizes) > 1 or (len(files) > 1 and any(w != h for w, h in item_sizes)):
+            raise ValueError(f"The images of {item} must be square and of one size for a 2x2 grid (DPG-Bench cuts "
+                             f"square tiles), got {sorted(item_sizes)}; generate with --height = --width.")
+        sizes |= {w for w, _ in item_sizes}
+    if len(sizes) > 1:
+        raise ValueError(f"{src} holds images of several sizes {sorted(sizes)}; DPG-Bench scores one --resolution.")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item, files in by_item.items():
+        tiles = [_open(src / f) for _, f in sorted(files)]
+        grid, res = tiles[0], tiles[0].width
+        if len(tiles) > 1:
+            grid = Image.new("RGB", (2 * res, 2 * res))
+            for k, tile in enumerate(tiles):
+                grid.paste(tile, ((k % 2) * res, (k // 2) * res))
+        target = out / f"{item}.png"
+        tmp = out.parent / f".{out.name}.{item}.{os.getpid()}.tmp"
+        grid.save(tmp, format="PNG")
+        os.replace(tmp, target)
+        written.append(target)
+    return written, (sizes.pop() if sizes else 0), max((len(f) for f in by_item.values()), default=0)
 
 
 def score_item(vqa: VQAScorer, images: Sequence[Image.Image], item: DenseItem, soft: bool = False

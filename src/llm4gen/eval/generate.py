@@ -11,10 +11,17 @@
   missing images between processes (accelerate's ``split_between_processes``); process 0 writes the manifest.
 - **File names**: ``llm4gen`` -> ``{prompt_index:05d}_{image_index:02d}.png``; ``compbench`` (T2I-CompBench) ->
   ``{prompt}_{index:06d}.png`` with the running index ``prompt_index * num_images + image_index``. In the prompt
-  ``/``, ``\\`` and NUL become ``-`` and newlines/tabs spaces; a name over 255 bytes (the usual file-name limit) keeps
-  the prompt's start and ends ``~{first 8 hex of sha1(prompt)}`` before ``_{index}.png``.
+  ``/``, ``\\``, NUL and ``_`` (the original evaluators cut the name at its first ``_``) become ``-`` and
+  newlines/tabs spaces; a name over 255 bytes (the usual file-name limit) keeps
+  the prompt's start and ends ``~{first 8 hex of sha1(prompt)}`` before ``_{index}.png``. The original evaluators read
+  the prompt back from the file name, so two different prompts that give the same name (``a red/blue ball``, ``a
+  red-blue ball``) are refused.
 - **manifest.jsonl**: one line per image: file, prompt, prompt_index, image_index, seed, model, settings, the prompt
-  file's other fields (``meta``) and ``nsfw`` when the pipeline's safety checker flagged the image.
+  file's other fields (``meta``) and ``nsfw`` when the pipeline's safety checker flagged the image. With ``llm4gen``
+  naming it and ``run_config.json`` sit in the image folder; with ``compbench`` naming the folder (``samples/``) must
+  hold only the images, as the original evaluators parse every file in it, so they sit beside it as
+  ``{folder}.manifest.jsonl`` and ``{folder}.run_config.json`` (:func:`manifest_path`), and temporary files are
+  written beside it too.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ __all__ = [
     "image_filename",
     "image_seed",
     "is_valid_png",
+    "compbench_stems",
     "load_text_to_image_pipeline",
+    "manifest_path",
     "plan_generation",
     "read_manifest",
 ]
@@ -120,7 +129,7 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
 
 
 def _sanitize(prompt: str) -> str:
-    for char in ("/", "\\", "\0"):
+    for char in ("/", "\\", "\0", "_"):  # "_": the original evaluators split the name at its first "_"
         prompt = prompt.replace(char, "-")
     for char in ("\t", "\r", "\n"):
         prompt = prompt.replace(char, " ")
@@ -164,12 +173,30 @@ def _as_records(prompts: Sequence[str] | Sequence[dict[str, Any]]) -> list[dict[
                                                                 else prompts)]
 
 
+def compbench_stems(prompts: Sequence[str]) -> dict[str, str]:
+    """The prompt part of each prompt's ``compbench`` file names -> the prompt. Two different prompts with the same
+    part raise a ``ValueError``: T2I-CompBench's evaluators take the prompt from the file name, so they could not tell
+    the two apart."""
+    stems: dict[str, str] = {}
+    for prompt in prompts:
+        stem = image_filename(prompt, 0, 0, 1, naming="compbench")[: -len("_000000.png")]
+        other = stems.setdefault(stem, prompt)
+        if other != prompt:
+            raise ValueError(f"The prompts {other!r} and {prompt!r} both get the file name {stem!r}_{{index}}.png "
+                             "(/, \\, NUL and _ become -), and T2I-CompBench's evaluators read the prompt back "
+                             "from the file name. Reword one of them, or use --naming llm4gen.")
+    return stems
+
+
 def plan_generation(prompts: Sequence[str] | Sequence[dict[str, Any]], settings: GenerationSettings) -> list[WorkItem]:
     """Every image the prompts and settings ask for, in (prompt, image) order (file names are unique: both namings
-    contain the prompt index or the running image index)."""
+    contain the prompt index or the running image index; ``compbench`` names are also checked with
+    :func:`compbench_stems`)."""
     records = _as_records(prompts)
     if settings.limit is not None:
         records = records[: settings.limit]
+    if settings.naming == "compbench":
+        compbench_stems([r["prompt"] for r in records])
     return [
         WorkItem(prompt=r["prompt"], prompt_index=p, image_index=i, seed=image_seed(settings.seed, p, i),
                  file=image_filename(r["prompt"], p, i, settings.num_images, settings.naming), meta=r["meta"])
@@ -178,12 +205,27 @@ def plan_generation(prompts: Sequence[str] | Sequence[dict[str, Any]], settings:
     ]
 
 
+def _beside(images_dir: Path, name: str) -> Path:
+    return images_dir.parent / f"{images_dir.name}.{name}"
+
+
+def manifest_path(images_dir: str | os.PathLike, naming: str | None = None) -> Path:
+    """The manifest of an image folder: ``{images_dir}/manifest.jsonl`` (``llm4gen`` naming) or, beside the folder,
+    ``{images_dir}.manifest.jsonl`` (``compbench`` naming). Without ``naming``: the one that exists (inside first)."""
+    root = Path(images_dir)
+    inside, beside = root / MANIFEST_NAME, _beside(root, MANIFEST_NAME)
+    if naming is not None:
+        return beside if naming == "compbench" else inside
+    return beside if beside.is_file() and not inside.is_file() else inside
+
+
 def read_manifest(images_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``images_dir/manifest.jsonl`` (each has at least ``file`` and ``prompt``)."""
-    path = Path(images_dir) / MANIFEST_NAME
+    """The records of the folder's manifest (:func:`manifest_path`; each has at least ``file`` and ``prompt``)."""
+    path = manifest_path(images_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} does not exist: {images_dir} was not written by `llm4gen eval "
-                                "generate` (or the run did not finish; run it again to resume).")
+        raise FileNotFoundError(f"{str(path)!r} does not exist (nor {str(_beside(Path(images_dir), MANIFEST_NAME))!r}"
+                                f"): {images_dir} was not written by `llm4gen eval generate` (or the run did not "
+                                "finish; run it again to resume).")
     return [rec for _, rec in read_jsonl(path, required=("file", "prompt"))]
 
 
@@ -232,8 +274,19 @@ def _run_config(model: str, settings: GenerationSettings) -> dict[str, Any]:
     return {"model": model, "settings": {k: getattr(settings, k) for k in _IMAGE_SETTINGS}}
 
 
+def _run_config_path(out_dir: Path, naming: str) -> Path:
+    return _beside(out_dir, RUN_CONFIG_NAME) if naming == "compbench" else out_dir / RUN_CONFIG_NAME
+
+
+def _move_metadata_out(out_dir: Path) -> None:
+    """A ``compbench`` folder written before the manifest moved beside it: move the two files out of ``samples/``."""
+    for name in (MANIFEST_NAME, RUN_CONFIG_NAME):
+        if (out_dir / name).is_file() and not _beside(out_dir, name).exists():
+            os.replace(out_dir / name, _beside(out_dir, name))
+
+
 def _check_resume(out_dir: Path, model: str, settings: GenerationSettings, items: list[WorkItem]) -> None:
-    config_path = out_dir / RUN_CONFIG_NAME
+    config_path = _run_config_path(out_dir, settings.naming)
     if config_path.is_file():
         old = json.loads(config_path.read_text(encoding="utf-8"))
         new = _run_config(model, settings)
@@ -244,9 +297,9 @@ def _check_resume(out_dir: Path, model: str, settings: GenerationSettings, items
         if diffs:
             raise ValueError(f"{out_dir} holds images generated with other settings ({'; '.join(diffs)}). Use a new "
                              "--out folder, or --overwrite to regenerate every image.")
-    manifest = out_dir / MANIFEST_NAME
+    manifest = manifest_path(out_dir, settings.naming)
     if manifest.is_file():
-        old_prompts = {rec["file"]: rec.get("prompt") for rec in read_manifest(out_dir)}
+        old_prompts = {rec["file"]: rec.get("prompt") for _, rec in read_jsonl(manifest, required=("file", "prompt"))}
         changed = [it.file for it in items if it.file in old_prompts and old_prompts[it.file] != it.prompt]
         if changed:
             raise ValueError(f"{len(changed)} images in {out_dir} were generated for other prompts (e.g. "
@@ -285,6 +338,8 @@ def generate_images(
         name = model_name or getattr(getattr(model, "config", {}), "_name_or_path", None) or type(model).__name__
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        if settings.naming == "compbench":
+            _move_metadata_out(out)
         if not overwrite:
             _check_resume(out, name, settings, items)
     state.wait_for_everyone()
@@ -292,7 +347,8 @@ def generate_images(
     skipped = len(items) - len(todo)
     state.wait_for_everyone()  # every process has the same list before anyone writes
     if state.is_main_process:
-        (out / RUN_CONFIG_NAME).write_text(json.dumps(_run_config(name, settings), indent=1) + "\n", encoding="utf-8")
+        _run_config_path(out, settings.naming).write_text(json.dumps(_run_config(name, settings), indent=1) + "\n",
+                                                          encoding="utf-8")
 
     seconds = 0.0
     generated = 0
@@ -308,7 +364,7 @@ def generate_images(
             seconds = time.perf_counter() - start
     flagged_all = _gather_flags(state, flagged)
     state.wait_for_everyone()
-    manifest = out / MANIFEST_NAME
+    manifest = manifest_path(out, settings.naming)
     if state.is_main_process:
         _write_manifest(manifest, items, out, name, settings, flagged_all)
     state.wait_for_everyone()
@@ -330,6 +386,7 @@ def _generate_local(pipe: Any, items: list[WorkItem], out: Path, settings: Gener
             raise ValueError(f"{type(pipe).__name__} takes no negative_prompt; leave --negative out.")
     flagged: dict[str, bool] = {}
     done = 0
+    tmp_dir = out.parent if settings.naming == "compbench" else out  # samples/ holds nothing but finished images
     bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    disable=not progress, transient=True)
     with bar:
@@ -348,7 +405,7 @@ def _generate_local(pipe: Any, items: list[WorkItem], out: Path, settings: Gener
             nsfw = getattr(result, "nsfw_content_detected", None) or [None] * len(batch)
             for it, image, flag in zip(batch, images, nsfw):
                 target = out / it.file
-                tmp = target.with_name(f".{target.stem[:200]}.{os.getpid()}.tmp")
+                tmp = tmp_dir / f".{target.stem[:200]}.{os.getpid()}.tmp"
                 image.save(tmp, format="PNG")
                 os.replace(tmp, target)
                 flagged[it.file] = bool(flag)
@@ -372,7 +429,7 @@ def _write_manifest(path: Path, items: list[WorkItem], out: Path, model: str, se
                     flagged: dict[str, bool]) -> None:
     old: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        old = {rec["file"]: rec for rec in read_manifest(out)}
+        old = {rec["file"]: rec for _, rec in read_jsonl(path, required=("file", "prompt"))}
     record_settings = {k: v for k, v in asdict(settings).items() if k not in ("batch_size", "limit")}
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -1,13 +1,17 @@
 """Read prompt files: plain text (one prompt a line), JSON (a list of strings, or of objects with a prompt field),
-JSON Lines, or CSV/TSV (a column). Errors name the file, the line or item, and what to pass instead."""
+JSON Lines, or CSV/TSV (a column). Files are UTF-8, with or without a byte-order mark. Errors name the file, the line
+or item, and what to pass instead."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from ..utils import read_jsonl, read_text, text_lines
 
 __all__ = ["PROMPT_FIELDS", "read_prompt_records", "read_prompts"]
 
@@ -47,7 +51,8 @@ def _record(value: Any, field: str | None, where: str) -> dict[str, Any]:
 def read_prompt_records(path: str | os.PathLike, column: str | None = None) -> list[dict[str, Any]]:
     """Prompts of a file as ``{"prompt": str, "meta": {other fields}}`` records, in file order.
 
-    - ``.txt`` (and any other extension): one prompt a line; blank lines are skipped.
+    - ``.txt`` (and any other extension): one prompt a line, cut at its first tab as T2I-CompBench's generator cuts
+      it (``{prompt}\\t{anything}``); blank lines are skipped.
     - ``.json``: a list of strings, a list of objects, or an object whose only list value is such a list; the prompt
       is the ``column`` field, else the first of ``prompt``/``text``/``caption``, else the only field.
     - ``.jsonl``: one string or object a line, fields as for JSON.
@@ -60,7 +65,7 @@ def read_prompt_records(path: str | os.PathLike, column: str | None = None) -> l
     records: list[dict[str, Any]] = []
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}).") from err
         if isinstance(data, dict):
@@ -73,33 +78,24 @@ def read_prompt_records(path: str | os.PathLike, column: str | None = None) -> l
             raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of prompts.")
         records = [_record(item, column, f"{path} item {i}") for i, item in enumerate(data)]
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no} is not valid JSON ({err}).") from err
-                records.append(_record(item, column, f"{path}:{line_no}"))
+        records = [_record(item, column, f"{path}:{line_no}") for line_no, item in read_jsonl(path, objects_only=False)]
     elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            keys = list(reader.fieldnames or [])
-            if not keys:
-                raise ValueError(f"{path} has no header row; the first row must name the columns.")
-            key = _pick_field(keys, column, str(path))
-            for row_no, row in enumerate(reader, 2):
-                value = row.get(key)
-                if value is None or not value.strip():
-                    raise ValueError(f"{path}:{row_no}: the {key!r} column is empty.")
-                records.append({"prompt": value.strip(), "meta": {k: v for k, v in row.items() if k != key}})
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        keys = list(reader.fieldnames or [])
+        if not keys:
+            raise ValueError(f"{path} has no header row; the first row must name the columns.")
+        key = _pick_field(keys, column, str(path))
+        for row_no, row in enumerate(reader, 2):
+            value = row.get(key)
+            if value is None or not value.strip():
+                raise ValueError(f"{path}:{row_no}: the {key!r} column is empty.")
+            records.append({"prompt": value.strip(), "meta": {k: v for k, v in row.items() if k != key}})
     else:
         if column is not None:
             raise ValueError(f"--column {column!r} was given but {path} is a plain text file (one prompt a line); "
                              "use a .csv, .tsv, .json or .jsonl file for columns.")
-        with open(path, encoding="utf-8") as f:
-            records = [{"prompt": line.strip(), "meta": {}} for line in f if line.strip()]
+        lines = (line.split("\t")[0].strip() for line in text_lines(read_text(path)))
+        records = [{"prompt": line, "meta": {}} for line in lines if line]
     if not records:
         raise ValueError(f"{path} holds no prompts.")
     return records

@@ -25,7 +25,7 @@ from ..scoring.metrics import (
     list_images,
     save_statistics,
 )
-from .generate import MANIFEST_NAME, read_manifest
+from .generate import MANIFEST_NAME, manifest_path, read_manifest
 
 __all__ = ["score_generated"]
 
@@ -62,11 +62,11 @@ def score_generated(
     ``limit`` scores the first N images only (smoke runs).
     """
     root = Path(images_dir)
-    if (root / MANIFEST_NAME).is_file():
+    if manifest_path(root).is_file():
         records = read_manifest(root)
         missing = [r["file"] for r in records if not (root / r["file"]).is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} images of {root / MANIFEST_NAME} are missing (e.g. "
+            raise FileNotFoundError(f"{len(missing)} images of {manifest_path(root)} are missing (e.g. "
                                     f"{missing[0]}); re-run `llm4gen eval generate` to complete the folder.")
     else:
         if clip_model is not None:
