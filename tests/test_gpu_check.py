@@ -34,6 +34,7 @@ def test_quick_cpu_run_measures_every_part(tmp_path, monkeypatch, capsys):
     assert prompt_tokens < 256
     assert list(report["parts"]) == PARTS
     assert {p: e["status"] for p, e in report["parts"].items()} == dict.fromkeys(PARTS, "ok")
+    assert sorted(report["setup_s"]) == ["release", "sd15", "t5"]  # the checkpoints, written once for two parts
 
     # inference: every mode of both base models timed, with its conditioning length as the tokenizers give it
     for which in ("sd15", "sdxl"):
