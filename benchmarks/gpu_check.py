@@ -274,6 +274,8 @@ def build_parts(check: Check, which: str, dtype: torch.dtype | None = None) -> d
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from llm4gen.utils import quiet_library_notices
+
     spec = getattr(check.sizes, which)
     torch.manual_seed(0)
     with torch.device(check.device):
@@ -282,10 +284,11 @@ def build_parts(check: Check, which: str, dtype: torch.dtype | None = None) -> d
         if "clip_2" in spec:
             parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**spec["clip_2"]))
     dtype = dtype or check.dtype
-    for module in parts.values():
-        if dtype != torch.float32:  # created in fp32
-            module.to(dtype)
-        module.eval()
+    with quiet_library_notices():  # diffusers' notice on casting a built model (it keeps nothing in fp32)
+        for module in parts.values():
+            if dtype != torch.float32:  # created in fp32
+                module.to(dtype)
+            module.eval()
     parts["tokenizer"] = check.tokenizer()
     if "clip_2" in spec:
         parts["tokenizer_2"] = check.tokenizer()
@@ -296,11 +299,15 @@ def build_parts(check: Check, which: str, dtype: torch.dtype | None = None) -> d
 
 def build_adapter(check: Check, clip_dim: int, llm_dim: int):
     from llm4gen import CrossAdapter
+    from llm4gen.utils import quiet_library_notices
 
     torch.manual_seed(0)
     with torch.device(check.device):
         adapter = CrossAdapter(clip_dim=clip_dim, llm_dim=llm_dim, num_heads=8)
-    return (adapter if check.dtype == torch.float32 else adapter.to(check.dtype)).eval()
+    if check.dtype != torch.float32:
+        with quiet_library_notices():
+            adapter.to(check.dtype)
+    return adapter.eval()
 
 
 # the authors' LLMFusionModule names the CAM's parts differently (see CrossAdapter.from_official)
@@ -420,8 +427,12 @@ def _inference(check: Check, which: str, budget: Budget) -> dict:
     label = f"inference {which} {resolution}px"
     modes = time_modes(check, pipes, resolution, budget, label)
     # last: its hooks move every component the pipelines share to the CPU and back, one model at a time
-    offloaded.enable_model_cpu_offload(device=check.device)
-    modes.update(time_modes(check, {offload_name: offloaded}, resolution, budget, label))
+    try:
+        offloaded.enable_model_cpu_offload(device=check.device)
+    except Exception as err:  # noqa: BLE001 - reported with the modes measured so far
+        modes[offload_name] = {**_error(err), "timed_s": [], "finite": True, "peak_gib": None}
+    else:
+        modes.update(time_modes(check, {offload_name: offloaded}, resolution, budget, label))
     base = modes["plain SD"].get("s_per_image")
     for name, m in modes.items():
         m["cond_tokens"] = tokens[name]
@@ -445,6 +456,8 @@ def part_official(check: Check, budget: Budget) -> dict:
                                              llm_tokenizer=None, torch_dtype=check.dtype, safety_checker=None,
                                              requires_safety_checker=False)
     pipe.to(check.device)
+    if check.cuda:
+        torch.cuda.synchronize(check.device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - start
     check.log(f"official: from_official loaded in {load_s:.1f} s")
