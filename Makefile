@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: test test-research demo install lint clean browser
+.PHONY: test test-research demo install lint clean browser gpu-check
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ browser:
 	    export DEBIAN_FRONTEND=noninteractive; $$APT install -y -q chromium chromium-driver >/dev/null 2>&1 || \
 	    { $$APT update -q && $$APT install -y -q chromium chromium-driver; } >/dev/null 2>&1 || \
 	    echo "note: could not install chromium/chromium-driver; the browser test will be skipped"; }
+
+# The prepared GPU check (docs/performance.md#gpu-check): every CUDA path at real size in one run of under 8 minutes.
+# GPU_PY: a Python whose torch sees the GPU and that has the project's dependencies (e.g. GPU_PY=python3 on a machine
+# with them installed, without this .venv); GPU_CHECK_ARGS: more options, e.g. --parts training.
+GPU_PY ?= $(PY)
+gpu-check:
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/llm4gen demo --out outputs/demo
