@@ -16,12 +16,16 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from llm4gen import LLM4GenPipeline, LLMEncoder
+from llm4gen.cli import app
 from llm4gen.encoders import PromptTruncationWarning
 
+runner = CliRunner()
 WORDS = ("a the red blue green yellow cube ball sphere cone left right of to above below large small tiny shiny metal "
          "wooden glass on under next behind in front sky ground moon sun tree house dog cat bird pyramid astronaut "
          "earth looms").split()
@@ -135,6 +139,10 @@ def test_slice_truncation_is_the_authors_rule_and_is_saved(rankgen, tmp_path):
     with pytest.warns(PromptTruncationWarning):
         assert default.tokenize([LONG_PROMPT])[0]["input_ids"][0, -1].item() == 1
 
+    from llm4gen.feature_cache import encoder_namespace
+
+    assert encoder_namespace(enc) != encoder_namespace(default)  # the prompt cache keeps the two rules apart
+
     enc.save_pretrained(tmp_path / "enc")
     assert json.loads((tmp_path / "enc" / "llm4gen_encoder.json").read_text())["truncation"] == "slice"
     again = LLMEncoder.from_pretrained(tmp_path / "enc", trust_remote_code=True)
@@ -233,3 +241,96 @@ def test_from_official_has_no_safety_checker_unless_asked(release):
     assert isinstance(_official(release, load_safety_checker=True).safety_checker, StableDiffusionSafetyChecker)
 
 
+# ---------------------------------------------------------------------- the command line
+def _official_args(release) -> list[str]:
+    return ["--official-base", release.base, "--official-release", release.release, "--official-llm", release.llm,
+            "--official-llm-tokenizer", release.tokenizer]
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def test_generate_official_runs_the_release_as_the_api(release, tmp_path):
+    result = runner.invoke(app, ["generate", SHORT_PROMPT, "--official", *_official_args(release),
+                                 "--trust-remote-code", "--steps", "2", "--seed", "4", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    pipe = _official(release)
+    want = pipe(SHORT_PROMPT, num_inference_steps=2, guidance_scale=7.5, output_type="np",
+                generator=torch.Generator().manual_seed(4)).images[0]
+    np.testing.assert_array_equal(_png(tmp_path / "seed4_0000.png"), (want * 255).round().astype(np.uint8))
+
+    refused = runner.invoke(app, ["generate", SHORT_PROMPT, "--official", *_official_args(release),
+                                  "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "--trust-remote-code" in refused.output
+    both = runner.invoke(app, ["generate", SHORT_PROMPT, "--official", "--model", release.base])
+    assert both.exit_code == 2 and "not both" in both.output
+
+
+@pytest.mark.parametrize("command", [["generate", "a prompt", "--official", "--trust-remote-code"],
+                                     ["convert-official", "OUT", "--trust-remote-code"]])
+def test_official_offline_says_what_was_looked_for_and_where(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    command = [str(tmp_path / "out") if c == "OUT" else c for c in command]
+    result = runner.invoke(app, [*command, "--official-llm-tokenizer", str(tmp_path / "no-tokenizer")])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    for ref in ("sd-legacy/stable-diffusion-v1-5", "Shui-VL/LLM4GEN-models", "kalpeshk2011/rankgen-t5-xl-all"):
+        assert ref in text
+    assert "Hugging Face cache" in text and "HF_HUB_OFFLINE=1" in text
+    assert "no-tokenizer' - local path: does not exist" in text
+
+
+def test_convert_official_writes_a_folder_every_loader_reads(release, rankgen, tmp_path):
+    from llm4gen import app as web
+
+    out = tmp_path / "converted"
+    result = runner.invoke(app, ["convert-official", str(out), *_official_args(release), "--trust-remote-code"])
+    assert result.exit_code == 0, result.output
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in {".pth", ".bin", ".pt", ".ckpt", ".pkl"}]
+    assert {p.parent.name for p in files if p.suffix == ".safetensors"} >= {"unet", "vae", "text_encoder", "adapter"}
+    saved = json.loads((out / "llm_encoder" / "llm4gen_encoder.json").read_text())
+    assert (saved["model_name_or_path"], saved["prefix"], saved["truncation"]) == (release.llm, "pre ", "slice")
+    assert not list((out / "llm_encoder").glob("*.safetensors"))  # referenced, not copied
+
+    loaded = LLM4GenPipeline.from_pretrained(out, trust_remote_code=True)
+    assert loaded.safety_checker is None
+    with pytest.warns(PromptTruncationWarning):
+        fused = loaded.encode_fused_prompt(LONG_PROMPT, device="cpu").prompt_embeds
+    torch.testing.assert_close(fused, _authors_fused(loaded, release, rankgen, LONG_PROMPT), rtol=1e-5, atol=1e-5)
+
+    by_model = runner.invoke(app, ["generate", SHORT_PROMPT, "--model", str(out), "--trust-remote-code", "--steps", "2",
+                                   "--seed", "4", "--out", str(tmp_path / "a")])
+    assert by_model.exit_code == 0, by_model.output
+    want = _official(release)(SHORT_PROMPT, num_inference_steps=2, guidance_scale=7.5, output_type="np",
+                              generator=torch.Generator().manual_seed(4)).images[0]
+    np.testing.assert_array_equal(_png(tmp_path / "a" / "seed4_0000.png"), (want * 255).round().astype(np.uint8))
+
+    served = web.load_model(str(out), trust_remote_code=True)
+    assert served.pipe.llm_encoder.config.truncation == "slice"
+
+    again = runner.invoke(app, ["convert-official", str(out), *_official_args(release), "--trust-remote-code"])
+    assert again.exit_code == 2 and "not an empty folder" in again.output
+
+
+def test_convert_official_can_copy_the_llm_as_a_plain_t5_encoder(release, rankgen, tmp_path):
+    out = tmp_path / "with-llm"
+    result = runner.invoke(app, ["convert-official", str(out), *_official_args(release), "--trust-remote-code",
+                                 "--save-llm-weights"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "llm_encoder" / "config.json").read_text())
+    assert "auto_map" not in config
+    loaded = LLM4GenPipeline.from_pretrained(out)  # no remote code needed any more
+    assert type(loaded.llm_encoder.model).__name__ == "T5EncoderModel"
+    torch.testing.assert_close(loaded.llm_encoder.encode([SHORT_PROMPT]).embeds, _t5_features(rankgen, [SHORT_PROMPT]))
+
+
+# ---------------------------------------------------------------------- 5. docs
+def test_readme_names_every_local_path_argument_and_the_commands():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for arg in ("base_model=", "unet=", "projector=", "llm=", "llm_tokenizer="):
+        assert f"`{arg}`" in readme
+    assert "llm4gen generate" in readme and "--official" in readme and "llm4gen convert-official" in readme
