@@ -269,6 +269,18 @@ def test_generate_official_runs_the_release_as_the_api(release, tmp_path):
     assert both.exit_code == 2 and "not both" in both.output
 
 
+def test_official_fp16_keeps_the_t5_in_bf16(release, rankgen):
+    from llm4gen.cli.official import load_official
+
+    pipe = load_official(release.base, release.release, release.llm, release.tokenizer, True, "cpu", "fp16")
+    assert (pipe.unet.dtype, pipe.adapter.dtype, pipe.text_encoder.dtype) == (torch.float16,) * 3
+    assert pipe.llm_encoder.model.dtype == torch.bfloat16  # T5 overflows in fp16
+    fused = pipe.encode_fused_prompt(SHORT_PROMPT, device="cpu").prompt_embeds
+    assert fused.dtype == torch.float16
+    want = _authors_fused(_official(release), release, rankgen, SHORT_PROMPT)
+    torch.testing.assert_close(fused.float(), want, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("command", [["generate", "a prompt", "--official", "--trust-remote-code"],
                                      ["convert-official", "OUT", "--trust-remote-code"]])
 def test_official_offline_says_what_was_looked_for_and_where(command, tmp_path, monkeypatch):
