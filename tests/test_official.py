@@ -178,6 +178,18 @@ def test_rankgen_encoder_is_its_t5_encoder_even_if_config_stays_encoder_decoder(
     torch.testing.assert_close(enc.encode([SHORT_PROMPT]).embeds, _t5_features(rankgen, [SHORT_PROMPT]))
 
 
+def test_an_encoder_decoder_model_without_a_findable_encoder_is_named(rankgen, monkeypatch):
+    """A wrapper whose encoder sits under an unknown name: transformers' get_encoder() gives the wrapper back."""
+    from llm4gen import encoders
+
+    monkeypatch.setattr(encoders, "_KNOWN_ENCODER_SUBMODULES", ())
+    with pytest.raises(ValueError, match="submodule='<attribute holding the text encoder>'"):
+        LLMEncoder.from_pretrained(rankgen.dir, tokenizer=rankgen.tokenizer, trust_remote_code=True)
+    enc = LLMEncoder.from_pretrained(rankgen.dir, tokenizer=rankgen.tokenizer, trust_remote_code=True,
+                                     submodule="t5_encoder")
+    assert type(enc.model).__name__ == "T5EncoderModel"
+
+
 # ---------------------------------------------------------------------- the release layout
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, tiny_sd_dir, rankgen):
@@ -297,6 +309,7 @@ def test_official_offline_says_what_was_looked_for_and_where(command, tmp_path, 
 
 def test_convert_official_writes_a_folder_every_loader_reads(release, rankgen, tmp_path):
     from llm4gen import app as web
+    from llm4gen.comfy.nodes import LLM4GenTextModel
 
     out = tmp_path / "converted"
     result = runner.invoke(app, ["convert-official", str(out), *_official_args(release), "--trust-remote-code"])
@@ -323,6 +336,8 @@ def test_convert_official_writes_a_folder_every_loader_reads(release, rankgen, t
 
     served = web.load_model(str(out), trust_remote_code=True)
     assert served.pipe.llm_encoder.config.truncation == "slice"
+    text_side = LLM4GenTextModel.from_pretrained(str(out), "cpu", "auto", trust_remote_code=True)  # ComfyUI's loader
+    assert type(text_side.llm_encoder.model).__name__ == "T5EncoderModel"
 
     again = runner.invoke(app, ["convert-official", str(out), *_official_args(release), "--trust-remote-code"])
     assert again.exit_code == 2 and "not an empty folder" in again.output
