@@ -5,6 +5,10 @@ Kinds of model it wraps (chosen from the model's config):
 - encoder-decoder (T5, Flan-T5, mT5, UMT5, RankGen-T5): only the encoder is loaded and run;
 - decoder-only (Llama, Qwen, Mistral, GPT-2, ...): the base model without LM head, right-padded.
 
+A prompt longer than ``max_length`` is cut by the tokenizer, keeping its closing special token (``truncation=
+"tokenizer"``), or, as the authors' LLM4GEN script does, tokenized whole and sliced to its first ``max_length`` tokens
+(``truncation="slice"``).
+
 ``hidden_layer=-1`` takes the last hidden state; another index takes ``hidden_states[hidden_layer]`` (0 = the embedding
 output). The encoder is a diffusers ``ModelMixin`` so that an ``LLM4GenPipeline`` saves and loads it as its
 ``llm_encoder/`` folder: ``llm4gen_encoder.json`` holds the settings and a *reference* to the model (hub id, local
