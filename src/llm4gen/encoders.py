@@ -5,6 +5,10 @@ Kinds of model it wraps (chosen from the model's config):
 - encoder-decoder (T5, Flan-T5, mT5, UMT5, RankGen-T5): only the encoder is loaded and run;
 - decoder-only (Llama, Qwen, Mistral, GPT-2, ...): the base model without LM head, right-padded.
 
+A prompt longer than ``max_length`` is cut by the tokenizer, keeping its closing special token (``truncation=
+"tokenizer"``), or, as the authors' LLM4GEN script does, tokenized whole and sliced to its first ``max_length`` tokens
+(``truncation="slice"``).
+
 ``hidden_layer=-1`` takes the last hidden state; another index takes ``hidden_states[hidden_layer]`` (0 = the embedding
 output). The encoder is a diffusers ``ModelMixin`` so that an ``LLM4GenPipeline`` saves and loads it as its
 ``llm_encoder/`` folder: ``llm4gen_encoder.json`` holds the settings and a *reference* to the model (hub id, local
@@ -40,6 +44,12 @@ __all__ = [
 
 CONFIG_NAME = "llm4gen_encoder.json"
 PADDING_MODES = ("max_length", "longest")
+# "tokenizer": the tokenizer truncates to max_length and keeps its special tokens (T5's closing </s>);
+# "slice": tokenize the whole prompt, then keep its first max_length tokens, as the authors' LLM4GEN script does
+# (a long prompt loses its </s>; shorter ones are padded with the pad id and mask 0)
+TRUNCATION_MODES = ("tokenizer", "slice")
+# attributes that hold the text encoder inside wrapper models (RankGen's remote code: T5EncoderWithProjection)
+_KNOWN_ENCODER_SUBMODULES = ("t5_encoder",)
 _ENC_DEC_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 _PACKAGE_REF = re.compile(r"^package:([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)$")
 
@@ -127,6 +137,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         prefix: str = "",
         hidden_layer: int = -1,
         submodule: str | None = None,
+        truncation: str = "tokenizer",
     ) -> None:
         super().__init__()
         if model is None or tokenizer is None:
@@ -136,6 +147,11 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             )
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}.")
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(
+                f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}: 'tokenizer' cuts long prompts "
+                "keeping the end-of-sequence token, 'slice' keeps their first max_length tokens (the authors' rule)."
+            )
         if not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}.")
         window = _model_window(model)
@@ -188,6 +204,8 @@ class LLMEncoder(ModelMixin, ConfigMixin):
                 PromptTruncationWarning,
                 stacklevel=3,
             )
+        if self.config.truncation == "slice":
+            return self._tokenize_and_slice(texts), lengths
         batch = self.tokenizer(
             texts,
             padding=self.config.padding,
@@ -196,6 +214,17 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             return_tensors="pt",
         )
         return batch, lengths
+
+    def _tokenize_and_slice(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``truncation="slice"``: the whole prompts, padded to the longest, then cut to their first ``max_length``
+        tokens (and, with ``padding="max_length"``, padded on with the pad id and mask 0)."""
+        batch = self.tokenizer(texts, padding="longest", truncation=False, return_tensors="pt")
+        ids, mask = batch["input_ids"][:, : self.max_length], batch["attention_mask"][:, : self.max_length]
+        short = self.max_length - ids.shape[1]
+        if self.config.padding == "max_length" and short > 0:
+            ids = torch.nn.functional.pad(ids, (0, short), value=int(self.tokenizer.pad_token_id))
+            mask = torch.nn.functional.pad(mask, (0, short), value=0)
+        return {"input_ids": ids, "attention_mask": mask}
 
     def forward(self, prompts: str | Sequence[str]) -> LLMEncoderOutput:
         batch, lengths = self.tokenize(prompts)
@@ -229,6 +258,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         prefix: str | None = None,
         hidden_layer: int | None = None,
         submodule: str | None = None,
+        truncation: str | None = None,
         torch_dtype: torch.dtype | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
@@ -248,7 +278,9 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             max_length, padding, prefix, hidden_layer: see the class docs; ``None`` keeps the saved value or the
                 default (256, ``"max_length"``, ``""``, -1).
             submodule: attribute of the loaded model that is the text encoder (``"t5_encoder"`` for RankGen's
-                remote-code model); found automatically for T5 and encoder-decoder models.
+                remote-code model); found automatically for T5, encoder-decoder models and RankGen.
+            truncation: ``"tokenizer"`` (default: long prompts are cut to ``max_length`` keeping the closing special
+                token) or ``"slice"`` (the authors' rule: the first ``max_length`` tokens of the whole prompt).
             torch_dtype / dtype: weights dtype (e.g. ``torch.bfloat16``); device: where to put the model.
             trust_remote_code: allow a model's own Python code to run. Off unless you ask for it.
         """
@@ -259,6 +291,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             "prefix": "",
             "hidden_layer": -1,
             "submodule": None,
+            "truncation": "tokenizer",
             "tokenizer_name_or_path": None,
         }
         model_ref = name
@@ -285,6 +318,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             "prefix": prefix,
             "hidden_layer": hidden_layer,
             "submodule": submodule,
+            "truncation": truncation,
             "tokenizer_name_or_path": os.fspath(tokenizer) if tokenizer is not None else None,
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -318,8 +352,10 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         if save_weights:
             self.model.save_pretrained(save_directory, safe_serialization=True)
             self.tokenizer.save_pretrained(save_directory)
+            _drop_remote_code_map(os.path.join(save_directory, "config.json"))
             stored["model_name_or_path"] = "."
             stored["tokenizer_name_or_path"] = "."
+            stored["submodule"] = None  # the saved model is the text encoder itself
         elif not self.config.model_name_or_path:
             raise ValueError(
                 "This LLMEncoder wraps a model object with no model_name_or_path to reference; save it with "
@@ -332,7 +368,8 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         c = self.config
         return (
             f"LLMEncoder(model={c.model_name_or_path!r}, kind={type(self.model).__name__}, hidden={self.hidden_size}, "
-            f"max_length={c.max_length}, padding={c.padding!r}, prefix={c.prefix!r}, hidden_layer={c.hidden_layer})"
+            f"max_length={c.max_length}, padding={c.padding!r}, truncation={c.truncation!r}, prefix={c.prefix!r}, "
+            f"hidden_layer={c.hidden_layer})"
         )
 
 
@@ -360,16 +397,13 @@ def _load_text_model(
                 raw = json.load(f)
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{local_config!r} is not valid JSON ({err}); the model folder is corrupt.") from err
-        if raw.get("auto_map") and raw.get("model_type") not in _known_model_types():
-            raise ValueError(
-                f"The model {ref!r} needs its own Python code (its config maps model type "
-                f"{raw.get('model_type')!r} to custom classes). Pass trust_remote_code=True "
-                "(CLI: --trust-remote-code) only if you trust that code."
-            )
+        _refuse_remote_code(ref, raw.get("model_type"), raw.get("auto_map"))
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
     except Exception as err:
         raise describe_load_error(err, "language model", ref, path) from err
+    if not trust_remote_code:  # a hub config, read only now
+        _refuse_remote_code(ref, config.model_type, getattr(config, "auto_map", None))
     kwargs: dict[str, Any] = dict(hub)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -389,15 +423,59 @@ def _load_text_model(
             f"The checkpoint {ref!r} lacks {len(missing)} weights of {type(model).__name__} (e.g. {missing[:3]}): "
             "it is corrupt or does not match its config, and the model would run with random weights."
         )
+    return _text_encoder_of(model, submodule, ref)
+
+
+def _text_encoder_of(model: torch.nn.Module, submodule: str | None, ref: str) -> torch.nn.Module:
+    """The part of ``model`` that encodes text: ``submodule`` if given, else a known wrapper attribute (RankGen's
+    ``t5_encoder``), else the encoder of an encoder-decoder model, else the model itself. Never relies on how a
+    constructor left ``is_encoder_decoder`` on a shared config."""
     if submodule:
         if not hasattr(model, submodule):
             raise ValueError(f"The model loaded from {ref!r} ({type(model).__name__}) has no submodule {submodule!r}.")
-        model = getattr(model, submodule)
-    elif getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
-        model = model.get_encoder()  # run only the encoder of an encoder-decoder model
-    elif hasattr(model, "t5_encoder"):  # RankGen's remote-code wrapper
-        model = model.t5_encoder
+        return getattr(model, submodule)
+    for name in _KNOWN_ENCODER_SUBMODULES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return getattr(model, name)
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        encoder = model.get_encoder()  # run only the encoder of an encoder-decoder model
+        if encoder is model:
+            raise ValueError(
+                f"The model loaded from {ref!r} ({type(model).__name__}) says it is an encoder-decoder model but has "
+                "no encoder submodule transformers can find. Pass submodule='<attribute holding the text encoder>'."
+            )
+        return encoder
     return model
+
+
+def _refuse_remote_code(ref: str, model_type: Any, auto_map: Any) -> None:
+    """Without ``trust_remote_code``: refuse a model whose config maps it to its own code (``auto_map``), saying so.
+
+    Loading it anyway would either fail (an unknown model type) or build transformers' built-in class for its
+    ``model_type`` without the checkpoint's weights (RankGen-T5-XL says ``"t5"`` but is a wrapper)."""
+    if not auto_map:
+        return
+    custom = auto_map.get("AutoModel") if isinstance(auto_map, dict) else None
+    if custom is None and model_type in _known_model_types():
+        return  # custom code only for other auto classes (e.g. a tokenizer); the built-in model is the real one
+    what = f"maps AutoModel to {custom!r}" if custom else f"maps model type {model_type!r} to custom classes"
+    raise ValueError(
+        f"The model {ref!r} needs its own Python code: its config.json has an `auto_map` that {what}, and without "
+        "that code its weights would not load. Pass trust_remote_code=True (CLI: --trust-remote-code) to run it, "
+        "only if you trust that code."
+    )
+
+
+def _drop_remote_code_map(config_file: str) -> None:
+    """A text encoder taken out of a remote-code wrapper (RankGen's ``t5_encoder``) shares the wrapper's config,
+    whose ``auto_map`` would send loading back to the wrapper's code; the saved encoder is a built-in class."""
+    if not os.path.isfile(config_file):
+        return
+    with open(config_file, encoding="utf-8") as f:
+        raw = json.load(f)
+    if raw.pop("auto_map", None) is not None:
+        with open(config_file, "w", encoding="utf-8") as f:
+            json.dump(raw, f, indent=2, sort_keys=True)
 
 
 def _known_model_types() -> set[str]:

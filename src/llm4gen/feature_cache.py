@@ -99,6 +99,8 @@ def encoder_namespace(encoder) -> str:
         encoder._llm4gen_weights_fingerprint = weights
     c = encoder.config
     settings = f"{c.max_length}|{c.padding}|{c.prefix}|{c.hidden_layer}|{encoder.dtype}"
+    if getattr(c, "truncation", "tokenizer") != "tokenizer":  # keys of the default rule stay as they were
+        settings += f"|{c.truncation}"
     return f"llm-{weights}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 

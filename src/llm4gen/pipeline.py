@@ -339,6 +339,8 @@ class _LLM4GenMixin:
                     f"{cls.__name__}.from_pretrained(path, llm_encoder=LLMEncoder.from_pretrained(...), "
                     "adapter=CrossAdapter.from_pretrained(...))."
                 )
+            if kwargs.get("trust_remote_code") and "llm_encoder" in index and "llm_encoder" not in kwargs:
+                kwargs["llm_encoder"] = _llm_encoder_with_remote_code(path, kwargs.get("torch_dtype"))
         try:
             return super().from_pretrained(path, **kwargs)
         except OSError as err:
@@ -397,6 +399,7 @@ class _LLM4GenMixin:
                 prefix="pre ",
                 max_length=256,
                 padding="max_length",
+                truncation="slice",  # their script keeps the first 256 pieces of a longer prompt, without </s>
                 trust_remote_code=trust_remote_code,
                 dtype=llm_torch_dtype,
                 **hub,
@@ -513,19 +516,25 @@ class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
         llm_torch_dtype: torch.dtype | None = None,
         local_files_only: bool | None = None,
         token: str | None = None,
+        load_safety_checker: bool = False,
         **pipeline_kwargs: Any,
     ) -> LLM4GenPipeline:
         """Load the authors' SD1.5 release unchanged: base SD1.5, their fine-tuned ``unet/``, ``projector.pth`` and
-        RankGen-T5-XL (prompts prefixed with ``"pre "``, padded to 256 tokens, no UNet mask), as in their script.
+        RankGen-T5-XL (prompts prefixed with ``"pre "``, tokenized whole and cut to their first 256 tokens or padded
+        to 256, no UNet mask), with no safety checker, as in their script.
 
         Every part may be a hub id, a local path, or an already-built object (UNet / CrossAdapter / LLMEncoder).
         RankGen-T5-XL ships its own model code: loading it needs ``trust_remote_code=True``.
+        ``load_safety_checker=True`` loads the base folder's safety checker (the authors pass ``safety_checker=None``).
         """
         hub = {k: v for k, v in {"local_files_only": local_files_only, "token": token}.items() if v is not None}
         unet, adapter, llm_encoder = cls._load_official_parts(
             unet, unet_subfolder, projector, projector_filename, llm, llm_tokenizer, trust_remote_code,
             torch_dtype, llm_torch_dtype, hub,
         )
+        if not load_safety_checker:  # as the authors: StableDiffusionPipeline.from_pretrained(..., safety_checker=None)
+            pipeline_kwargs.setdefault("safety_checker", None)
+            pipeline_kwargs.setdefault("requires_safety_checker", False)
         pipeline_kwargs.setdefault("use_llm_attention_mask", False)
         if torch_dtype is not None:
             pipeline_kwargs["torch_dtype"] = torch_dtype
@@ -642,6 +651,12 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         return self.encode_prompt(
             prompt, None, device, 1, do_classifier_free_guidance, negative_prompt, clip_skip=clip_skip
         )
+
+
+def _llm_encoder_with_remote_code(path: str, torch_dtype: torch.dtype | None) -> LLMEncoder:
+    """A saved folder's ``llm_encoder/`` with its model's own code allowed (RankGen-T5-XL): diffusers does not pass
+    ``trust_remote_code`` on to a pipeline's components, so the encoder is loaded here."""
+    return LLMEncoder.from_pretrained(os.path.join(path, "llm_encoder"), trust_remote_code=True, dtype=torch_dtype)
 
 
 def _planned_regions(prompts: list[str], mode: str) -> list[list[Any]]:

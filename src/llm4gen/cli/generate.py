@@ -12,6 +12,7 @@ from rich.table import Table
 from ..examples import DEMO_PROMPTS
 from ..utils import quiet_library_notices
 from . import common
+from . import official as release
 from .common import (
     BUNDLED_GUIDANCE,
     app,
@@ -30,7 +31,8 @@ def generate(
         None, "--model", "-m", help="LLM4GEN pipeline folder or hub id. Default: the bundled model (models/default)."
     ),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for the PNGs."),
-    steps: int = typer.Option(30, "--steps", min=1, help="Denoising steps."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Denoising steps. Default: 30, 50 with --official (the authors' script)."),
     guidance: float | None = typer.Option(
         None, "--guidance",
         help=f"Classifier-free guidance scale (<= 1 disables it). Default: 7.5, {BUNDLED_GUIDANCE} for the bundled "
@@ -67,6 +69,15 @@ def generate(
     region_mask_steps: int | None = typer.Option(
         None, "--region-mask-steps", min=0, help="--region-mask: how many first steps (default: all)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
+    official: bool = typer.Option(
+        False, "--official",
+        help="Run the authors' SD1.5 release (LLM4GenPipeline.from_official: RankGen-T5-XL, which needs "
+             "--trust-remote-code) with their settings, instead of --model."),
+    official_base: str | None = release.BASE_OPTION,
+    official_release: str | None = release.RELEASE_OPTION,
+    official_llm: str | None = release.LLM_OPTION,
+    official_llm_tokenizer: str | None = release.LLM_TOKENIZER_OPTION,
+    dtype: str | None = release.DTYPE_OPTION,
 ) -> None:
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
     import torch
@@ -75,15 +86,27 @@ def generate(
     from ..layout import region_words
     from ..regions import Region
 
-    guidance = guidance_or_default(guidance, model)
-    model = model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
+    if official and model is not None:
+        console.print("[red]Error:[/red] give either --model or --official, not both.")
+        raise typer.Exit(2)
+    if official:  # the authors' script calls the pipeline with diffusers' defaults
+        guidance, steps = 7.5 if guidance is None else guidance, 50 if steps is None else steps
+    else:
+        guidance, steps = guidance_or_default(guidance, model), 30 if steps is None else steps
+        model = model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
         regions: Any = [Region.parse(r) for r in region]
         if auto_regions:
             if regions:
                 raise ValueError("Give either --region boxes or --auto-regions, not both.")
             regions = print_planned_regions(prompt)
-        pipe = load_pipeline(model, xl, device, trust_remote_code)
+        if official:
+            pipe = release.load_official(official_base, official_release, official_llm, official_llm_tokenizer,
+                                         trust_remote_code, device, dtype)
+        else:
+            pipe = load_pipeline(model, xl, device, trust_remote_code)
+            if dtype is not None:
+                pipe = pipe.to(dtype=common.parse_dtype(dtype))
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)
         note = clip_window_note(pipe, [prompt])

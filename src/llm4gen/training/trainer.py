@@ -179,7 +179,7 @@ class Features:
                 c = llm.config
                 self.ns_llm = "llm-" + model_fingerprint(
                     llm.model, c.model_name_or_path, max_length=c.max_length, padding=c.padding, prefix=c.prefix,
-                    layer=c.hidden_layer,
+                    layer=c.hidden_layer, **({} if c.truncation == "tokenizer" else {"truncation": c.truncation}),
                 )
 
     def _cached(self, ns: str, keys: list[str], compute) -> list[dict[str, torch.Tensor]]:
