@@ -242,8 +242,8 @@ class LLM4GenTextModel:
             total = sum(1 for _ in self.text_encoder.parameters())
             folder = os.path.join(self.ref, "text_encoder") if self.ref else "FOLDER/text_encoder"
             raise ValueError(
-                f"The CLIP connected to LLM4GEN Text Encode does not hold the CLIP weights of {self.ref or 'the'} "
-                f"LLM4GEN folder: {len(problems)} of {total} weights missing or different ({', '.join(problems[:3])}"
+                f"The CLIP connected to LLM4GEN Text Encode does not hold the CLIP weights of the LLM4GEN folder "
+                f"{self.ref!r}: {len(problems)} of {total} weights missing or different ({', '.join(problems[:3])}"
                 f"{', ...' if len(problems) > 3 else ''}). ComfyUI's CLIP loader reads weight names that start with "
                 "'text_model.'; a text_encoder/ written by transformers 5 without llm4gen's fix has them at the root, "
                 "so ComfyUI leaves every weight uninitialised (NaN conditioning, black images). Fix: rewrite it once "
