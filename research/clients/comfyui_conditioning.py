@@ -1,12 +1,13 @@
 """ComfyUI's own CLIP loader (``comfy.sd.load_clip``) on a saved LLM4GEN folder's ``text_encoder/``, then LLM4GEN Text
 Encode with that CLIP, against ``LLM4GenPipeline.encode_fused_prompt`` for the same prompt and negative. Run with
-ComfyUI's Python; extra arguments go to ComfyUI (e.g. ``--fp32-text-enc``; ``--cpu`` is always given).
+ComfyUI's Python (ComfyUI runs with ``--cpu``; ``--fp32-text-enc`` keeps its CLIP in float32 instead of float16).
 
     python research/clients/comfyui_conditioning.py ComfyUI ComfyUI/models/diffusers/llm4gen --fp32-text-enc
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -21,9 +22,14 @@ NEGATIVE = "blurry, low quality"
 
 
 def main() -> None:
-    comfyui, folder, comfy_args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    sys.argv = [sys.argv[0], "--cpu", *comfy_args]
-    sys.path.insert(0, comfyui)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comfyui", help="ComfyUI's folder")
+    parser.add_argument("folder", help="a saved LLM4GEN folder")
+    parser.add_argument("--fp32-text-enc", action="store_true", help="ComfyUI's CLIP in float32")
+    args = parser.parse_args()
+    folder = args.folder
+    sys.argv = [sys.argv[0], "--cpu", *(["--fp32-text-enc"] if args.fp32_text_enc else [])]  # ComfyUI's own flags
+    sys.path.insert(0, args.comfyui)
     import comfy.options
 
     comfy.options.enable_args_parsing()  # as ComfyUI's main.py does
