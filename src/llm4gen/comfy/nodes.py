@@ -16,6 +16,7 @@ does not hold the folder's CLIP weights (:func:`comfy_clip_problems`) is refused
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +170,8 @@ class LLM4GenTextModel:
     adapter: Any
     use_llm_attention_mask: bool
     ref: str = ""
-    _checked_clips: set[int] = field(default_factory=set, repr=False)  # ComfyUI CLIP models found to match
+    # ComfyUI CLIP models found to hold the folder's CLIP weights (checked once each)
+    _checked_clips: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     @classmethod
     def from_pretrained(
@@ -234,8 +236,10 @@ class LLM4GenTextModel:
     def check_comfy_clip(self, clip: Any) -> None:
         """Refuse a ComfyUI ``CLIP`` that does not hold this folder's CLIP weights (the CAM was trained on the
         folder's CLIP tokens; a CLIP loaded with missing weights encodes NaNs and KSampler returns black)."""
+        if getattr(clip, "cond_stage_model", None) in self._checked_clips:
+            return
         weights = _comfy_clip_weights(clip)
-        if weights is None or id(clip.cond_stage_model) in self._checked_clips:
+        if weights is None:
             return
         problems = comfy_clip_problems(weights, self.text_encoder)
         if problems:
@@ -251,7 +255,7 @@ class LLM4GenTextModel:
                 f"write_prefixed_clip('{folder}')\"` (or re-save the pipeline with this llm4gen) and reload it in "
                 "ComfyUI, or leave the node's clip input unconnected to use the folder's own CLIP."
             )
-        self._checked_clips.add(id(clip.cond_stage_model))
+        self._checked_clips.add(clip.cond_stage_model)
 
     @torch.no_grad()
     def comfy_clip_embeddings(self, clip: Any, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -323,7 +327,8 @@ class LLM4GenLoader:
     RETURN_NAMES = ("llm4gen",)
     FUNCTION = "load"
     DESCRIPTION = ("Loads the text side of an LLM4GEN pipeline: its language model, Cross-Adapter (CAM) and CLIP. "
-                   "Load the same folder's UNet and VAE with ComfyUI's DiffusersLoader.")
+                   "Load the same folder's UNet and VAE with ComfyUI's DiffusersLoader (advanced/loaders/deprecated); "
+                   "the folder must be SD 1.x-shaped for ComfyUI to load its UNet.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
