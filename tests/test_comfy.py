@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm4gen.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, LLM4GenEncode, LLM4GenLoader
+from llm4gen.comfy import (
+    NODE_CLASS_MAPPINGS,
+    NODE_DISPLAY_NAME_MAPPINGS,
+    LLM4GenEncode,
+    LLM4GenLoader,
+    LLM4GenTextModel,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = ("a small red circle in the upper left corner, a large blue square in the lower right, a green triangle "
@@ -51,8 +58,8 @@ def pipe(tiny_sd_dir):
 
 @pytest.fixture(scope="module")
 def model(tiny_sd_dir):
-    (loaded,) = LLM4GenLoader().load(tiny_sd_dir, device="cpu", dtype="float32")
-    return loaded
+    # the text side of the tiny folder (the loader node refuses it: its UNet is not SD 1.x-shaped)
+    return LLM4GenTextModel.from_pretrained(tiny_sd_dir, device="cpu", dtype="float32")
 
 
 def test_node_contracts_follow_comfyui_conventions():
@@ -166,7 +173,7 @@ def test_masked_model_drops_padding_equivalently(tmp_path, tiny_llm_dirs):
     build_tiny_pipeline(llm=llm, use_llm_attention_mask=True, work_dir=tmp_path / "parts").save_pretrained(
         tmp_path / "masked")
     pipe = LLM4GenPipeline.from_pretrained(tmp_path / "masked")
-    (model,) = LLM4GenLoader().load(str(tmp_path / "masked"), device="cpu", dtype="float32")
+    model = LLM4GenTextModel.from_pretrained(str(tmp_path / "masked"), device="cpu", dtype="float32")
     negative = "blurry"
     pos, neg = LLM4GenEncode().encode(model, LONG, negative)
     fused = pipe.encode_fused_prompt(LONG, negative)
@@ -199,3 +206,120 @@ def test_loader_errors(tmp_path, tiny_xl_dir, model):
         LLM4GenLoader().load(tiny_xl_dir)
     with pytest.raises(ValueError, match="empty"):
         LLM4GenEncode().encode(model, "   ")
+
+
+# ---------------------------------------------------------------------------------------------- ComfyUI's CLIP loader
+# ComfyUI 0.8.0 (comfy/diffusers_load.py, comfy/sd.py, comfy/sd1_clip.py), for an SD 1.x folder: DiffusersLoader reads
+# the first of these files in text_encoder/, load_clip keeps its keys as they are (only OpenCLIP's
+# "transformer.resblocks." layout is converted), and the CLIP-L wrapper loads them with strict=False into a model whose
+# weights are named "text_model.<transformers name>" plus "text_projection.weight": whatever the file lacks stays
+# uninitialised (NaN here) and is only logged ("clip missing: ...").
+COMFY_TEXT_ENCODER_FILES = ("model.fp16.safetensors", "model.safetensors", "pytorch_model.fp16.bin",
+                            "pytorch_model.bin")
+
+
+class ComfyLoadedClip(ComfyStyleClip):
+    """A CLIP as ComfyUI's DiffusersLoader builds it from ``folder/text_encoder``, exposing ComfyUI's
+    ``cond_stage_model`` (weights named ``clip_l.transformer.text_model.…``)."""
+
+    def __init__(self, folder, tokenizer):
+        from safetensors.torch import load_file
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        te_dir = Path(folder) / "text_encoder"
+        path = next(te_dir / n for n in COMFY_TEXT_ENCODER_FILES if (te_dir / n).exists())
+        state = load_file(path)
+        assert "transformer.resblocks.0.ln_1.weight" not in state  # not the OpenCLIP layout
+        config = CLIPTextConfig.from_pretrained(te_dir)
+        config.projection_dim = config.hidden_size
+        transformer = CLIPTextModelWithProjection(config)  # names its weights as ComfyUI's CLIPTextModel does
+        self.missing = []
+        with torch.no_grad():  # torch's load_state_dict(strict=False), by name (transformers' own hooks left out)
+            for name, param in transformer.named_parameters():
+                if name in state:
+                    param.copy_(state[name])
+                else:
+                    param.fill_(float("nan"))
+                    self.missing += [name] if name.startswith("text_model.") else []
+        self.cond_stage_model = torch.nn.Module()
+        self.cond_stage_model.clip_l = torch.nn.Module()
+        self.cond_stage_model.clip_l.transformer = transformer
+        super().__init__(tokenizer, transformer.text_model)
+
+
+def test_a_saved_folder_s_clip_loads_in_comfyui(tiny_sd_dir, pipe, model):
+    clip = ComfyLoadedClip(tiny_sd_dir, pipe.tokenizer)
+    assert clip.missing == []
+    for key, param in pipe.text_encoder.named_parameters():
+        name = key if key.startswith("text_model.") else "text_model." + key
+        torch.testing.assert_close(clip.cond_stage_model.clip_l.transformer.get_parameter(name), param, rtol=0, atol=0)
+    pos, neg = LLM4GenEncode().encode(model, LONG, "blurry", clip=clip)
+    fused = pipe.encode_fused_prompt(LONG, "blurry")
+    _check_pair(pos, fused.prompt_embeds)
+    _check_pair(neg, fused.negative_prompt_embeds)
+
+
+def test_encode_refuses_a_comfyui_clip_with_missing_weights(tmp_path, tiny_sd_dir, pipe, model):
+    from transformers import CLIPTextModel
+
+    from llm4gen.clip_checkpoint import write_prefixed_clip
+
+    # a folder whose text_encoder/ is what transformers 5 writes for a CLIPTextModel built in memory (the layout of
+    # the folders saved before: keys at the root)
+    old = tmp_path / "old"
+    shutil.copytree(tiny_sd_dir, old)
+    shutil.rmtree(old / "text_encoder")
+    fresh = CLIPTextModel(pipe.text_encoder.config)
+    fresh.load_state_dict(pipe.text_encoder.state_dict())
+    fresh.save_pretrained(old / "text_encoder")
+    clip = ComfyLoadedClip(old, pipe.tokenizer)
+    assert len(clip.missing) == len(list(pipe.text_encoder.parameters()))  # ComfyUI finds none of its weights
+    with pytest.raises(ValueError, match=r"(?s)does not hold the CLIP weights.*'text_model\.'.*write_prefixed_clip"):
+        LLM4GenEncode().encode(model, LONG, "", clip=clip)
+    # without ComfyUI's model object to compare, the NaN tokens are refused
+    with pytest.raises(ValueError, match="NaN"):
+        LLM4GenEncode().encode(model, LONG, "", clip=ComfyStyleClip(pipe.tokenizer, clip.text_encoder))
+    # the fix the message names: the folder then loads in ComfyUI, and in transformers as before
+    assert write_prefixed_clip(old / "text_encoder") and not write_prefixed_clip(old / "text_encoder")
+    assert ComfyLoadedClip(old, pipe.tokenizer).missing == []
+    reloaded = CLIPTextModel.from_pretrained(old / "text_encoder")
+    for (k1, p1), (k2, p2) in zip(reloaded.named_parameters(), pipe.text_encoder.named_parameters()):
+        assert k1 == k2
+        torch.testing.assert_close(p1, p2, rtol=0, atol=0)
+    pos, _ = LLM4GenEncode().encode(model, LONG, "", clip=ComfyLoadedClip(old, pipe.tokenizer))
+    torch.testing.assert_close(pos[0][0], pipe.encode_fused_prompt(LONG).prompt_embeds, rtol=0, atol=1e-6)
+
+
+# Stable Diffusion 1.5's unet/config.json (runwayml/stable-diffusion-v1-5), the layout ComfyUI detects as SD 1.x
+SD15_UNET_CONFIG = {
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
+
+def test_loader_refuses_a_unet_comfyui_cannot_load(tmp_path, tiny_sd_dir):
+    from llm4gen.comfy.nodes import comfy_unet_problems
+
+    bundled = ROOT / "models" / "default"
+    with pytest.raises(ValueError, match=r"(?s)in_channels 8.*Could not detect model type.*SD 1.x-shaped"):
+        LLM4GenLoader().load(str(bundled), device="cpu", dtype="float32")
+    with pytest.raises(ValueError, match="cross_attention_dim 32 .SD 1.x: 768"):
+        LLM4GenLoader().load(tiny_sd_dir, device="cpu", dtype="float32")
+    assert comfy_unet_problems(SD15_UNET_CONFIG) == []
+    # a folder with an SD 1.5-shaped UNet passes (the node loads the text side only)
+    folder = tmp_path / "sd15-shaped"
+    shutil.copytree(tiny_sd_dir, folder)
+    (folder / "unet" / "config.json").write_text(json.dumps(SD15_UNET_CONFIG))
+    (loaded,) = LLM4GenLoader().load(str(folder), device="cpu", dtype="float32")
+    assert isinstance(loaded, LLM4GenTextModel)
+
+
+def test_readme_says_what_comfyui_needs():
+    text = (ROOT / "comfyui" / "README.md").read_text()
+    assert "torch==2.13.0" in text and "torchvision==0.28.0" in text  # the pair ComfyUI starts with
+    assert "advanced/loaders/deprecated" in text  # where DiffusersLoader sits
+    assert "Could not detect model type" in text and "ShapesWorld" in text

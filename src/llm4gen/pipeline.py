@@ -30,6 +30,7 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .adapter import CrossAdapter
+from .clip_checkpoint import write_prefixed_clip
 from .encoders import LLMEncoder, collate_rows, output_rows
 from .feature_cache import PromptCache, encoder_namespace
 from .layout import PLACE_EXAMPLES, plan_regions
@@ -348,8 +349,11 @@ class _LLM4GenMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_llm_weights: bool = False, **kwargs: Any) -> None:
         """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
-        ``save_llm_weights=True`` copies its weights into ``llm_encoder/``."""
+        ``save_llm_weights=True`` copies its weights into ``llm_encoder/``. CLIP text encoders are written with the
+        ``text_model.`` key prefix (the layout of SD checkpoints, which ComfyUI's CLIP loader needs)."""
         super().save_pretrained(save_directory, **kwargs)
+        for name in ("text_encoder", "text_encoder_2"):  # the key layout ComfyUI and transformers 4 read
+            write_prefixed_clip(os.path.join(save_directory, name))
         if save_llm_weights:
             self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
 
