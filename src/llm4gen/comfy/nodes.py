@@ -141,7 +141,7 @@ def check_comfy_unet(path: str | os.PathLike) -> None:
             f"ComfyUI cannot load the UNet of {os.fspath(path)!r}: it is not an SD 1.x UNet ({'; '.join(problems)}), "
             "so ComfyUI's DiffusersLoader stops with 'Could not detect model type'. These nodes need an SD 1.x-shaped "
             "LLM4GEN folder, such as the authors' SD1.5 release saved as an llm4gen folder "
-            "(LLM4GenPipeline.from_official(...).save_pretrained(OUT)). The bundled ShapesWorld model draws with "
+            "(`llm4gen convert-official OUT`). The bundled ShapesWorld model draws with "
             "`llm4gen generate` or the Python pipeline, not in ComfyUI."
         )
 
