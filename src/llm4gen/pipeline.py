@@ -34,6 +34,7 @@ from .encoders import LLMEncoder, collate_rows, output_rows
 from .feature_cache import PromptCache, encoder_namespace
 from .layout import PLACE_EXAMPLES, plan_regions
 from .regions import Region, region_control
+from .sampling import SamplingDefaults
 from .unet import load_unet
 from .utils import describe_load_error, validate_prompts
 
@@ -340,14 +341,19 @@ class _LLM4GenMixin:
                     "adapter=CrossAdapter.from_pretrained(...))."
                 )
         try:
-            return super().from_pretrained(path, **kwargs)
+            pipe = super().from_pretrained(path, **kwargs)
         except OSError as err:
             raise describe_load_error(err, "pipeline", path) from err
+        # the folder's recommended guidance, steps and scheduler (llm4gen_sampling.json), for callers to use
+        pipe.sampling_defaults = SamplingDefaults.from_folder(path if os.path.isdir(path) else None)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_llm_weights: bool = False, **kwargs: Any) -> None:
         """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
         ``save_llm_weights=True`` copies its weights into ``llm_encoder/``."""
         super().save_pretrained(save_directory, **kwargs)
+        if getattr(self, "sampling_defaults", None) is not None:
+            self.sampling_defaults.save(save_directory)
         if save_llm_weights:
             self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
 
