@@ -49,6 +49,7 @@ __all__ = [
     "launch",
     "parse_regions",
     "load_model",
+    "model_summary",
 ]
 
 APP_TITLE = "LLM4GEN: long prompts, side by side"
@@ -208,6 +209,16 @@ def load_model(
         return LoadedModel(ref, pipe, to_device(base, device, pipe.unet.dtype), BASE_ARM)
     base, source = build_base_pipeline(pipe, base_model)
     return LoadedModel(ref, pipe, base.to(device), source)
+
+
+def model_summary(model: LoadedModel) -> str:
+    """The page's line on the picked model: its name, its base side, and what it can draw when its folder says so
+    (``llm4gen_sampling.json``'s ``domain``)."""
+    text = f"Model: `{model.ref}` · base side: {model.base_source}."
+    sampling = getattr(model.pipe, "sampling_defaults", None)
+    if sampling is not None and sampling.domain:
+        text += f"\n\nThis model knows {sampling.domain}"
+    return text
 
 
 @dataclass
@@ -381,11 +392,7 @@ def build_app(
             loaded = manager.get(ref)
         except Exception as err:
             return f"❌ {describe_app_error(err, 'loading the model')}"
-        text = f"Model: `{loaded.ref}` · base side: {loaded.base_source}."
-        sampling = getattr(loaded.pipe, "sampling_defaults", None)
-        if sampling is not None and sampling.domain:  # what the model can draw, said where it is picked
-            text += f"\n\nThis model knows {sampling.domain}"
-        return text
+        return model_summary(loaded)
 
     def run(ref, prompt, negative, steps, guidance, seed, num_images, region_text="", progress=gr.Progress()):
         if not prompt or not prompt.strip():

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..sampling import DEFAULT_STEPS
 from .common import (
@@ -54,8 +55,8 @@ def app_cmd(
 ) -> None:
     """Serve the web app: long prompts rendered side by side by the base (CLIP only) path and by LLM4GEN."""
     if importlib.util.find_spec("gradio") is None:  # before any model loads or anything is served
-        console.print(f"[red]The web app needs gradio, which is not installed.[/red] Install the app extra: "
-                      f"{install_hint('app')}", highlight=False)
+        console.print("[red]The web app needs gradio, which is not installed.[/red] Install the app extra: "
+                      + escape(install_hint("app")), highlight=False)
         raise typer.Exit(2)
     from .. import app as web
 
