@@ -427,11 +427,41 @@ def test_demo_prints_its_time(tmp_path, monkeypatch):
     import re
 
     monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: None)
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--steps", "1", "--device", "cpu"])
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu"])  # and the one default of steps
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    match = re.search(r"demo: 3 images of 1 steps in ([\d.]+) s \(([\d.]+) s each\) after ([\d.]+) s loading, "
+    match = re.search(r"demo: 3 images of 25 steps in ([\d.]+) s \(([\d.]+) s each\) after ([\d.]+) s loading, "
                       r"([\d.]+) s in all, on cpu \((\d+) CPU threads\)", said)
     assert match, said
     run, each, load, total = (float(match.group(i)) for i in range(1, 5))
     assert abs(run / 3 - each) < 0.01 and abs(run + load - total) <= 0.11 and total > 0
+
+
+def test_one_default_for_steps_and_the_models_own_settings_in_every_command(tiny_sd_dir, tmp_path, monkeypatch):
+    """Without --steps, generate and the ShapesWorld benchmark sample 25 steps (the demo: test_demo_prints_its_time;
+    the app's page: tests/test_app.py); with a model folder's llm4gen_sampling.json, its steps and guidance."""
+    import json
+    import shutil
+
+    from llm4gen.cli.common import read_png_parameters
+    from llm4gen.sampling import SamplingDefaults
+
+    result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path / "g"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert read_png_parameters(tmp_path / "g" / "seed0_0000.png")["steps"] == "25"
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, model)
+    shutil.copytree(model / "unet", model / "base_unet")
+
+    def bench(out):
+        result = runner.invoke(app, ["bench", "quality", "--model", str(model), "--out", str(tmp_path / out),
+                                     "--prompts", "1", "--batch-size", "1", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / out / "results.json").read_text())["config"]
+
+    config = bench("b")
+    assert (config["num_inference_steps"], config["guidance_scale"]) == (25, 7.5)
+    SamplingDefaults(guidance_scale=3.0, num_inference_steps=3).save(model)
+    config = bench("c")
+    assert (config["num_inference_steps"], config["guidance_scale"]) == (3, 3.0)
