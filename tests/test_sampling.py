@@ -47,6 +47,8 @@ def test_the_pipeline_reads_saves_and_applies_them(tiny_sd_dir, tmp_path):
 
     pipe = LLM4GenPipeline.from_pretrained(tiny_sd_dir)
     assert pipe.sampling_defaults == SamplingDefaults()  # the tiny folder recommends nothing
+    pipe.save_pretrained(tmp_path / "plain")
+    assert not (tmp_path / "plain" / SAMPLING_FILE).exists()  # and its copy gets no file of library defaults
     pipe.sampling_defaults = SamplingDefaults(guidance_scale=3.0, scheduler="DDIMScheduler")
     pipe.save_pretrained(tmp_path / "saved")
     again = LLM4GenPipeline.from_pretrained(tmp_path / "saved")

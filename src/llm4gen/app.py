@@ -1,4 +1,4 @@
-"""The llm4gen web app (``llm4gen app``, extra ``llm4gen[app]``): long prompts, rendered side by side.
+"""The llm4gen web app (``llm4gen app``, the ``app`` extra: gradio): long prompts, rendered side by side.
 
 One prompt and one seed are rendered twice: by the **base** conditioning path (CLIP only, 77 tokens) and by
 **LLM4GEN** (CLIP + LLM through the CAM), so a user sees what the language model adds. The page counts CLIP and LLM

@@ -352,8 +352,9 @@ class _LLM4GenMixin:
         """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
         ``save_llm_weights=True`` copies its weights into ``llm_encoder/``."""
         super().save_pretrained(save_directory, **kwargs)
-        if getattr(self, "sampling_defaults", None) is not None:
-            self.sampling_defaults.save(save_directory)
+        sampling = getattr(self, "sampling_defaults", None)
+        if sampling is not None and sampling != SamplingDefaults():  # only settings of its own (llm4gen_sampling.json)
+            sampling.save(save_directory)
         if save_llm_weights:
             self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
 
