@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..examples import DEMO_PROMPTS
-from ..sampling import DEFAULT_STEPS
+from ..sampling import DEFAULT_STEPS, SamplingDefaults
 from ..utils import quiet_library_notices, to_device
 from . import common
 from .common import (
@@ -231,7 +231,8 @@ def demo(
         )
         pipe = build_tiny_pipeline(llm=MINILM_REF, llm_max_length=256, llm_padding="longest", seed=seed)
         pipe = to_device(pipe, device, torch_dtype)
-        guidance, steps = guidance if guidance is not None else 7.5, steps or DEFAULT_STEPS
+        chosen = SamplingDefaults().call_kwargs(guidance_scale=guidance, num_inference_steps=steps)
+        guidance, steps = chosen["guidance_scale"], chosen["num_inference_steps"]
     arms["llm4gen"] = pipe
     if bundled is not None:
         arms["llm4gen + regions"] = pipe
