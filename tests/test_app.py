@@ -238,7 +238,7 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
     own = Path(tiny_sd_dir).parent / "with-settings"
     if not own.exists():
         shutil.copytree(tiny_sd_dir, own)
-        SamplingDefaults(guidance_scale=5.0, num_inference_steps=12).save(own)
+        SamplingDefaults(guidance_scale=5.0, num_inference_steps=12, domain="shapes only.").save(own)
     served = []
     monkeypatch.setattr(webapp, "launch", lambda *a, **kw: served.append(kw))
     monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: own)
@@ -248,6 +248,8 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
         result = runner.invoke(cli, ["app", "--device", "cpu", *args])
         assert result.exit_code == 0, result.output
         assert (served[-1]["default_guidance"], served[-1]["default_steps"]) == want, args
+        # the bundled model (no --model) says once what it knows
+        assert result.output.count("This model knows shapes only.") == (0 if "--model" in args else 1), args
 
 
 def test_the_page_offers_prompts_the_bundled_model_draws_and_says_what_a_model_knows(loaded):
