@@ -147,21 +147,23 @@ def drive_browser(
 def main(argv: list[str] | None = None) -> int:
     """Serve the app on a free localhost port, generate the example prompt once, save a PNG of the whole page."""
     from llm4gen.app import EXAMPLE_PROMPT, launch, load_model
-    from llm4gen.cli.common import BUNDLED_GUIDANCE, bundled_model_dir
+    from llm4gen.cli.common import bundled_model_dir
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--model", help="LLM4GEN pipeline folder or hub id (default: the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("docs/app_screenshot.png"), help="where the PNG goes")
-    parser.add_argument("--steps", type=int, default=25, help="the page's denoising steps")
+    parser.add_argument("--steps", type=int, default=None, help="the page's denoising steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None,
-                        help=f"the page's guidance (default: {BUNDLED_GUIDANCE} for the bundled model, else 7.5)")
+                        help="the page's guidance (default: the model's, 5 for the bundled model)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the images")
     args = parser.parse_args(argv)
     model = args.model or bundled_model_dir()
     if model is None:
         parser.error("no --model given and no bundled model (models/default) in this checkout")
-    guidance = args.guidance if args.guidance is not None else (BUNDLED_GUIDANCE if args.model is None else 7.5)
-    demo, url = launch(load_model(model), block=False, default_steps=args.steps, default_guidance=guidance)
+    loaded = load_model(model)
+    chosen = loaded.pipe.sampling_defaults.call_kwargs(args.guidance, args.steps)
+    demo, url = launch(loaded, block=False, default_steps=chosen["num_inference_steps"],
+                       default_guidance=chosen["guidance_scale"])
     try:
         result = drive_browser(url, EXAMPLE_PROMPT, screenshot=args.out, timeout=args.timeout)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,9 +219,6 @@ def test_served_page_generates_and_reports_errors(loaded, tmp_path):
 
 
 def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeypatch):
-    from pathlib import Path
-
-    from llm4gen.cli import BUNDLED_GUIDANCE
     from llm4gen.examples import DEMO_PROMPTS
 
     demo = webapp.build_app(loaded, default_steps=9, default_guidance=4.5)
@@ -233,15 +231,59 @@ def test_page_defaults_and_the_cli_guidance_default(loaded, tiny_sd_dir, monkeyp
     assert "yellow star: 0.64,0,1,0.36" in placeholder
     for region in webapp.parse_regions(placeholder.split("\n", 1)[1]):
         assert region.text in EXAMPLE_TEXT_LOWER
-    # `llm4gen app` serves the bundled model with its benchmark's guidance, any other model with 7.5
+    # `llm4gen app` serves a model with its folder's guidance and steps (llm4gen_sampling.json), however it is named;
+    # a folder without the file gets 7.5 and 25 steps; explicit values win
+    from llm4gen.sampling import SamplingDefaults
+
+    own = Path(tiny_sd_dir).parent / "with-settings"
+    if not own.exists():
+        shutil.copytree(tiny_sd_dir, own)
+        SamplingDefaults(guidance_scale=5.0, num_inference_steps=12, domain="shapes only.").save(own)
     served = []
     monkeypatch.setattr(webapp, "launch", lambda *a, **kw: served.append(kw))
-    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: Path(tiny_sd_dir))
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: own)
     runner = CliRunner()
-    for args, want in (([], BUNDLED_GUIDANCE), (["--model", tiny_sd_dir], 7.5), (["--guidance", "3"], 3.0)):
-        result = runner.invoke(cli, ["app", *args])
+    for args, want in (([], (5.0, 12)), (["--model", str(own)], (5.0, 12)), (["--model", tiny_sd_dir], (7.5, 25)),
+                       (["--guidance", "3", "--steps", "4"], (3.0, 4))):
+        result = runner.invoke(cli, ["app", "--device", "cpu", *args])
         assert result.exit_code == 0, result.output
-        assert served[-1]["default_guidance"] == want, args
+        assert (served[-1]["default_guidance"], served[-1]["default_steps"]) == want, args
+        # the bundled model (no --model) says once what it knows
+        assert result.output.count("This model knows shapes only.") == (0 if "--model" in args else 1), args
+
+
+def test_the_page_offers_prompts_the_bundled_model_draws_and_says_what_a_model_knows(loaded):
+    from llm4gen.examples import DEMO_PROMPTS
+    from llm4gen.sampling import SamplingDefaults
+
+    demo = webapp.build_app(loaded)
+    examples = [c for c in demo.config["components"] if c["props"].get("elem_id") == "examples"]
+    assert examples and webapp.EXAMPLE_PROMPTS == DEMO_PROMPTS  # ShapesWorld prompts (test_bundled_model scores them)
+    with_domain = copy.copy(loaded)
+    with_domain.pipe = copy.copy(loaded.pipe)
+    with_domain.pipe.sampling_defaults = SamplingDefaults(domain="64 px ShapesWorld: shapes.")
+    assert "This model knows 64 px ShapesWorld: shapes." in webapp.model_summary(with_domain)
+    assert "This model knows" not in webapp.model_summary(loaded)  # the tiny test model's folder says nothing
+    # the bundled model's folder says it (what the page shows when the bundled model is picked)
+    bundled = SamplingDefaults.from_folder(Path(__file__).resolve().parents[1] / "models" / "default")
+    assert bundled.domain.startswith("64 px ShapesWorld") and bundled.example_prompt in DEMO_PROMPTS
+
+
+def test_cli_app_without_gradio_names_the_extra_to_install(monkeypatch):
+    import importlib.util
+
+    from llm4gen.cli import webapp as app_cmd
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir",
+                        lambda: pytest.fail("no model may load before the check"))
+    result = CliRunner().invoke(cli, ["app"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Serving" not in said and "gradio" in said
+    checkout = Path(app_cmd.__file__).resolve().parents[3]
+    assert f'pip install "{checkout}[app]"' in said  # the checkout: llm4gen is on no package index
+    assert "llm4gen[app]" not in said.replace(f"{checkout}[app]", "")
 
 
 def test_free_port_is_bindable():

@@ -42,6 +42,19 @@ def test_bundled_model_is_small_and_self_describing():
     assert not list(MODEL.rglob("*.bin")) and not list(MODEL.rglob("*.pt"))  # safetensors only
 
 
+def test_the_bundled_models_sampling_settings_are_its_packaging_recipes():
+    """models/default/llm4gen_sampling.json is what `llm4gen shapes package` writes today (guidance 5, the measured
+    setting, DPM-Solver++), so `--model models/default` and no --model sample alike."""
+    from llm4gen.cli import BUNDLED_GUIDANCE
+    from llm4gen.sampling import SamplingDefaults
+    from llm4gen.shapesworld.recipe import bundled_sampling_defaults
+
+    saved = SamplingDefaults.from_folder(MODEL)
+    assert saved == bundled_sampling_defaults()
+    assert saved.guidance_scale == BUNDLED_GUIDANCE == 5.0 and saved.num_inference_steps == 25
+    assert saved.scheduler == json.loads((MODEL / "model_index.json").read_text())["scheduler"][1]
+
+
 def test_cli_uses_the_bundled_model_by_default(monkeypatch):
     from llm4gen.cli import bundled_model_dir
 

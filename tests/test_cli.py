@@ -106,23 +106,29 @@ def test_generate_region_guidance(tiny_sd_dir, tmp_path):
         assert result.exit_code == 1 and message in result.output, (bad, result.output)
 
 
-def test_generate_guidance_default_is_the_bundled_models_own(tiny_sd_dir, tmp_path, monkeypatch):
-    from pathlib import Path
+def test_generate_samples_a_model_with_its_folders_settings_however_it_is_named(tiny_sd_dir, tmp_path, monkeypatch):
+    """The guidance a model folder recommends (llm4gen_sampling.json) is used with and without --model; a folder
+    without the file gets 7.5; an explicit --guidance wins."""
+    import shutil
 
-    from llm4gen.cli import BUNDLED_GUIDANCE
+    from llm4gen.sampling import SamplingDefaults
 
     def render(out, *extra):
         result = runner.invoke(app, ["generate", "a red circle and a blue square", "--out", str(out), "--steps", "2",
-                                     *extra])
+                                     "--device", "cpu", *extra])
         assert result.exit_code == 0, result.output
         return Image.open(out / "seed0_0000.png").tobytes()
 
-    assert BUNDLED_GUIDANCE != 7.5
-    given = render(tmp_path / "a", "--model", tiny_sd_dir)
-    assert render(tmp_path / "b", "--model", tiny_sd_dir, "--guidance", "7.5") == given  # any model: 7.5
-    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: Path(tiny_sd_dir))
-    bundled = render(tmp_path / "c")  # no --model: the bundled model, sampled as its benchmark is
-    assert bundled == render(tmp_path / "d", "--guidance", str(BUNDLED_GUIDANCE)) and bundled != given
+    plain = render(tmp_path / "a", "--model", tiny_sd_dir)
+    assert render(tmp_path / "b", "--model", tiny_sd_dir, "--guidance", "7.5") == plain  # no file: 7.5
+    own = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, own)
+    SamplingDefaults(guidance_scale=3.0).save(own)
+    named = render(tmp_path / "c", "--model", str(own))
+    assert named != plain and named == render(tmp_path / "d", "--model", tiny_sd_dir, "--guidance", "3")
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: own)
+    assert render(tmp_path / "e") == named  # no --model: the same folder, the same settings
+    assert render(tmp_path / "f", "--model", str(own), "--guidance", "7.5") == plain  # explicit wins
 
 
 def test_generate_errors_are_messages(tmp_path, monkeypatch):
@@ -287,3 +293,175 @@ def test_generate_says_what_a_prompt_past_clips_window_reaches(tiny_sd_dir, tmp_
     short = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path / "s"),
                                 "--steps", "1"])
     assert short.exit_code == 0 and "CLIP tokens" not in short.output
+
+
+def test_generate_keeps_earlier_outputs_and_says_how_each_was_made(tiny_sd_dir, tmp_path):
+    """A second run into the same folder numbers on (--overwrite replaces); every PNG carries an A1111-style
+    `parameters` text chunk (prompt, negative prompt, seed, steps, guidance, model, version) that reads back."""
+    import re
+
+    from llm4gen import __version__
+    from llm4gen.cli.common import read_png_parameters
+
+    def run(*extra):
+        result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path),
+                                     "--steps", "2", "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("--num-images", "2")
+    first = (tmp_path / "seed0_0000.png").read_bytes()
+    run("--negative", "blurry, dark", "--guidance", "3.5")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["seed0_0000.png", "seed0_0001.png", "seed0_0002.png"]
+    assert (tmp_path / "seed0_0000.png").read_bytes() == first  # kept
+    fields = read_png_parameters(tmp_path / "seed0_0002.png")
+    assert fields["prompt"] == "a red circle" and fields["negative prompt"] == "blurry, dark"
+    assert (fields["seed"], fields["steps"], fields["cfg scale"], fields["size"]) == ("0", "2", "3.5", "32x32")
+    assert fields["model"] == tiny_sd_dir and fields["version"] == f"llm4gen {__version__}"
+    # the chunk as AUTOMATIC1111 writes it: prompt, "Negative prompt: ...", then "Key: value" pairs
+    from PIL import Image
+
+    text = Image.open(tmp_path / "seed0_0002.png").text["parameters"]
+    assert text.split("\n")[:2] == ["a red circle", "Negative prompt: blurry, dark"]
+    assert re.match(r"Steps: 2, Sampler: \w+, CFG scale: 3.5, Seed: 0, Size: 32x32, Model: ", text.split("\n")[2])
+    assert "Negative prompt" not in read_png_parameters(tmp_path / "seed0_0000.png")
+    run("--overwrite")  # replaces seed0_0000 only
+    assert len(list(tmp_path.glob("*.png"))) == 3 and (tmp_path / "seed0_0000.png").read_bytes() != first
+    assert read_png_parameters(tmp_path / "seed0_0000.png")["cfg scale"] == "7.5"
+
+
+def test_device_and_dtype_auto(monkeypatch, tiny_sd_dir, tmp_path):
+    import torch
+
+    from llm4gen.cli import common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert common.resolve_device("auto") == "cuda" and common.resolve_device("cuda:1") == "cuda:1"
+    assert common.resolve_dtype("auto", "cuda") == common.resolve_dtype("auto", "cuda:1") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert common.resolve_device("auto") == "mps" and common.resolve_dtype("auto", "mps") == torch.float32
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert common.resolve_device("auto") == "cpu" and common.resolve_dtype("auto", "cpu") == torch.float32
+    assert common.resolve_dtype("bf16", "cpu") == torch.bfloat16
+    # generate and the app default to auto: with CUDA "available", they ask for cuda in float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    asked = []
+
+    def fake_load(model, xl, device, trust_remote_code, dtype=None, sampling=None):
+        asked.append((device, dtype))
+        raise OSError("stop here")
+
+    monkeypatch.setattr("llm4gen.cli.generate.load_pipeline", fake_load)
+    result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path)])
+    assert result.exit_code == 1 and asked == [("cuda", torch.float16)], result.output
+    result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--dtype", "fp64"])
+    assert result.exit_code == 2 and "--dtype" in result.output
+
+
+def test_library_notices_that_are_not_the_users_business_are_silenced():
+    import logging
+
+    from llm4gen.utils import silence_irrelevant_notices
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    silence_irrelevant_notices()
+    silence_irrelevant_notices()  # twice adds nothing
+    assert sum(type(f).__name__ == "_DropNotices" for f in logger.filters) == 1
+    kept = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            kept.append(record.getMessage())
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning("Token indices sequence length is longer than the specified maximum")  # the user's business
+    finally:
+        logger.removeHandler(handler)
+    assert kept == ["Token indices sequence length is longer than the specified maximum"]
+
+
+def test_the_command_line_says_nothing_about_torchvision(tmp_path, tiny_sd_dir):
+    """A real `llm4gen generate` in a fresh process: transformers' torchvision notices and the loading bars are gone;
+    the denoising progress bar stays."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    done = subprocess.run([sys.executable, "-m", "llm4gen", "generate", "a red circle", "--model", tiny_sd_dir,
+                           "--out", str(tmp_path), "--steps", "2", "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr and "Loading pipeline components" not in done.stderr
+    assert "Loading weights" not in done.stderr and "2/2" in done.stderr
+
+
+def test_the_bundled_model_says_what_it_knows_once(tmp_path, monkeypatch, tiny_sd_dir):
+    """generate and demo on the bundled model: one line on its domain and an example prompt, from its folder."""
+    import shutil
+
+    from llm4gen.sampling import SamplingDefaults
+
+    model = tmp_path / "default"
+    shutil.copytree(tiny_sd_dir, model)
+    SamplingDefaults(domain="64 px ShapesWorld: shapes.", example_prompt="a big red star").save(model)
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: model)
+    for args in (["generate", "a photo of a ginger cat", "--out", str(tmp_path / "g")],
+                 ["demo", "--out", str(tmp_path / "d")]):
+        result = runner.invoke(app, [*args, "--steps", "1", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("This model knows 64 px ShapesWorld: shapes.") == 1
+        assert "Try: llm4gen generate 'a big red star'" in result.output
+    result = runner.invoke(app, ["generate", "a cat", "--model", str(model), "--out", str(tmp_path / "m"),
+                                 "--steps", "1", "--device", "cpu"])
+    assert "This model knows" not in result.output  # a model the user named is theirs to know
+
+
+def test_demo_prints_its_time(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setattr("llm4gen.cli.common.bundled_model_dir", lambda: None)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu"])  # and the one default of steps
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    match = re.search(r"demo: 3 images of 25 steps in ([\d.]+) s \(([\d.]+) s each\) after ([\d.]+) s loading, "
+                      r"([\d.]+) s in all, on cpu \((\d+) CPU threads\)", said)
+    assert match, said
+    run, each, load, total = (float(match.group(i)) for i in range(1, 5))
+    assert abs(run / 3 - each) < 0.01 and abs(run + load - total) <= 0.11 and total > 0
+
+
+def test_one_default_for_steps_and_the_models_own_settings_in_every_command(tiny_sd_dir, tmp_path, monkeypatch):
+    """Without --steps, generate and the ShapesWorld benchmark sample 25 steps (the demo: test_demo_prints_its_time;
+    the app's page: tests/test_app.py); with a model folder's llm4gen_sampling.json, its steps and guidance."""
+    import json
+    import shutil
+
+    from llm4gen.cli.common import read_png_parameters
+    from llm4gen.sampling import SamplingDefaults
+
+    result = runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(tmp_path / "g"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert read_png_parameters(tmp_path / "g" / "seed0_0000.png")["steps"] == "25"
+    model = tmp_path / "model"
+    shutil.copytree(tiny_sd_dir, model)
+    shutil.copytree(model / "unet", model / "base_unet")
+
+    def bench(out):
+        result = runner.invoke(app, ["bench", "quality", "--model", str(model), "--out", str(tmp_path / out),
+                                     "--prompts", "1", "--batch-size", "1", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / out / "results.json").read_text())["config"]
+
+    config = bench("b")
+    assert (config["num_inference_steps"], config["guidance_scale"]) == (25, 7.5)
+    SamplingDefaults(guidance_scale=3.0, num_inference_steps=3).save(model)
+    config = bench("c")
+    assert (config["num_inference_steps"], config["guidance_scale"]) == (3, 3.0)

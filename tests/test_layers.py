@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("llm4gen._compat", "llm4gen.utils", "llm4gen.images", "llm4gen.stats", "llm4gen.examples",
               "llm4gen.adapter", "llm4gen.encoders", "llm4gen.unet", "llm4gen.attention", "llm4gen.prompt_words",
               "llm4gen.feature_cache", "llm4gen.clip_tokenizer", "llm4gen.clip_checkpoint",
-              "llm4gen.denoiser")),
+              "llm4gen.denoiser", "llm4gen.sampling")),
     ("regions", ("llm4gen.regions", "llm4gen.layout")),
     ("pipeline", ("llm4gen.pipeline", "llm4gen.tiny")),
     ("scoring", ("llm4gen.scoring",)),

@@ -109,6 +109,10 @@ def test_both_arm_configs_train_from_the_built_base(parts, tmp_path):
     assert not (packaged / "checkpoints").exists() and not (packaged / "logs").exists()
     loaded = LLM4GenPipeline.from_pretrained(packaged)
     assert isinstance(loaded.scheduler, DPMSolverMultistepScheduler)
+    # its recommended sampling settings travel in the folder and come back with the pipeline
+    from llm4gen.shapesworld.recipe import bundled_sampling_defaults
+
+    assert loaded.sampling_defaults == bundled_sampling_defaults() and loaded.sampling_defaults.guidance_scale == 5.0
     assert loaded.scheduler.config.beta_schedule == "scaled_linear"
     assert loaded.scheduler.config.prediction_type == load_config(CONFIGS["llm4gen"]).prediction_type == "v_prediction"
     base_unet = UNet2DConditionModel.from_pretrained(packaged / "base_unet")

@@ -1,4 +1,4 @@
-"""The llm4gen web app (``llm4gen app``, extra ``llm4gen[app]``): long prompts, rendered side by side.
+"""The llm4gen web app (``llm4gen app``, the ``app`` extra: gradio): long prompts, rendered side by side.
 
 One prompt and one seed are rendered twice: by the **base** conditioning path (CLIP only, 77 tokens) and by
 **LLM4GEN** (CLIP + LLM through the CAM), so a user sees what the language model adds. The page counts CLIP and LLM
@@ -31,8 +31,9 @@ from .images import draw_regions
 from .layout import PLACE_EXAMPLES, plan_regions, region_words
 from .pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 from .regions import Region
+from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from .shapesworld.arms import base_unet_dir, clip_only_pipeline
-from .utils import describe_load_error, validate_prompts
+from .utils import describe_load_error, to_device, validate_prompts
 
 __all__ = [
     "LoadedModel",
@@ -48,11 +49,13 @@ __all__ = [
     "launch",
     "parse_regions",
     "load_model",
+    "model_summary",
 ]
 
 APP_TITLE = "LLM4GEN: long prompts, side by side"
 # The page's starting prompt: a dense prompt past CLIP's 77 tokens, in the vocabulary the bundled model knows
 EXAMPLE_PROMPT = DEMO_PROMPTS[1]
+EXAMPLE_PROMPTS = list(DEMO_PROMPTS)  # the page's examples: ShapesWorld prompts the bundled model draws
 SAME_UNET_BASE = "the LLM4GEN model's own UNet with CLIP-only conditioning (the base conditioning path)"
 BASE_ARM = "the model's base arm (base_unet/: the same recipe trained on CLIP only, at equal compute)"
 
@@ -180,9 +183,11 @@ def load_model(
     base_model: str | os.PathLike | None = None,
     device: str = "cpu",
     trust_remote_code: bool = False,
+    dtype: Any = None,
 ) -> LoadedModel:
-    """Load an LLM4GEN pipeline folder or hub id on ``device`` with its base side (see :func:`build_base_pipeline`;
-    when ``base_model`` is not given, a ``base_unet/`` sub-folder is run with the model's VAE and CLIP)."""
+    """Load an LLM4GEN pipeline folder or hub id on ``device`` (in ``dtype``, a torch dtype; None: the checkpoint's)
+    with its base side (see :func:`build_base_pipeline`; when ``base_model`` is not given, a ``base_unet/`` sub-folder
+    is run with the model's VAE and CLIP), and the scheduler its folder recommends (``pipe.sampling_defaults``)."""
     ref = os.fspath(ref).strip()
     if not ref:
         raise ValueError("No model given: pick the bundled model or type an LLM4GEN pipeline folder or hub id.")
@@ -193,15 +198,27 @@ def load_model(
     ref = os.path.expanduser(ref)
     cls = LLM4GenXLPipeline if _is_xl(ref) else LLM4GenPipeline
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
-    pipe = cls.from_pretrained(ref, **kwargs).to(device)
+    pipe = cls.from_pretrained(ref, **kwargs)
+    pipe.sampling_defaults.apply_scheduler(pipe)
+    pipe = to_device(pipe, device, dtype)
     pipe.set_progress_bar_config(disable=True)
 
     if base_model is None and base_unet_dir(ref) is not None:
         base = clip_only_pipeline(pipe, base_unet_dir(ref))
         base.set_progress_bar_config(disable=True)
-        return LoadedModel(ref, pipe, base.to(device), BASE_ARM)
+        return LoadedModel(ref, pipe, to_device(base, device, pipe.unet.dtype), BASE_ARM)
     base, source = build_base_pipeline(pipe, base_model)
     return LoadedModel(ref, pipe, base.to(device), source)
+
+
+def model_summary(model: LoadedModel) -> str:
+    """The page's line on the picked model: its name, its base side, and what it can draw when its folder says so
+    (``llm4gen_sampling.json``'s ``domain``)."""
+    text = f"Model: `{model.ref}` · base side: {model.base_source}."
+    sampling = getattr(model.pipe, "sampling_defaults", None)
+    if sampling is not None and sampling.domain:
+        text += f"\n\nThis model knows {sampling.domain}"
+    return text
 
 
 @dataclass
@@ -340,8 +357,8 @@ def build_app(
     device: str = "cpu",
     trust_remote_code: bool = False,
     model_choices: list[str] | None = None,
-    default_steps: int = 25,
-    default_guidance: float = 7.5,
+    default_steps: int = DEFAULT_STEPS,
+    default_guidance: float = DEFAULT_GUIDANCE,
 ):
     """The page as a ``gr.Blocks``. ``model`` is the default model: a folder or hub id (loaded on first use), an
     already built :class:`LoadedModel`, or an LLM4GEN pipeline object (its base side is built from it)."""
@@ -375,7 +392,7 @@ def build_app(
             loaded = manager.get(ref)
         except Exception as err:
             return f"❌ {describe_app_error(err, 'loading the model')}"
-        return f"Model: `{loaded.ref}` · base side: {loaded.base_source}."
+        return model_summary(loaded)
 
     def run(ref, prompt, negative, steps, guidance, seed, num_images, region_text="", progress=gr.Progress()):
         if not prompt or not prompt.strip():
@@ -442,6 +459,8 @@ def build_app(
                 prompt = gr.Textbox(label="Prompt", lines=5, max_lines=20, value=EXAMPLE_PROMPT, elem_id="prompt",
                                     placeholder="A long, dense description of the image ...")
                 tokens = gr.Markdown(elem_id="token-info")
+                gr.Examples([[p] for p in EXAMPLE_PROMPTS], inputs=[prompt], label="Prompts the bundled model can draw",
+                            elem_id="examples")
                 negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
                 region_box = gr.Textbox(
                     label="Regions for the LLM4GEN side (optional): 'auto', or one 'phrase: x0,y0,x1,y1' per line, "
@@ -488,8 +507,8 @@ def launch(
     device: str = "cpu",
     trust_remote_code: bool = False,
     block: bool = True,
-    default_steps: int = 25,
-    default_guidance: float = 7.5,
+    default_steps: int = DEFAULT_STEPS,
+    default_guidance: float = DEFAULT_GUIDANCE,
 ):
     """Build the page and serve it (on 127.0.0.1 unless ``host`` says otherwise). With ``block=False`` it returns
     ``(demo, url)`` at once and serves from a background thread; ``demo.close()`` stops it."""

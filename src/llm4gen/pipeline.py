@@ -35,6 +35,7 @@ from .encoders import LLMEncoder, collate_rows, output_rows
 from .feature_cache import PromptCache, encoder_namespace
 from .layout import PLACE_EXAMPLES, plan_regions
 from .regions import Region, region_control
+from .sampling import SamplingDefaults
 from .unet import load_unet
 from .utils import describe_load_error, validate_prompts
 
@@ -343,9 +344,12 @@ class _LLM4GenMixin:
             if kwargs.get("trust_remote_code") and "llm_encoder" in index and "llm_encoder" not in kwargs:
                 kwargs["llm_encoder"] = _llm_encoder_with_remote_code(path, kwargs.get("torch_dtype"))
         try:
-            return super().from_pretrained(path, **kwargs)
+            pipe = super().from_pretrained(path, **kwargs)
         except OSError as err:
             raise describe_load_error(err, "pipeline", path) from err
+        # the folder's recommended guidance, steps and scheduler (llm4gen_sampling.json), for callers to use
+        pipe.sampling_defaults = SamplingDefaults.from_folder(path if os.path.isdir(path) else None)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_llm_weights: bool = False, **kwargs: Any) -> None:
         """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
@@ -354,6 +358,9 @@ class _LLM4GenMixin:
         super().save_pretrained(save_directory, **kwargs)
         for name in ("text_encoder", "text_encoder_2"):  # the key layout ComfyUI and transformers 4 read
             write_prefixed_clip(os.path.join(save_directory, name))
+        sampling = getattr(self, "sampling_defaults", None)
+        if sampling is not None and sampling != SamplingDefaults():  # only settings of its own (llm4gen_sampling.json)
+            sampling.save(save_directory)
         if save_llm_weights:
             self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
 

@@ -205,3 +205,57 @@ def quiet_library_notices() -> Iterator[None]:
     finally:
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
+
+
+# Library notices about transformers' own optional backends, which change nothing for llm4gen: without torchvision it
+# falls back to the PIL image processors (the safety checker's feature extractor), and says so on every run
+_IRRELEVANT_NOTICES = {"transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",)}
+
+
+class _DropNotices:
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        self.fragments = fragments
+
+    def filter(self, record: Any) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+def silence_irrelevant_notices() -> None:
+    """Drop library log notices that are not the user's business (transformers' "X requires torchvision; falling back
+    to XPil"); warnings a user can act on (truncated prompts, missing weights) stay. Cheap: imports no library, and
+    installing it twice adds nothing."""
+    import logging
+
+    for name, fragments in _IRRELEVANT_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNotices) for f in logger.filters):
+            logger.addFilter(_DropNotices(fragments))
+
+
+@contextmanager
+def quiet_loading_progress() -> Iterator[None]:
+    """Hide diffusers' "Loading pipeline components" and transformers' "Loading weights" bars inside the block (a
+    second each; the denoising bar stays), then restore them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def to_device(pipe: Any, device: str | Any, dtype: Any = None) -> Any:
+    """``pipe`` on ``device``, cast to ``dtype`` when that differs from its UNet's (without diffusers' per-module
+    "should be kept in float32: []" notices, which name no module). ``dtype`` None keeps the weights' own."""
+    if dtype is None or dtype == pipe.unet.dtype:
+        return pipe.to(device)
+    with quiet_library_notices():
+        return pipe.to(device, dtype)

@@ -10,17 +10,23 @@ from rich.console import Console
 from rich.table import Table
 
 from ..examples import DEMO_PROMPTS
-from ..utils import quiet_library_notices
+from ..sampling import DEFAULT_STEPS, SamplingDefaults
+from ..utils import quiet_library_notices, to_device
 from . import common
 from . import official as release
 from .common import (
-    BUNDLED_GUIDANCE,
+    DEVICE_HELP,
+    DTYPE_HELP,
     app,
     console,
-    guidance_or_default,
     load_pipeline,
     model_or_bundled,
+    png_parameters,
+    resolve_device,
+    resolve_dtype,
+    sampling_settings,
     save_images,
+    say_domain,
 )
 
 
@@ -32,11 +38,13 @@ def generate(
     ),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Folder for the PNGs."),
     steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Denoising steps. Default: 30, 50 with --official (the authors' script)."),
+        None, "--steps", min=1,
+        help=f"Denoising steps. Default: the model's (its llm4gen_sampling.json), else {DEFAULT_STEPS}; 50 with "
+             "--official (the authors' script)."),
     guidance: float | None = typer.Option(
         None, "--guidance",
-        help=f"Classifier-free guidance scale (<= 1 disables it). Default: 7.5, {BUNDLED_GUIDANCE} for the bundled "
-             "model."),
+        help="Classifier-free guidance scale (<= 1 disables it). Default: the model's (its llm4gen_sampling.json: 5 "
+             "for the bundled model), else 7.5."),
     guidance_rescale: float = typer.Option(
         0.0, "--guidance-rescale", min=0.0, max=1.0,
         help="Rescale the guided prediction toward the text-conditioned one's std (Lin et al. 2024: about 0.7 for "
@@ -46,7 +54,10 @@ def generate(
     num_images: int = typer.Option(1, "--num-images", "-n", min=1, help="Images to generate."),
     height: int | None = typer.Option(None, "--height", help="Image height in pixels (default: the model's)."),
     width: int | None = typer.Option(None, "--width", help="Image width in pixels (default: the model's)."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda, cuda:1, mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the PNGs of an earlier run with the same seed (default: number on)."),
     xl: bool | None = typer.Option(None, "--xl/--sd", help="Force SDXL or SD1.x (default: read from the model)."),
     adapter_scale: float | None = typer.Option(
         None, "--adapter-scale", min=0.0,
@@ -77,7 +88,6 @@ def generate(
     official_release: str | None = release.RELEASE_OPTION,
     official_llm: str | None = release.LLM_OPTION,
     official_llm_tokenizer: str | None = release.LLM_TOKENIZER_OPTION,
-    dtype: str | None = release.DTYPE_OPTION,
 ) -> None:
     """Generate images for PROMPT with an LLM4GEN pipeline and write them as PNGs."""
     import torch
@@ -89,11 +99,17 @@ def generate(
     if official and model is not None:
         console.print("[red]Error:[/red] give either --model or --official, not both.")
         raise typer.Exit(2)
+    sampling = None
     if official:  # the authors' script calls the pipeline with diffusers' defaults
         guidance, steps = 7.5 if guidance is None else guidance, 50 if steps is None else steps
     else:
-        guidance, steps = guidance_or_default(guidance, model), 30 if steps is None else steps
+        bundled = model is None
         model = model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
+        guidance, steps, sampling = sampling_settings(model, guidance, steps)
+        if bundled:
+            say_domain(sampling)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     try:
         regions: Any = [Region.parse(r) for r in region]
         if auto_regions:
@@ -102,11 +118,9 @@ def generate(
             regions = print_planned_regions(prompt)
         if official:
             pipe = release.load_official(official_base, official_release, official_llm, official_llm_tokenizer,
-                                         trust_remote_code, device, dtype)
+                                         trust_remote_code, device, torch_dtype)
         else:
-            pipe = load_pipeline(model, xl, device, trust_remote_code)
-            if dtype is not None:
-                pipe = pipe.to(dtype=common.parse_dtype(dtype))
+            pipe = load_pipeline(model, xl, device, trust_remote_code, torch_dtype, sampling)
         if adapter_scale is not None:
             pipe.set_adapter_scale(adapter_scale)
         note = clip_window_note(pipe, [prompt])
@@ -129,7 +143,11 @@ def generate(
     except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
-    paths = save_images(result.images, out, f"seed{seed}")
+    first = result.images[0]
+    made_by = model if model is not None else "the authors' release (--official)"
+    parameters = png_parameters(prompt, negative, seed, steps, guidance, first.size, made_by,
+                                sampler=type(pipe.scheduler).__name__)
+    paths = save_images(result.images, out, f"seed{seed}", overwrite=overwrite, parameters=parameters)
     if regions:  # beside each image, the same with the boxes it was guided to
         labelled = [(region_words(prompt, r), r.box) for r in regions]
         for path, image in zip(list(paths), result.images):
@@ -186,9 +204,13 @@ def print_planned_regions(prompt: str) -> list[Any]:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("outputs/demo"), "--out", "-o", help="Folder for the PNGs and the grid."),
-    steps: int = typer.Option(25, "--steps", min=1, help="Denoising steps."),
-    guidance: float = typer.Option(BUNDLED_GUIDANCE, "--guidance", help="Classifier-free guidance scale."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help=f"Denoising steps (default: the model's, else {DEFAULT_STEPS})."),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Classifier-free guidance scale (default: the model's, 5 for the bundled one)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Run the main job offline: generate images for a few dense prompts and write them with a grid.
 
@@ -198,6 +220,7 @@ def demo(
     ShapesWorld's grid, ``llm4gen.shapesworld.bench.planned_regions``). Without a bundled model it builds a tiny
     random LLM4GEN pipeline (the real all-MiniLM-L6-v2 as the LLM) and says so: its images are noise.
     """
+    import time
     from contextlib import nullcontext
 
     import torch
@@ -208,14 +231,20 @@ def demo(
     from ..shapesworld.bench import planned_regions
     from ..tiny import MINILM_REF, build_tiny_pipeline
 
+    started = time.perf_counter()
     bundled = common.bundled_model_dir()  # looked up there, so a test can stand in for it
     arms: dict[str, object] = {}
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     if bundled is not None:
         console.print(f"Using the bundled model at {bundled}")
-        pipe = load_pipeline(str(bundled), None, "cpu", False)
+        guidance, steps, sampling = sampling_settings(str(bundled), guidance, steps)
+        say_domain(sampling)
+        pipe = load_pipeline(str(bundled), None, device, False, torch_dtype, sampling)
 
         if base_unet_dir(bundled) is not None:
-            arms["base (CLIP only)"] = clip_only_pipeline(pipe, base_unet_dir(bundled))
+            base = clip_only_pipeline(pipe, base_unet_dir(bundled))
+            arms["base (CLIP only)"] = to_device(base, device, pipe.unet.dtype)  # its own UNet is float32
     else:
         console.print(
             "[yellow]No bundled trained model: building a tiny RANDOMLY INITIALISED pipeline "
@@ -223,11 +252,15 @@ def demo(
             "do.[/yellow]"
         )
         pipe = build_tiny_pipeline(llm=MINILM_REF, llm_max_length=256, llm_padding="longest", seed=seed)
+        pipe = to_device(pipe, device, torch_dtype)
+        chosen = SamplingDefaults().call_kwargs(guidance_scale=guidance, num_inference_steps=steps)
+        guidance, steps = chosen["guidance_scale"], chosen["num_inference_steps"]
     arms["llm4gen"] = pipe
     if bundled is not None:
         arms["llm4gen + regions"] = pipe
     images, captions, paths = [], [], []
     out.mkdir(parents=True, exist_ok=True)
+    loaded = time.perf_counter()
     note = clip_window_note(pipe, DEMO_PROMPTS)
     if note:  # said once here, so diffusers' per-call truncation notices are silenced below
         base_note = " The base column reads CLIP's window only." if "base (CLIP only)" in arms else ""
@@ -260,3 +293,8 @@ def demo(
         table.add_row(str(p), prompt[:80] + "...")
     table.add_row(str(grid_path), "(grid: prompt as caption)")
     Console().print(table)
+    done = time.perf_counter()
+    each = (done - loaded) / len(images)
+    console.print(f"demo: {len(images)} images of {steps} steps in {done - loaded:.1f} s ({each:.2f} s each) after "
+                  f"{loaded - started:.1f} s loading, {done - started:.1f} s in all, on {device} "
+                  f"({torch.get_num_threads()} CPU threads)", highlight=False)

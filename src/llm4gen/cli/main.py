@@ -9,6 +9,9 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    from ..utils import silence_irrelevant_notices
+
+    silence_irrelevant_notices()  # transformers' torchvision notices on every run (a logging filter; no import)
     app()
 
 

@@ -85,7 +85,7 @@ def load_official(
     llm_tokenizer: str | None,
     trust_remote_code: bool,
     device: str,
-    dtype: str | None,
+    dtype: Any,
 ) -> Any:
     """The authors' release as an :class:`~llm4gen.LLM4GenPipeline` on ``device``; a part that cannot be loaded
     raises an ``OSError`` listing every part and where it was looked for."""
@@ -94,7 +94,7 @@ def load_official(
     from ..pipeline import LLM4GenPipeline
 
     parts = official_parts(base, release, llm, llm_tokenizer)
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype) if dtype is None or isinstance(dtype, str) else dtype
     llm_dtype = torch.bfloat16 if torch_dtype == torch.float16 else torch_dtype
     try:
         pipe = LLM4GenPipeline.from_official(

@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import app, console, model_or_bundled
+from ..sampling import DEFAULT_STEPS
+from .common import app, console, model_or_bundled, sampling_settings
 
 shapes_app = typer.Typer(
     help="ShapesWorld: synthetic scenes with dense captions and an exact scorer.", no_args_is_help=True
@@ -183,8 +184,14 @@ def bench_quality(
         None, "--base-model", help="A whole plain Stable Diffusion folder as the base arm, instead of --base-unet."),
     prompts: int = typer.Option(500, "--prompts", min=1, help="Held-out dense prompts to render per arm."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: 64 prompts, 15 steps (a few minutes here)."),
-    steps: int = typer.Option(25, "--steps", min=1, help="Sampling steps (DPM-Solver++)."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1,
+        help=f"Sampling steps (default: --model's llm4gen_sampling.json, 25 for the bundled model; else "
+             f"{DEFAULT_STEPS})."),
+    guidance: float | None = typer.Option(
+        None, "--guidance",
+        help="Classifier-free guidance scale (default: --model's llm4gen_sampling.json, 5 for the bundled model; "
+             "else 7.5)."),
     guidance_rescale: float = typer.Option(
         0.0, "--guidance-rescale", min=0.0, max=1.0,
         help="Rescale the guided prediction toward the text-conditioned one's std (Lin et al. 2024, for "
@@ -211,6 +218,7 @@ def bench_quality(
     from ..shapesworld.bench import QualityConfig, run_quality_benchmark
 
     model = model_or_bundled(model)
+    guidance, steps, _ = sampling_settings(model, guidance, steps)
     if base_model is None and base_unet is None:
         if base_unet_dir(model) is None:
             raise typer.BadParameter(

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from .common import BUNDLED_GUIDANCE, app, console, guidance_or_default, model_or_bundled
+from ..sampling import DEFAULT_STEPS
+from .common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    app,
+    console,
+    model_or_bundled,
+    resolve_device,
+    resolve_dtype,
+    sampling_settings,
+    say_domain,
+)
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra of this project: from the checkout this code runs from, if it does (llm4gen is not on
+    a package index), else from a checkout of the repository."""
+    checkout = Path(__file__).resolve().parents[3]
+    where = str(checkout) if (checkout / "pyproject.toml").is_file() else "/path/to/your/llm4gen/checkout"
+    return f'pip install "{where}[{extra}]"'
 
 
 @app.command("app")
@@ -21,23 +42,33 @@ def app_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the app on your network."),
     port: int | None = typer.Option(None, "--port", help="Port (default: a free one)."),
     share: bool = typer.Option(False, "--share", help="Also open a public gradio.live link."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda, cuda:1, mps."),
-    steps: int = typer.Option(25, "--steps", min=1, help="The page's default number of denoising steps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1,
+        help=f"The page's default number of denoising steps (default: the model's, else {DEFAULT_STEPS})."),
     guidance: float | None = typer.Option(
         None, "--guidance", min=0.0,
-        help=f"The page's default guidance scale (default: 7.5, {BUNDLED_GUIDANCE} for the bundled model)."),
+        help="The page's default guidance scale (default: the model's llm4gen_sampling.json, 5 for the bundled "
+             "model; else 7.5)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
 ) -> None:
     """Serve the web app: long prompts rendered side by side by the base (CLIP only) path and by LLM4GEN."""
-    if importlib.util.find_spec("gradio") is None:
-        console.print("[red]The web app needs gradio:[/red] pip install 'llm4gen[app]'.")
+    if importlib.util.find_spec("gradio") is None:  # before any model loads or anything is served
+        console.print("[red]The web app needs gradio, which is not installed.[/red] Install the app extra: "
+                      + escape(install_hint("app")), highlight=False)
         raise typer.Exit(2)
     from .. import app as web
 
-    guidance = guidance_or_default(guidance, model)
+    bundled = model is None
     model = model_or_bundled(model)
+    guidance, steps, sampling = sampling_settings(model, guidance, steps)
+    if bundled:
+        say_domain(sampling)
+    device = resolve_device(device)
     try:
-        loaded = web.load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code)
+        loaded = web.load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code,
+                                dtype=resolve_dtype(dtype, device))
     except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None

