@@ -94,18 +94,18 @@ def _text_side_includes_llm_parts(test):
     "tokenizer" for its text-only pipeline and drops them for the other. An LLM4GEN pipeline's text side also has
     ``llm_encoder`` and ``adapter``, so they follow ``text_encoder`` here; and diffusers' ``ReturnNameVisitor``
     looks the pipeline class up by name in ``diffusers.pipelines``, so it is shown our ``encode_prompt`` instead."""
-    cls = test.pipeline_class
+    ours = test.pipeline_class
 
     def build(**components):
         text = any(components.get(name) is not None for name in ("text_encoder", "text_encoder_2"))
         for name in ("llm_encoder", "adapter"):
             components[name] = test._components[name] if text else None
-        return cls(**components)
+        return ours(**components)
 
-    build.encode_prompt = cls.encode_prompt  # the test returns early, testing nothing, without it
+    build.encode_prompt = ours.encode_prompt  # the test returns early, testing nothing, without it
 
-    def source_tree(visitor, cls_=None, attribute_name="encode_prompt"):
-        return ast.parse(textwrap.dedent(inspect.getsource(getattr(cls, attribute_name))))
+    def source_tree(visitor, cls=None, attribute_name="encode_prompt"):
+        return ast.parse(textwrap.dedent(inspect.getsource(getattr(ours, attribute_name))))
 
     from diffusers.utils.source_code_parsing_utils import ReturnNameVisitor
 
