@@ -163,6 +163,7 @@ XL_DEVIATIONS = {
     "test_stable_diffusion_xl_euler_lcm": _PIXELS,
     "test_stable_diffusion_xl_euler_lcm_custom_timesteps": _PIXELS,
     "test_ip_adapter": _PIXELS,
+    "test_stable_diffusion_ays": _BY_NAME,
     "test_stable_diffusion_two_xl_mixture_of_denoiser_fast": _BY_NAME,
     "test_stable_diffusion_xl_negative_conditions": _BY_NAME,
     "test_stable_diffusion_xl_save_from_pretrained": _BY_NAME,
