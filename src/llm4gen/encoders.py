@@ -267,6 +267,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         local_files_only: bool | None = None,
         token: str | None = None,
         cache_dir: str | None = None,
+        variant: str | None = None,
         **ignored: Any,
     ) -> LLMEncoder:
         """Load a language model as a prompt encoder.
@@ -283,6 +284,8 @@ class LLMEncoder(ModelMixin, ConfigMixin):
                 token) or ``"slice"`` (the authors' rule: the first ``max_length`` tokens of the whole prompt).
             torch_dtype / dtype: weights dtype (e.g. ``torch.bfloat16``); device: where to put the model.
             trust_remote_code: allow a model's own Python code to run. Off unless you ask for it.
+            variant: load the model's ``model.<variant>.safetensors`` (e.g. written by
+                ``save_pretrained(..., save_weights=True, variant="fp16")``), as transformers does.
         """
         name = os.fspath(pretrained_model_name_or_path)
         settings: dict[str, Any] = {
@@ -328,7 +331,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
             hub["local_files_only"] = local_files_only
         hub = {k: v for k, v in hub.items() if v is not None}
         weights_dtype = dtype if dtype is not None else torch_dtype
-        model = _load_text_model(model_ref, weights_dtype, settings["submodule"], trust_remote_code, hub)
+        model = _load_text_model(model_ref, weights_dtype, settings["submodule"], trust_remote_code, hub, variant)
         tok_ref = settings["tokenizer_name_or_path"] or model_ref
         tok = _load_tokenizer(tok_ref, trust_remote_code, hub)
         encoder = cls(model=model, tokenizer=tok, model_name_or_path=model_ref, **settings)
@@ -340,9 +343,11 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         self,
         save_directory: str | os.PathLike,
         save_weights: bool = False,
+        variant: str | None = None,
         **ignored: Any,
     ) -> None:
-        """Write ``llm4gen_encoder.json``; with ``save_weights=True`` also the model and tokenizer (safetensors).
+        """Write ``llm4gen_encoder.json``; with ``save_weights=True`` also the model and tokenizer (safetensors,
+        ``model.<variant>.safetensors`` with ``variant``; ``from_pretrained(..., variant=)`` loads it).
 
         Without weights the folder only references the model (``model_name_or_path``), which must then be loadable
         where the folder is used: a hub id, a path, or ``package:<module>``.
@@ -350,7 +355,7 @@ class LLMEncoder(ModelMixin, ConfigMixin):
         os.makedirs(save_directory, exist_ok=True)
         stored = json.loads(self.to_json_string())
         if save_weights:
-            self.model.save_pretrained(save_directory, safe_serialization=True)
+            self.model.save_pretrained(save_directory, safe_serialization=True, variant=variant)
             self.tokenizer.save_pretrained(save_directory)
             _drop_remote_code_map(os.path.join(save_directory, "config.json"))
             stored["model_name_or_path"] = "."
@@ -384,7 +389,12 @@ def _model_window(model: torch.nn.Module) -> int | None:
 
 
 def _load_text_model(
-    ref: str, dtype: torch.dtype | None, submodule: str | None, trust_remote_code: bool, hub: dict[str, Any]
+    ref: str,
+    dtype: torch.dtype | None,
+    submodule: str | None,
+    trust_remote_code: bool,
+    hub: dict[str, Any],
+    variant: str | None = None,
 ) -> torch.nn.Module:
     import transformers
     from transformers import AutoConfig, AutoModel
@@ -407,6 +417,8 @@ def _load_text_model(
     kwargs: dict[str, Any] = dict(hub)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if variant is not None:
+        kwargs["variant"] = variant
     try:
         if config.model_type in _ENC_DEC_ENCODERS and submodule is None and not getattr(config, "auto_map", None):
             model_cls = getattr(transformers, _ENC_DEC_ENCODERS[config.model_type])

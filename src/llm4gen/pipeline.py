@@ -18,16 +18,27 @@ trained without it (fixed 256 LLM tokens), which is the default.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionModelWithProjection,
+)
 
 from .adapter import CrossAdapter
 from .clip_checkpoint import write_prefixed_clip
@@ -42,6 +53,7 @@ from .utils import describe_load_error, validate_prompts
 __all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
 
 _LLM4GEN_COMPONENTS = ("llm_encoder", "adapter")
+_CLIP_TOKENS = 77  # CLIP's window, when the pipeline has no tokenizer to ask
 
 
 @dataclass
@@ -65,22 +77,28 @@ class _LLM4GenMixin:
     """What both pipelines share: checks, the LLM + CAM step, the UNet mask hook, loading and saving."""
 
     _llm4gen_masks: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    # what encoding a prompt from text needs (the rest of the pipeline works without them on fused prompt_embeds)
+    _prompt_components: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ construction checks
     def _check_llm4gen_components(self, clip_width: int | None) -> None:
+        """Check the parts that are there; ``llm_encoder`` and ``adapter`` may be None (a pipeline fed precomputed
+        fused ``prompt_embeds`` needs neither): :meth:`_require` then names them where they are needed."""
         llm_encoder, adapter, unet = self.llm_encoder, self.adapter, self.unet
-        if not isinstance(llm_encoder, LLMEncoder):
+        if llm_encoder is not None and not isinstance(llm_encoder, LLMEncoder):
             raise ValueError(
                 f"{type(self).__name__} needs `llm_encoder` (an llm4gen.LLMEncoder), got {type(llm_encoder).__name__}. "
                 "Pass llm_encoder=LLMEncoder.from_pretrained('<LLM id or path>')."
             )
-        if not isinstance(adapter, CrossAdapter):
+        if adapter is not None and not isinstance(adapter, CrossAdapter):
             raise ValueError(
                 f"{type(self).__name__} needs `adapter` (an llm4gen.CrossAdapter), got {type(adapter).__name__}. "
                 "Pass adapter=CrossAdapter.from_pretrained('<adapter folder>') or CrossAdapter.from_official(path)."
             )
+        if adapter is None:
+            return
         cfg = adapter.config
-        if llm_encoder.hidden_size != cfg.llm_dim:
+        if llm_encoder is not None and llm_encoder.hidden_size != cfg.llm_dim:
             raise ValueError(
                 f"The LLM encoder outputs {llm_encoder.hidden_size}-d features but the adapter expects llm_dim="
                 f"{cfg.llm_dim}: this adapter was trained for another LLM. Use the matching LLM or adapter."
@@ -94,6 +112,17 @@ class _LLM4GenMixin:
             raise ValueError(
                 f"The UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the adapter outputs "
                 f"{cfg.clip_dim}-d tokens: the UNet and the adapter belong to different base models."
+            )
+
+    def _require(self, names: Sequence[str], purpose: str) -> None:
+        """Raise, naming what is missing, when a component needed for ``purpose`` was built as None."""
+        missing = [name for name in names if getattr(self, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} was built without {', '.join(missing)}, which {purpose} needs. Pass "
+                f"{'/'.join(missing)} when building or loading the pipeline (llm_encoder=LLMEncoder.from_pretrained"
+                "(...), adapter=CrossAdapter.from_pretrained(...)), or pass precomputed fused `prompt_embeds` (and "
+                "`negative_prompt_embeds`) from a complete pipeline's encode_fused_prompt()."
             )
 
     # ------------------------------------------------------------------ the LLM + CAM step
@@ -132,13 +161,28 @@ class _LLM4GenMixin:
         return rows  # type: ignore[return-value]
 
     def _fuse(
-        self, clip_pos: torch.Tensor, clip_neg: torch.Tensor | None, prompts: list[str], negatives: list[str]
+        self,
+        clip_pos: torch.Tensor,
+        clip_neg: torch.Tensor | None,
+        prompts: list[str],
+        negatives: list[str],
+        llm_length: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-        """LLM features of the positive (and negative) prompts, zero-padded to one length, fused with CLIP's."""
+        """LLM features of the positive (and negative) prompts, zero-padded to one length (``llm_length`` when
+        given, the length of the given fused embeddings that these must match), fused with CLIP's."""
         texts = prompts + (negatives if clip_neg is not None else [])
         rows = self._llm_rows(texts)
         adapter_dtype = self.adapter.dtype
         feats, mask = collate_rows(rows, dtype=adapter_dtype, device=clip_pos.device)
+        if llm_length is not None:
+            if feats.shape[1] > llm_length:
+                raise ValueError(
+                    f"The given prompt_embeds hold {llm_length} LLM tokens, but this pipeline's LLM encodes the empty "
+                    f"negative prompt to {feats.shape[1]}: they come from another LLM setting. Pass "
+                    "negative_prompt_embeds too, or encode both with this pipeline's encode_fused_prompt()."
+                )
+            feats = F.pad(feats, (0, 0, 0, llm_length - feats.shape[1]))
+            mask = F.pad(mask, (0, llm_length - mask.shape[1]))
         b = len(prompts)
         out_dtype = clip_pos.dtype
         with torch.no_grad():
@@ -152,6 +196,7 @@ class _LLM4GenMixin:
         """Set the CAM's balance factor λ (how strongly the LLM tokens enter the UNet's cross-attention) for the
         following calls, as diffusers' ``set_ip_adapter_scale``; 1.0 is the trained value, 0 leaves the UNet only
         CLIP's tokens (plus zeros in the LLM slots). Stored in ``adapter.config``, so ``save_pretrained`` keeps it."""
+        self._require(["adapter"], "set_adapter_scale")
         self.adapter.set_scale(scale)
 
     def enable_prompt_cache(self, max_entries: int = 256, cache_dir: str | os.PathLike | None = None) -> None:
@@ -169,10 +214,42 @@ class _LLM4GenMixin:
 
     def encode_llm_prompt(self, prompt: str | list[str]):
         """The LLM encoder's raw output (features + mask) for ``prompt``; no CLIP, no adapter."""
+        self._require(["llm_encoder"], "encode_llm_prompt")
         return self.llm_encoder.encode(prompt)
 
     def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
         raise NotImplementedError
+
+    def _check_fused_embeds(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None) -> int:
+        """Given ``prompt_embeds`` must be fused ones: CLIP's window, then the LLM's tokens, at the CAM's width.
+        Returns the number of LLM tokens in them."""
+        tokenizer = getattr(self, "tokenizer", None) or getattr(self, "tokenizer_2", None)
+        clip_tokens = int(tokenizer.model_max_length) if tokenizer is not None else _CLIP_TOKENS
+        if prompt_embeds.ndim != 3:
+            raise ValueError(f"prompt_embeds must be [batch, tokens, dim], got shape {tuple(prompt_embeds.shape)}.")
+        length = int(prompt_embeds.shape[1])
+        llm = self.llm_encoder
+        fixed = llm is not None and llm.config.padding == "max_length"
+        if length <= clip_tokens or (llm is not None and length - clip_tokens > llm.max_length) or (
+            fixed and length - clip_tokens != llm.max_length
+        ):
+            want = f"{clip_tokens} + {llm.max_length}" if fixed else f"{clip_tokens} + 1 to {llm.max_length}"
+            want = want if llm is not None else f"more than {clip_tokens}"
+            raise ValueError(
+                f"prompt_embeds has {length} tokens, but {type(self).__name__}'s UNet takes fused embeddings of {want} "
+                f"tokens (CLIP's {clip_tokens}, then the LLM's). Raw CLIP embeddings lack the LLM tokens: compute "
+                "fused ones with pipe.encode_fused_prompt(prompt)."
+            )
+        adapter, unet = self.adapter, self.unet
+        width = adapter.config.clip_dim if adapter is not None else unet.config.cross_attention_dim if unet else None
+        if width is not None and prompt_embeds.shape[-1] != width:
+            raise ValueError(f"prompt_embeds are {prompt_embeds.shape[-1]}-d but this pipeline's are {width}-d.")
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape != prompt_embeds.shape:
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have the shape of prompt_embeds "
+                f"{tuple(prompt_embeds.shape)}; encode_fused_prompt(prompt, negative_prompt) returns both."
+            )
+        return length - clip_tokens
 
     def encode_fused_prompt(
         self,
@@ -193,10 +270,10 @@ class _LLM4GenMixin:
         return FusedPrompt(pos, neg, pos_mask, neg_mask, pooled, neg_pooled)
 
     @torch.no_grad()
-    def __call__(
+    def _generate(
         self,
-        prompt: str | list[str] | None = None,
-        *args: Any,
+        call_kwargs: dict[str, Any],
+        *,
         prompt_attention_mask: torch.Tensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         regions: Any = None,
@@ -206,9 +283,9 @@ class _LLM4GenMixin:
         region_mask: bool = True,
         region_mask_steps: int | None = None,
         region_mask_tokens: str = "both",
-        **kwargs: Any,
     ):
-        """Generate exactly like the base diffusers pipeline's ``__call__`` (same arguments).
+        """Generate exactly like the base diffusers pipeline's ``__call__``: all its arguments, in its order and with
+        its defaults, plus the keyword-only ones below (``inspect.signature(pipe)`` shows them all).
 
         ``prompt_attention_mask`` / ``negative_prompt_attention_mask`` go with precomputed fused ``prompt_embeds``
         (see :meth:`encode_fused_prompt`); they are used when the pipeline's ``use_llm_attention_mask`` is on.
@@ -224,6 +301,7 @@ class _LLM4GenMixin:
         steps (None: all). It costs no extra UNet pass: ``region_guidance_scale=0`` leaves the mask alone, the fast
         way to place things; ``region_mask=False`` the guidance alone.
         """
+        prompt, kwargs = call_kwargs.get("prompt"), call_kwargs
         if prompt is None and kwargs.get("prompt_embeds") is None:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
         if prompt is not None:
@@ -233,13 +311,13 @@ class _LLM4GenMixin:
             regions = regions if any(regions) else None
         with self._unet_mask_hook(prompt_attention_mask, negative_prompt_attention_mask):
             if not regions:
-                return super().__call__(prompt, *args, **kwargs)
+                return super().__call__(**kwargs)
 
             prompts, per_prompt = self._regions_per_prompt(prompt, regions)
             with region_control(self, prompts, per_prompt, kwargs, scale=region_guidance_scale,
                                 steps=region_guidance_steps, tokens=region_tokens, mask=region_mask,
                                 mask_steps=region_mask_steps, mask_tokens=region_mask_tokens):
-                return super().__call__(prompt, *args, **kwargs)
+                return super().__call__(**kwargs)
 
     @staticmethod
     def _regions_per_prompt(prompt: Any, regions: Any) -> tuple[list[str], list[list[Any]]]:
@@ -342,7 +420,8 @@ class _LLM4GenMixin:
                     "adapter=CrossAdapter.from_pretrained(...))."
                 )
             if kwargs.get("trust_remote_code") and "llm_encoder" in index and "llm_encoder" not in kwargs:
-                kwargs["llm_encoder"] = _llm_encoder_with_remote_code(path, kwargs.get("torch_dtype"))
+                kwargs["llm_encoder"] = _llm_encoder_with_remote_code(path, kwargs.get("torch_dtype"),
+                                                                      kwargs.get("variant"))
         try:
             pipe = super().from_pretrained(path, **kwargs)
         except OSError as err:
@@ -353,8 +432,11 @@ class _LLM4GenMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, save_llm_weights: bool = False, **kwargs: Any) -> None:
         """Save like diffusers; the LLM is saved as a reference (hub id / path / package) unless
-        ``save_llm_weights=True`` copies its weights into ``llm_encoder/``. CLIP text encoders are written with the
-        ``text_model.`` key prefix (the layout of SD checkpoints, which ComfyUI's CLIP loader needs)."""
+        ``save_llm_weights=True`` copies its weights into ``llm_encoder/`` (as ``model.<variant>.safetensors``
+        with ``variant=``, which ``from_pretrained(..., variant=)`` then loads). CLIP text encoders are written with
+        the ``text_model.`` key prefix (the layout of SD checkpoints, which ComfyUI's CLIP loader needs)."""
+        if save_llm_weights:
+            self._require(["llm_encoder"], "save_llm_weights=True")
         super().save_pretrained(save_directory, **kwargs)
         for name in ("text_encoder", "text_encoder_2"):  # the key layout ComfyUI and transformers 4 read
             write_prefixed_clip(os.path.join(save_directory, name))
@@ -362,7 +444,9 @@ class _LLM4GenMixin:
         if sampling is not None and sampling != SamplingDefaults():  # only settings of its own (llm4gen_sampling.json)
             sampling.save(save_directory)
         if save_llm_weights:
-            self.llm_encoder.save_pretrained(os.path.join(save_directory, "llm_encoder"), save_weights=True)
+            self.llm_encoder.save_pretrained(
+                os.path.join(save_directory, "llm_encoder"), save_weights=True, variant=kwargs.get("variant")
+            )
 
     @classmethod
     def _load_official_parts(
@@ -418,6 +502,34 @@ class _LLM4GenMixin:
         return unet, projector, llm
 
 
+def _pipeline_call(base: type) -> Callable[..., Any]:
+    """The ``__call__`` of an LLM4GEN pipeline over ``base``: its signature (``__signature__``, what
+    ``inspect.signature`` and tools that introspect pipelines read) is ``base.__call__``'s parameters, in order and
+    with their defaults, then ours (:meth:`_LLM4GenMixin._generate`'s keyword-only ones) before ``**kwargs``. Calls
+    are bound to that signature, so a misspelt argument of ours fails as it would on any function."""
+    base_params = list(inspect.signature(base.__call__).parameters.values())
+    ours = [p for p in inspect.signature(_LLM4GenMixin._generate).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    clash = {p.name for p in base_params} & {p.name for p in ours}
+    if clash:
+        raise TypeError(f"{base.__name__}.__call__ now has parameter(s) {sorted(clash)} that LLM4GEN also defines.")
+    var_keyword = [p for p in base_params if p.kind is p.VAR_KEYWORD]
+    plain = [p for p in base_params if p.kind is not p.VAR_KEYWORD]
+    signature = inspect.Signature(plain + ours + var_keyword)
+    own = [p.name for p in ours]
+    extra = var_keyword[0].name if var_keyword else None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        options = {name: arguments.pop(name) for name in own if name in arguments}
+        arguments.update(arguments.pop(extra, {}) if extra else {})
+        return self._generate(arguments, **options)
+
+    __call__.__signature__ = signature
+    __call__.__doc__ = _LLM4GenMixin._generate.__doc__
+    return __call__
+
+
 class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
     """Stable Diffusion 1.x with LLM4GEN prompt encoding.
 
@@ -429,19 +541,21 @@ class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->llm_encoder->adapter->image_encoder->unet->vae"
     _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _prompt_components = ("text_encoder", "tokenizer", "llm_encoder", "adapter")
+    __call__ = _pipeline_call(StableDiffusionPipeline)
 
     def __init__(
         self,
-        vae,
-        text_encoder,
-        tokenizer,
-        unet,
-        scheduler,
-        llm_encoder: LLMEncoder,
-        adapter: CrossAdapter,
-        safety_checker=None,
-        feature_extractor=None,
-        image_encoder=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        llm_encoder: LLMEncoder | None,
+        adapter: CrossAdapter | None,
+        safety_checker: StableDiffusionSafetyChecker | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
         requires_safety_checker: bool = True,
         use_llm_attention_mask: bool = False,
     ):
@@ -475,20 +589,34 @@ class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
     ):
         """CLIP + LLM -> CAM. Returns fused ``(prompt_embeds, negative_prompt_embeds)`` of equal length.
 
-        Given ``prompt_embeds`` are taken as already fused (e.g. from :meth:`encode_fused_prompt`); with guidance,
-        ``negative_prompt_embeds`` must then be given too.
+        Given ``prompt_embeds`` must be fused ones (e.g. from :meth:`encode_fused_prompt`: CLIP's 77 tokens, then the
+        LLM's); with guidance and no ``negative_prompt_embeds``, the negative is the empty prompt's, fused at the
+        length of ``prompt_embeds`` (as diffusers encodes ``""`` for a missing negative).
         """
-        n = num_images_per_prompt
-        if prompt_embeds is not None:
+        pos_mask = neg_mask = None
+        if prompt_embeds is None:
+            prompts, negatives = self._prompt_lists(prompt, negative_prompt)
+            prompt_embeds, negative_prompt_embeds, pos_mask, neg_mask = self._encode_text(
+                prompts, negatives, device, do_classifier_free_guidance, lora_scale, clip_skip
+            )
+        else:
+            llm_length = self._check_fused_embeds(prompt_embeds, negative_prompt_embeds)
             if do_classifier_free_guidance and negative_prompt_embeds is None:
-                raise ValueError(
-                    "With prompt_embeds and guidance, also pass negative_prompt_embeds of the same length; "
-                    "pipe.encode_fused_prompt(prompt, negative_prompt) returns both."
+                empty = [""] * prompt_embeds.shape[0]
+                _, negative_prompt_embeds, _, neg_mask = self._encode_text(
+                    empty, empty, device, True, lora_scale, clip_skip, llm_length
                 )
-            self._store_masks(None, None, n)
-            neg = negative_prompt_embeds if do_classifier_free_guidance else None
-            return _repeat(prompt_embeds, n), _repeat(neg, n)
-        prompts, negatives = self._prompt_lists(prompt, negative_prompt)
+                negative_prompt_embeds = negative_prompt_embeds.to(prompt_embeds)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = neg_mask = None
+        self._store_masks(pos_mask, neg_mask, num_images_per_prompt)
+        prompt_embeds = _repeat(prompt_embeds, num_images_per_prompt)
+        negative_prompt_embeds = _repeat(negative_prompt_embeds, num_images_per_prompt)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _encode_text(self, prompts, negatives, device, do_classifier_free_guidance, lora_scale, clip_skip,
+                     llm_length=None):
+        self._require(self._prompt_components, "encoding a prompt")
         clip_pos, clip_neg = StableDiffusionPipeline.encode_prompt(
             self,
             prompts,
@@ -501,9 +629,7 @@ class LLM4GenPipeline(_LLM4GenMixin, StableDiffusionPipeline):
         )
         if not do_classifier_free_guidance:
             clip_neg = None
-        pos, neg, pos_mask, neg_mask = self._fuse(clip_pos, clip_neg, prompts, negatives)
-        self._store_masks(pos_mask, neg_mask, n)
-        return _repeat(pos, n), _repeat(neg, n)
+        return self._fuse(clip_pos, clip_neg, prompts, negatives, llm_length)
 
     def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
         pos, neg = self.encode_prompt(
@@ -566,20 +692,22 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
     _optional_components = [
         "tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "image_encoder", "feature_extractor"
     ]
+    _prompt_components = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "llm_encoder", "adapter")
+    __call__ = _pipeline_call(StableDiffusionXLPipeline)
 
     def __init__(
         self,
-        vae,
-        text_encoder,
-        text_encoder_2,
-        tokenizer,
-        tokenizer_2,
-        unet,
-        scheduler,
-        llm_encoder: LLMEncoder,
-        adapter: CrossAdapter,
-        image_encoder=None,
-        feature_extractor=None,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        text_encoder_2: CLIPTextModelWithProjection,
+        tokenizer: CLIPTokenizer,
+        tokenizer_2: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        llm_encoder: LLMEncoder | None,
+        adapter: CrossAdapter | None,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
         use_llm_attention_mask: bool = False,
@@ -618,26 +746,56 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         lora_scale: float | None = None,
         clip_skip: int | None = None,
     ):
-        """Both CLIP encoders + LLM -> CAM. Returns fused embeddings and SDXL's pooled embeddings (4 tensors)."""
-        n = num_images_per_prompt
-        if prompt_embeds is not None:
+        """Both CLIP encoders + LLM -> CAM. Returns fused embeddings and SDXL's pooled embeddings (4 tensors).
+
+        Given ``prompt_embeds`` (with ``pooled_prompt_embeds``) must be fused ones, e.g. from
+        :meth:`encode_fused_prompt`. With guidance and no negative embeddings, the negative is zeros under
+        ``force_zeros_for_empty_prompt`` (SDXL's default), else the empty prompt's, fused at the length of
+        ``prompt_embeds``.
+        """
+        pos_mask = neg_mask = None
+        if prompt_embeds is None:
+            prompts, negatives = self._prompt_lists(prompt, negative_prompt)
+            zero_negative = negative_prompt is None and self.config.force_zeros_for_empty_prompt
+            (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, pos_mask,
+             neg_mask) = self._encode_text(prompts, negatives, prompt_2, negative_prompt_2, zero_negative, device,
+                                           do_classifier_free_guidance, lora_scale, clip_skip)
+        else:
             if pooled_prompt_embeds is None:
                 raise ValueError(
                     "With prompt_embeds, also pass pooled_prompt_embeds (pipe.encode_fused_prompt gives both)."
                 )
-            missing_negative = negative_prompt_embeds is None or negative_pooled_prompt_embeds is None
-            if do_classifier_free_guidance and missing_negative:
+            llm_length = self._check_fused_embeds(prompt_embeds, negative_prompt_embeds)
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                if self.config.force_zeros_for_empty_prompt:  # zeros: no LLM or CLIP needed, and no mask matters
+                    negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+                    negative_pooled_prompt_embeds = torch.zeros_like(pooled_prompt_embeds)
+                    given = self._given_masks[0] if hasattr(self, "_given_masks") else None
+                    neg_mask = None if given is None else torch.ones_like(given)
+                else:
+                    empty = [""] * prompt_embeds.shape[0]
+                    _, negative_prompt_embeds, _, negative_pooled_prompt_embeds, _, neg_mask = self._encode_text(
+                        empty, empty, None, None, False, device, True, lora_scale, clip_skip, llm_length
+                    )
+                    negative_prompt_embeds = negative_prompt_embeds.to(prompt_embeds)
+                    negative_pooled_prompt_embeds = negative_pooled_prompt_embeds.to(pooled_prompt_embeds)
+            elif do_classifier_free_guidance and negative_pooled_prompt_embeds is None:
                 raise ValueError(
-                    "With prompt_embeds and guidance, also pass negative_prompt_embeds and "
-                    "negative_pooled_prompt_embeds; pipe.encode_fused_prompt(prompt, negative_prompt) returns them."
+                    "With negative_prompt_embeds, also pass negative_pooled_prompt_embeds; "
+                    "pipe.encode_fused_prompt(prompt, negative_prompt) returns them."
                 )
-            self._store_masks(None, None, n)
-            tensors = (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
-            if not do_classifier_free_guidance:
-                tensors = (prompt_embeds, None, pooled_prompt_embeds, None)
-            return tuple(_repeat(t, n) for t in tensors)
-        prompts, negatives = self._prompt_lists(prompt, negative_prompt)
-        zero_negative = negative_prompt is None and self.config.force_zeros_for_empty_prompt
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_pooled_prompt_embeds = neg_mask = None
+        self._store_masks(pos_mask, neg_mask, num_images_per_prompt)
+        prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds = (
+            _repeat(t, num_images_per_prompt)
+            for t in (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+        )
+        return prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds
+
+    def _encode_text(self, prompts, negatives, prompt_2, negative_prompt_2, zero_negative, device,
+                     do_classifier_free_guidance, lora_scale, clip_skip, llm_length=None):
+        self._require(self._prompt_components, "encoding a prompt")
         clip_pos, clip_neg, pooled, neg_pooled = StableDiffusionXLPipeline.encode_prompt(
             self,
             prompts,
@@ -652,11 +810,10 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         )
         if not do_classifier_free_guidance:
             clip_neg = neg_pooled = None
-        pos, neg, pos_mask, neg_mask = self._fuse(clip_pos, clip_neg, prompts, negatives)
+        pos, neg, pos_mask, neg_mask = self._fuse(clip_pos, clip_neg, prompts, negatives, llm_length)
         if neg is not None and zero_negative:
             neg = torch.zeros_like(neg)
-        self._store_masks(pos_mask, neg_mask, n)
-        return tuple(_repeat(t, n) for t in (pos, neg, pooled, neg_pooled))
+        return pos, neg, pooled, neg_pooled, pos_mask, neg_mask
 
     def _encode_fused(self, prompt, negative_prompt, device, do_classifier_free_guidance, clip_skip):
         return self.encode_prompt(
@@ -664,10 +821,11 @@ class LLM4GenXLPipeline(_LLM4GenMixin, StableDiffusionXLPipeline):
         )
 
 
-def _llm_encoder_with_remote_code(path: str, torch_dtype: torch.dtype | None) -> LLMEncoder:
+def _llm_encoder_with_remote_code(path: str, torch_dtype: torch.dtype | None, variant: str | None) -> LLMEncoder:
     """A saved folder's ``llm_encoder/`` with its model's own code allowed (RankGen-T5-XL): diffusers does not pass
     ``trust_remote_code`` on to a pipeline's components, so the encoder is loaded here."""
-    return LLMEncoder.from_pretrained(os.path.join(path, "llm_encoder"), trust_remote_code=True, dtype=torch_dtype)
+    return LLMEncoder.from_pretrained(os.path.join(path, "llm_encoder"), trust_remote_code=True, dtype=torch_dtype,
+                                      variant=variant)
 
 
 def _planned_regions(prompts: list[str], mode: str) -> list[list[Any]]:
