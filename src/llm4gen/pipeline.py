@@ -35,7 +35,7 @@ from .feature_cache import PromptCache, encoder_namespace
 from .layout import PLACE_EXAMPLES, plan_regions
 from .regions import Region, region_control
 from .unet import load_unet
-from .utils import describe_load_error, validate_prompts
+from .utils import check_generation_args, describe_load_error, validate_prompts
 
 __all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
 
@@ -226,6 +226,7 @@ class _LLM4GenMixin:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
         if prompt is not None:
             validate_prompts(prompt, "prompt")
+        args, kwargs = self._check_sampling_args(prompt, args, kwargs)
         if isinstance(regions, str) and prompt is not None:
             regions = _planned_regions([prompt] if isinstance(prompt, str) else list(prompt), regions)
             regions = regions if any(regions) else None
@@ -238,6 +239,35 @@ class _LLM4GenMixin:
                                 steps=region_guidance_steps, tokens=region_tokens, mask=region_mask,
                                 mask_steps=region_mask_steps, mask_tokens=region_mask_tokens):
                 return super().__call__(prompt, *args, **kwargs)
+
+    def _check_sampling_args(self, prompt: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """Check size, steps, guidance and image count (:func:`llm4gen.utils.check_generation_args`) before any work,
+        and pass a missing height or width as the model's default when only the other is given (diffusers would drop
+        the given one)."""
+        import inspect
+
+        base_call = super().__call__  # type: ignore[misc]
+        try:
+            names = list(inspect.signature(base_call).parameters)
+            given = inspect.signature(base_call).bind_partial(prompt, *args, **kwargs).arguments
+        except (TypeError, ValueError):
+            return args, kwargs  # the base pipeline names a wrong argument itself
+        sample = self.unet.config.sample_size
+        rows, cols = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        factor = int(self.vae_scale_factor)
+        height, width = check_generation_args(
+            given.get("height"), given.get("width"), given.get("num_inference_steps"), given.get("guidance_scale"),
+            given.get("num_images_per_prompt"), vae_scale_factor=factor, default_size=(rows * factor, cols * factor))
+        args, kwargs = list(args), dict(kwargs)
+        for key, value in (("height", height), ("width", width)):
+            if value is None or given.get(key) == value:
+                continue
+            at = names.index(key) - 1  # positions in args come after the prompt
+            if at < len(args):
+                args[at] = value
+            else:
+                kwargs[key] = value
+        return tuple(args), kwargs
 
     @staticmethod
     def _regions_per_prompt(prompt: Any, regions: Any) -> tuple[list[str], list[list[Any]]]:

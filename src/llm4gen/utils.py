@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +26,67 @@ def validate_prompts(prompts: Any, name: str = "prompt", allow_empty: bool = Fal
             raise TypeError(f"`{name}[{i}]` must be a string, got {type(p).__name__} ({p!r:.60}).")
         if not allow_empty and not p.strip():
             raise ValueError(f"`{name}[{i}]` is empty; describe the image to generate.")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate: text read from bytes that were not valid UTF-8
+            raise ValueError(
+                f"`{name}[{i}]` is not valid text: character {err.start} ({p[err.start]!r}) is a lone surrogate, as "
+                "left by decoding bytes that are not UTF-8 (e.g. a Latin-1 file or terminal); save or pass the prompt "
+                "as UTF-8."
+            ) from None
     return items
+
+
+# the largest image side generation accepts: far beyond what any Stable Diffusion model was trained for, and about
+# where a single attention map of the UNet stops fitting in any accelerator's memory
+MAX_IMAGE_SIDE = 8192
+
+
+def check_generation_args(
+    height: Any = None,
+    width: Any = None,
+    num_inference_steps: Any = None,
+    guidance_scale: Any = None,
+    num_images_per_prompt: Any = None,
+    vae_scale_factor: int = 8,
+    default_size: tuple[int, int] | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[int | None, int | None]:
+    """Check sampling arguments before any work; returns ``(height, width)`` with a missing one taken from
+    ``default_size`` (the model's ``(height, width)``) when only the other is given. ``None`` means "the default".
+
+    Height and width must be positive multiples of 8 and of the VAE's factor (at most ``MAX_IMAGE_SIDE``), the step
+    and image counts integers >= 1, and the guidance scale a finite number. ``names`` renames the arguments in the
+    messages (e.g. ``{"height": "--height"}`` for a command line)."""
+    names = names or {}
+
+    def name(key: str) -> str:
+        return names.get(key, f"`{key}`")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    multiple = math.lcm(8, int(vae_scale_factor))
+    for key, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if not is_int(value) or value <= 0 or value % multiple or value > MAX_IMAGE_SIDE:
+            near = max(multiple, round(value / multiple) * multiple) if is_int(value) and value > 0 else 512
+            raise ValueError(f"{name(key)} must be a positive multiple of {multiple} (the VAE downsamples by "
+                             f"{vae_scale_factor}) up to {MAX_IMAGE_SIDE}, got {value!r}; e.g. "
+                             f"{min(near, MAX_IMAGE_SIDE)}.")
+    for key, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+        if value is not None and (not is_int(value) or value < 1):
+            raise ValueError(f"{name(key)} must be an integer >= 1, got {value!r}.")
+    if guidance_scale is not None and (
+            isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+            or not math.isfinite(guidance_scale)):
+        raise ValueError(f"{name('guidance_scale')} must be a finite number (<= 1 turns guidance off), got "
+                         f"{guidance_scale!r}.")
+    if default_size is not None and (height is None) != (width is None):
+        height = default_size[0] if height is None else height
+        width = default_size[1] if width is None else width
+    return height, width
 
 
 def singular(word: str) -> str:

@@ -10,11 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ..examples import DEMO_PROMPTS
-from ..utils import quiet_library_notices
+from ..utils import check_generation_args, quiet_library_notices, validate_prompts
 from . import common
 from .common import (
     BUNDLED_GUIDANCE,
     app,
+    check_device,
+    check_output_folder,
+    check_seed,
     console,
     guidance_or_default,
     load_pipeline,
@@ -78,6 +81,7 @@ def generate(
     guidance = guidance_or_default(guidance, model)
     model = model_or_bundled(model, ", or run `llm4gen demo` to try a tiny random model")
     try:
+        check_cli_arguments(prompt, negative, steps, guidance, num_images, height, width, seed, device, out)
         regions: Any = [Region.parse(r) for r in region]
         if auto_regions:
             if regions:
@@ -106,6 +110,10 @@ def generate(
     except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        console.print(f"[red]Error:[/red] out of memory on {device} ({str(err).splitlines()[0][:200]}); try a "
+                      "smaller --height / --width or --num-images.")
+        raise typer.Exit(1) from None
     paths = save_images(result.images, out, f"seed{seed}")
     if regions:  # beside each image, the same with the boxes it was guided to
         labelled = [(region_words(prompt, r), r.box) for r in regions]
@@ -114,6 +122,20 @@ def generate(
             draw_regions(image, labelled).save(paths[-1])
     for p in paths:
         typer.echo(str(p))
+
+
+def check_cli_arguments(prompt: str, negative: str | None, steps: int, guidance: float, num_images: int,
+                        height: int | None, width: int | None, seed: int, device: str, out: Path) -> None:
+    """Every argument of `llm4gen generate` that can be wrong, checked before any model loads (a ValueError)."""
+    validate_prompts(prompt, "PROMPT")
+    if negative is not None:
+        validate_prompts(negative, "--negative", allow_empty=True)
+    check_generation_args(height, width, steps, guidance, num_images,
+                          names={"height": "--height", "width": "--width", "num_inference_steps": "--steps",
+                                 "guidance_scale": "--guidance", "num_images_per_prompt": "--num-images"})
+    check_seed(seed)
+    check_device(device)
+    check_output_folder(out)
 
 
 def clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
