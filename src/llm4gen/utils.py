@@ -125,14 +125,26 @@ def describe_load_error(err: Exception, what: str, ref: str, path: str | None = 
     )
 
 
+class MissingFieldError(ValueError):
+    """A JSON Lines record lacks a required field (see :func:`read_jsonl`)."""
+
+
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for each non-blank line of a JSON Lines file; a line that is not a JSON object or
-    lacks one of ``required`` raises a ``ValueError`` naming the file and line."""
+    """``(line number, record)`` for each non-blank line of a UTF-8 JSON Lines file (a byte-order mark is allowed); a
+    line that is not UTF-8, not a JSON object, or lacks one of ``required`` (:class:`MissingFieldError`) raises a
+    ``ValueError`` naming the file and line."""
     import json
 
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{line_no} is not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -143,7 +155,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[tu
                 raise ValueError(f"{path}:{line_no} is not a JSON object.")
             for key in required:
                 if key not in rec:
-                    raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
+                    raise MissingFieldError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
             out.append((line_no, rec))
     return out
 
