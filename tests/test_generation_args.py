@@ -115,7 +115,7 @@ def test_generate_checks_every_argument_before_loading_the_model(tmp_path):
     assert result.exit_code == 1 and _says(result, "is not valid text")
 
 
-def test_generate_with_one_side_and_a_damaged_model_index(pipe, tiny_sd_dir, tmp_path):
+def test_generate_with_one_side_and_a_damaged_model_index(pipe, tiny_sd_dir, tmp_path, monkeypatch):
     from PIL import Image
 
     default = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -124,9 +124,29 @@ def test_generate_with_one_side_and_a_damaged_model_index(pipe, tiny_sd_dir, tmp
     assert result.exit_code == 0, result.output
     with Image.open(next((tmp_path / "o").glob("*.png"))) as image:
         assert image.size == (default, 2 * default)  # (width, height): the given height, the model's width
+    from llm4gen import LLM4GenPipeline
+
+    def no_memory(*args, **kwargs):  # what a size the device cannot hold raises
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 51.20 GiB")
+
+    monkeypatch.setattr(LLM4GenPipeline, "__call__", no_memory)
+    result = runner.invoke(app, ["generate", "a red cube", "--model", tiny_sd_dir, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and _says(result, "out of memory on cpu") and "Traceback" not in result.output
+    monkeypatch.undo()
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model_index.json").write_text("{not json")
     result = runner.invoke(app, ["generate", "a red cube", "--model", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and _says(result, "model_index.json is not valid JSON")
     assert _says(result, str(bad))
+
+
+def test_demo_checks_its_arguments_first(tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for extra, message in [(["--guidance", "nan"], "--guidance must be a finite number"),
+                           (["--seed", "-3"], "--seed must be in 0 .. 2**64-1"),
+                           (["--out", str(a_file)], "is a file, not a folder")]:
+        result = runner.invoke(app, ["demo", "--out", str(tmp_path / "o"), *extra])
+        assert result.exit_code == 1 and _says(result, message), (extra, result.output)
+        assert not _says(result, "bundled model") and not _says(result, "RANDOMLY"), result.output

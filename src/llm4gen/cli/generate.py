@@ -124,15 +124,18 @@ def generate(
         typer.echo(str(p))
 
 
+# the command's names for the pipeline's arguments, in messages
+_FLAGS = {"height": "--height", "width": "--width", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+          "num_images_per_prompt": "--num-images"}
+
+
 def check_cli_arguments(prompt: str, negative: str | None, steps: int, guidance: float, num_images: int,
                         height: int | None, width: int | None, seed: int, device: str, out: Path) -> None:
     """Every argument of `llm4gen generate` that can be wrong, checked before any model loads (a ValueError)."""
     validate_prompts(prompt, "PROMPT")
     if negative is not None:
         validate_prompts(negative, "--negative", allow_empty=True)
-    check_generation_args(height, width, steps, guidance, num_images,
-                          names={"height": "--height", "width": "--width", "num_inference_steps": "--steps",
-                                 "guidance_scale": "--guidance", "num_images_per_prompt": "--num-images"})
+    check_generation_args(height, width, steps, guidance, num_images, names=_FLAGS)
     check_seed(seed)
     check_device(device)
     check_output_folder(out)
@@ -207,6 +210,13 @@ def demo(
     from ..shapesworld.bench import planned_regions
     from ..tiny import MINILM_REF, build_tiny_pipeline
 
+    try:
+        check_generation_args(num_inference_steps=steps, guidance_scale=guidance, names=_FLAGS)
+        check_seed(seed)
+        check_output_folder(out)
+    except ValueError as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
     bundled = common.bundled_model_dir()  # looked up there, so a test can stand in for it
     arms: dict[str, object] = {}
     if bundled is not None:
