@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -63,8 +64,8 @@ def check_generation_args(
     def name(key: str) -> str:
         return names.get(key, f"`{key}`")
 
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
+    def is_int(v: Any) -> bool:  # numpy integers too, but not True / False
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
     multiple = math.lcm(8, int(vae_scale_factor))
     for key, value in (("height", height), ("width", width)):
@@ -79,7 +80,7 @@ def check_generation_args(
         if value is not None and (not is_int(value) or value < 1):
             raise ValueError(f"{name(key)} must be an integer >= 1, got {value!r}.")
     if guidance_scale is not None and (
-            isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+            isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real)
             or not math.isfinite(guidance_scale)):
         raise ValueError(f"{name('guidance_scale')} must be a finite number (<= 1 turns guidance off), got "
                          f"{guidance_scale!r}.")
