@@ -79,6 +79,11 @@ class CrossAdapterConfig:
         return dataclasses.asdict(self)
 
 
+def _shape_numbers(text: str) -> list[int]:
+    """``"32, 48"`` -> ``[32, 48]`` (a shape in diffusers' size-mismatch message)."""
+    return [int(v) for v in re.findall(r"\d+", text)]
+
+
 def _check_scale(value: Any, name: str) -> float:
     """λ as a float; a bool, a non-number, a negative or a non-finite value is an error naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -281,6 +286,24 @@ class CrossAdapter(ModelMixin, ConfigMixin):
         if mask is not None and tuple(mask.shape) != tuple(llm.shape[:2]):
             want = tuple(llm.shape[:2])
             raise ValueError(f"llm_mask must have shape {want} (batch, LLM tokens), got {_shape(mask)}.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs: Any) -> CrossAdapter:
+        """diffusers' ``from_pretrained``, with weights whose shapes disagree with ``config.json`` named as such."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as err:
+            found = re.search(r"(\S+) expected shape \S*?\(\[([\d, ]*)\]\), but got \S*?\(\[([\d, ]*)\]\)", str(err))
+            if found is None:
+                raise
+            where = os.fspath(pretrained_model_name_or_path)
+            where = os.path.join(where, kwargs["subfolder"]) if kwargs.get("subfolder") else where
+            raise ValueError(
+                f"The adapter in {where!r} does not match its config.json: {found.group(1)} should have shape "
+                f"{tuple(_shape_numbers(found.group(2)))} for that config but the weights have "
+                f"{tuple(_shape_numbers(found.group(3)))}. The config's sizes (clip_dim, llm_dim, ...) must be those "
+                "the weights were trained with: restore the config.json saved with these weights."
+            ) from None
 
     # ------------------------------------------------------------------ the authors' released weights
     @classmethod

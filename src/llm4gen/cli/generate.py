@@ -11,13 +11,16 @@ from rich.table import Table
 
 from ..examples import DEMO_PROMPTS
 from ..sampling import DEFAULT_STEPS, SamplingDefaults
-from ..utils import quiet_library_notices, to_device
+from ..utils import check_generation_args, quiet_library_notices, to_device, validate_prompts
 from . import common
 from . import official as release
 from .common import (
     DEVICE_HELP,
     DTYPE_HELP,
     app,
+    check_device,
+    check_output_folder,
+    check_seed,
     console,
     load_pipeline,
     model_or_bundled,
@@ -111,6 +114,7 @@ def generate(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
+        check_cli_arguments(prompt, negative, steps, guidance, num_images, height, width, seed, device, out)
         regions: Any = [Region.parse(r) for r in region]
         if auto_regions:
             if regions:
@@ -143,6 +147,10 @@ def generate(
     except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        console.print(f"[red]Error:[/red] out of memory on {device} ({str(err).splitlines()[0][:200]}); try a "
+                      "smaller --height / --width or --num-images.")
+        raise typer.Exit(1) from None
     first = result.images[0]
     made_by = model if model is not None else "the authors' release (--official)"
     parameters = png_parameters(prompt, negative, seed, steps, guidance, first.size, made_by,
@@ -155,6 +163,23 @@ def generate(
             draw_regions(image, labelled).save(paths[-1])
     for p in paths:
         typer.echo(str(p))
+
+
+# the command's names for the pipeline's arguments, in messages
+_FLAGS = {"height": "--height", "width": "--width", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+          "num_images_per_prompt": "--num-images"}
+
+
+def check_cli_arguments(prompt: str, negative: str | None, steps: int, guidance: float, num_images: int,
+                        height: int | None, width: int | None, seed: int, device: str, out: Path) -> None:
+    """Every argument of `llm4gen generate` that can be wrong, checked before any model loads (a ValueError)."""
+    validate_prompts(prompt, "PROMPT")
+    if negative is not None:
+        validate_prompts(negative, "--negative", allow_empty=True)
+    check_generation_args(height, width, steps, guidance, num_images, names=_FLAGS)
+    check_seed(seed)
+    check_device(device)
+    check_output_folder(out)
 
 
 def clip_window_note(pipe: Any, prompts: list[str]) -> str | None:
@@ -231,6 +256,13 @@ def demo(
     from ..shapesworld.bench import planned_regions
     from ..tiny import MINILM_REF, build_tiny_pipeline
 
+    try:
+        check_generation_args(num_inference_steps=steps, guidance_scale=guidance, names=_FLAGS)
+        check_seed(seed)
+        check_output_folder(out)
+    except ValueError as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
     started = time.perf_counter()
     bundled = common.bundled_model_dir()  # looked up there, so a test can stand in for it
     arms: dict[str, object] = {}

@@ -18,6 +18,9 @@ def train_cmd(
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
                                    help="Override any config key (repeatable; dots for nested keys, values are YAML), "
                                         "e.g. --set prediction_type=epsilon --set data.num_items=2000."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Start afresh in an output_dir that holds another run's checkpoints: they and "
+                                        "its logs/metrics.jsonl are deleted (without it such a folder is refused)."),
 ) -> None:
     """Train a CAM (and the UNet) on frozen CLIP, LLM and VAE; writes checkpoints and a pipeline folder.
 
@@ -28,7 +31,7 @@ def train_cmd(
 
     try:
         cfg = load_config(config, parse_set(set_), output_dir=output_dir, max_train_steps=max_train_steps)
-        result = train(cfg, resume=resume)
+        result = train(cfg, resume=resume, overwrite=overwrite)
     except (ValueError, FileNotFoundError, OSError, NotImplementedError, TrainingDivergedError) as err:
         console.print(f"[red]Error:[/red] {err}")
         raise typer.Exit(1) from None

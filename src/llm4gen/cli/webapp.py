@@ -13,6 +13,7 @@ from .common import (
     DEVICE_HELP,
     DTYPE_HELP,
     app,
+    check_device,
     console,
     model_or_bundled,
     resolve_device,
@@ -52,6 +53,10 @@ def app_cmd(
         help="The page's default guidance scale (default: the model's llm4gen_sampling.json, 5 for the bundled "
              "model; else 7.5)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the LLM's own Python code."),
+    allow_model: list[str] = typer.Option(
+        [], "--allow-model", metavar="MODEL",
+        help="Another model the page offers (repeatable). Served beyond localhost (--host 0.0.0.0, --share), the page "
+             "loads only --model and these, never with their own code."),
 ) -> None:
     """Serve the web app: long prompts rendered side by side by the base (CLIP only) path and by LLM4GEN."""
     if importlib.util.find_spec("gradio") is None:  # before any model loads or anything is served
@@ -67,6 +72,7 @@ def app_cmd(
         say_domain(sampling)
     device = resolve_device(device)
     try:
+        check_device(device)
         loaded = web.load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code,
                                 dtype=resolve_dtype(dtype, device))
     except (ValueError, TypeError, OSError) as err:
@@ -74,4 +80,8 @@ def app_cmd(
         raise typer.Exit(1) from None
     console.print(f"Model: {loaded.ref}; base side: {loaded.base_source}.")
     console.print(f"Serving on http://{host}:{port or '<free port>'}/ (Ctrl+C stops it)")
-    web.launch(loaded, host=host, port=port, share=share, device=device, default_steps=steps, default_guidance=guidance)
+    if web.is_exposed(host, share):
+        console.print("Reachable beyond this machine: the page loads only the models given here "
+                      f"({', '.join([loaded.ref, *allow_model])}).")
+    web.launch(loaded, host=host, port=port, share=share, device=device, default_steps=steps, default_guidance=guidance,
+               trust_remote_code=trust_remote_code, allowed_models=allow_model)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..utils import decode_text, read_jsonl
+from ..utils import MissingFieldError, decode_text, read_jsonl
 
 __all__ = ["DataConfig", "Example", "HFSource", "ImageFolderSource", "WebDatasetSource", "expand_shards",
            "file_fingerprint", "make_source", "preprocess_image", "register_source", "source_types"]
@@ -144,7 +144,7 @@ class ImageFolderSource:
         self.records: list[dict[str, Any]] = []
         try:
             rows = read_jsonl(meta, required=("file_name", cfg.caption_column))
-        except ValueError as err:
+        except MissingFieldError as err:
             raise ValueError(f"{err} Set data.caption_column to the column that holds the captions.") from err
         for line_no, rec in rows:
             caption = rec[cfg.caption_column]

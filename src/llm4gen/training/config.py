@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,10 +182,63 @@ def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
         raise ValueError(f"Unknown config key(s): {', '.join(hints)}. Valid keys: {', '.join(names)}.")
 
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+               list: "a list", type(None): "null"}
+
+
+def _coerce(value: Any, kinds: tuple[type, ...]) -> tuple[bool, Any]:
+    """Whether ``value`` fits one of ``kinds`` (a field's types), and the value to keep. YAML 1.1 (PyYAML) reads
+    ``1e-4`` (no dot) as a string: a string that is a finite number is taken as that number for a float field."""
+    for kind in kinds:
+        if kind is type(None) and value is None:
+            return True, value
+        if kind is bool and isinstance(value, bool):
+            return True, value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value) if isinstance(value, int) else value
+        if kind in (str, dict, list) and isinstance(value, kind):
+            return True, value
+        if kind is list and isinstance(value, tuple):
+            return True, list(value)
+        if dataclasses.is_dataclass(kind) and isinstance(value, (dict, kind)):
+            return True, value
+    if float in kinds and isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return False, value
+        if math.isfinite(number):
+            return True, number
+    return False, value
+
+
+def check_types(cls: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` with each value checked against the type of the dataclass field it sets; an error names the key, the
+    value and the type expected. Numbers written as strings (YAML's ``1e-4``) become numbers for float fields."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is None or hint is Any:
+            continue
+        kinds = tuple(typing.get_origin(k) or k for k in typing.get_args(hint)) or (typing.get_origin(hint) or hint,)
+        ok, out[key] = _coerce(value, kinds)
+        if not ok:
+            expected = " or ".join(_TYPE_NAMES.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+            if isinstance(value, float) and int in kinds and float not in kinds and value.is_integer():
+                expected += f" (write {int(value)}, without a decimal point)"
+            raise ValueError(f"Config key {where + '.' if where else ''}{key} must be {expected}, got {value!r} "
+                             f"({type(value).__name__}).")
+    return out
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}.")
     _check_keys(cls, data, where)
+    data = check_types(cls, data, where)
     required = [f.name for f in dataclasses.fields(cls)
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [k for k in required if k not in data]

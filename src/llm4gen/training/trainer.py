@@ -272,33 +272,130 @@ def _trainable(model: Denoiser) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+# trained weights past this size mean the run diverged (Stable Diffusion's own weights stay below ~10): such weights
+# are never committed as a checkpoint, so the last checkpoint on disk is always one a run can resume from
+DIVERGED_WEIGHT = 1e4
+
+
+def _diverged(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Why ``tensors`` look diverged (a non-finite value or one beyond ``DIVERGED_WEIGHT``), or None."""
+    for name, t in tensors.items():
+        t = t.detach()
+        if not torch.isfinite(t).all():
+            return f"{name} holds NaN or infinite values"
+        peak = t.abs().max().item() if t.numel() else 0.0
+        if peak > DIVERGED_WEIGHT:
+            return f"{name} reaches |w| = {peak:.3g} (over {DIVERGED_WEIGHT:g})"
+    return None
+
+
+def _checkpoints(ckpt_root: Path) -> list[Path]:
+    """The committed checkpoint folders under ``ckpt_root``, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    return sorted(p for p in ckpt_root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def _last_checkpoint_note(ckpt_root: Path) -> str:
+    done = _checkpoints(ckpt_root)
+    return f"the last good checkpoint, {done[-1]}, is kept" if done else f"no checkpoint was written to {ckpt_root}"
+
+
 def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
                      cfg: TrainConfig, losses: list[float], prediction_type: str) -> Path:
+    """Write a checkpoint through a temporary folder renamed into place. Diverged weights are refused before
+    anything is written, and a failed write (a full disk) removes the temporary folder and keeps the old ones."""
     from safetensors.torch import save_file
 
     ckpt_root = out / "checkpoints"
+    trained = {k: v.detach().contiguous().cpu() for k, v in _trainable(model).items()}
+    problem = _diverged(trained) or (_diverged(ema.shadow) if ema is not None else None)
+    if problem:
+        raise TrainingDivergedError(
+            f"The trained weights diverged by step {step} ({problem}); checkpoint {step} is not written and "
+            f"{_last_checkpoint_note(ckpt_root)}. Try a lower learning rate, mixed_precision: no, or max_grad_norm."
+        )
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in _trainable(model).items()}, tmp / "trained.safetensors")
-    if ema is not None:
-        save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    state = {"step": step, "losses": losses, "config": cfg.to_dict(), "prediction_type": prediction_type,
-             "ema_start": ema.start if ema is not None else None}
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    try:
+        tmp.mkdir()
+        save_file(trained, tmp / "trained.safetensors")
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        state = {"step": step, "losses": losses, "config": cfg.to_dict(), "prediction_type": prediction_type,
+                 "ema_start": ema.start if ema is not None else None}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+    except Exception as err:  # OSError, safetensors' SafetensorError, torch's write errors: all end the same way
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            f"Could not write {final.name} to {ckpt_root}: {err} (is the disk full?); "
+            f"{_last_checkpoint_note(ckpt_root)}. Free some space and continue with --resume latest."
+        ) from err
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
     if cfg.checkpoints_total_limit is not None:
-        done = sorted(p for p in ckpt_root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX))
+        done = _checkpoints(ckpt_root)
         for old in done[: max(0, len(done) - cfg.checkpoints_total_limit)]:
             shutil.rmtree(old)
     return final
+
+
+def check_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool = False) -> None:
+    """Before a fresh run (no ``resume``): refuse an ``output_dir`` that holds another run's checkpoints, whose logs
+    would mix with this run's and whose checkpoints ``--resume latest`` would later pick, unless ``overwrite``
+    (then the caller deletes them, see :func:`_clear_previous_run`)."""
+    if resume is not None or overwrite:
+        return
+    done = _checkpoints(Path(output_dir) / "checkpoints")
+    if done:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} already holds checkpoints of a run ({done[0].name} ... {done[-1].name}). "
+            "Continue that run with --resume latest, choose another output_dir, or pass --overwrite to delete them "
+            "and start afresh."
+        )
+
+
+def _clear_previous_run(out: Path) -> None:
+    """A fresh run's ``output_dir``: earlier checkpoints (allowed by ``overwrite``) and metrics go."""
+    for old in _checkpoints(out / "checkpoints"):
+        shutil.rmtree(old)
+    (out / "logs" / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _trim_metrics(logs: Path, step: int) -> None:
+    """On resume, drop the records of steps after the checkpoint (logged before the interruption; they are redone)."""
+    if not logs.is_file():
+        return
+    lines = logs.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by the interruption
+    tmp = logs.with_name(logs.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, logs)
+
+
+def _apply_learning_rates(optimizer, lr_scheduler, lrs: list[float]) -> None:
+    """After a resume, the run's learning rates (the checkpoint's state holds the old ones) on the restored schedule
+    position: each group's lr is its new base rate times the (new) schedule's factor at the restored step."""
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if lambdas is None:
+        return
+    lr_scheduler.base_lrs = list(lrs)
+    for group, base, factor in zip(optimizer.param_groups, lrs, lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(lr_scheduler.last_epoch)
+    lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
@@ -309,7 +406,7 @@ def find_checkpoint(output_dir: str | os.PathLike, resume: str) -> Path:
             raise FileNotFoundError(f"{path} is not a checkpoint folder (no trainer_state.json).")
         return path
     root = Path(output_dir) / "checkpoints"
-    done = sorted(p for p in root.iterdir() if p.name.startswith(CHECKPOINT_PREFIX)) if root.is_dir() else []
+    done = _checkpoints(root)
     if not done:
         raise FileNotFoundError(f"--resume latest: no checkpoint in {root}.")
     return done[-1]
@@ -343,8 +440,22 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
     targets predicts neither."""
     from safetensors.torch import load_file
 
+    files: dict[str, Any] = {}
+    name = ""
+    try:  # reading: a file that cannot be read is damaged
+        for name, read in [("trained.safetensors", load_file), ("ema.safetensors", load_file),
+                           ("optimizer.pt", _torch_load), ("lr_scheduler.pt", _torch_load),
+                           ("trainer_state.json", lambda f: json.loads(f.read_text()))]:
+            if name == "ema.safetensors" and (ema is None or not (path / name).is_file()):
+                continue
+            files[name] = read(path / name)
+    except Exception as err:
+        earlier = [p for p in _checkpoints(path.parent) if p.name < path.name]
+        before = f"the previous checkpoint is {earlier[-1]}" if earlier else "there is no earlier checkpoint"
+        raise ValueError(f"Cannot resume from {path}: {name} is damaged ({type(err).__name__}: {err}); {before}."
+                         ) from err
+    trained, state = files["trained.safetensors"], files["trainer_state.json"]
     try:
-        trained = load_file(path / "trained.safetensors")
         own = _trainable(model)
         missing = sorted(set(own) - set(trained))
         if missing:
@@ -352,11 +463,10 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(trained[k])
-        if ema is not None and (path / "ema.safetensors").is_file():
-            ema.shadow = {k: v.float() for k, v in load_file(path / "ema.safetensors").items()}
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-        lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", map_location="cpu", weights_only=True))
-        state = json.loads((path / "trainer_state.json").read_text())
+        if "ema.safetensors" in files:
+            ema.shadow = {k: v.float() for k, v in files["ema.safetensors"].items()}
+        optimizer.load_state_dict(files["optimizer.pt"])
+        lr_scheduler.load_state_dict(files["lr_scheduler.pt"])
         if ema is not None:
             ema.start = int(state.get("ema_start") or 0)
             if noise_scheduler is not None:
@@ -371,6 +481,10 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
             f"Cannot resume from {path}: {err}. The checkpoint is incomplete or from another config."
         ) from err
     return int(state["step"]), list(state.get("losses", [])), state.get("config") or {}
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------- outputs
@@ -478,8 +592,12 @@ def train(
     resume: str | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Run training as configured; ``resume`` = ``"latest"`` or a checkpoint folder continues a run.
+
+    A fresh run refuses an ``output_dir`` that holds another run's checkpoints unless ``overwrite``, which deletes
+    them (and the old ``logs/metrics.jsonl``) first.
 
     ``on_step(step, loss)`` is called on the main process after each optimisation step (and after its checkpoint);
     raising from it stops the run, as an interruption would.
@@ -497,8 +615,13 @@ def train(
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
+    check_output_dir(out, resume, overwrite)  # before any model loads
+    if resume is not None:
+        find_checkpoint(out, resume)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            _clear_previous_run(out)
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     torch.manual_seed(cfg.seed)
 
@@ -548,6 +671,7 @@ def train(
                                   eps=cfg.adam_epsilon)
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)
+    run_lrs = list(lr_scheduler.base_lrs)
     ema = EMA(_trainable(model), cfg.ema_decay) if cfg.use_ema else None
 
     start_step, losses = 0, []
@@ -555,6 +679,7 @@ def train(
         ckpt = find_checkpoint(out, resume)
         start_step, losses, then = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema, noise_scheduler)
         losses = losses[:start_step]
+        _apply_learning_rates(optimizer, lr_scheduler, run_lrs)  # this run's rates, not the checkpoint's
         if accelerator.is_main_process:
             print(f"resumed from {ckpt} at step {start_step}")
             changed = config_changes(then, cfg.to_dict())
@@ -591,6 +716,7 @@ def train(
     writer = None
     if accelerator.is_main_process:
         logs.parent.mkdir(parents=True, exist_ok=True)
+        _trim_metrics(logs, start_step)
         if cfg.report_to == "tensorboard":
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -682,8 +808,7 @@ def train(
                     if not torch.isfinite(loss):
                         raise TrainingDivergedError(
                             f"The loss became {loss.item()} at step {step + 1} (micro-batch {micro + 1}); "
-                            "stopping. The last "
-                            f"good checkpoint is kept in {out / 'checkpoints'}. Try a lower learning rate, "
+                            f"stopping: {_last_checkpoint_note(out / 'checkpoints')}. Try a lower learning rate, "
                             "mixed_precision: no, or max_grad_norm."
                         )
                     accelerator.backward(loss / A)
