@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -371,21 +372,85 @@ def test_timestep_bias_reaches_the_training_draws(base, tiny_llm_dirs, tmp_path,
 
 # ---------------------------------------------------------------------- cache
 def test_feature_cache(tmp_path):
-    cache = FeatureCache(tmp_path)
+    cache = FeatureCache(tmp_path, dtype=torch.float32)
     x = {"clip": torch.randn(3, 4)}
     cache.put("ns1", "a red cube", x)
-    torch.testing.assert_close(cache.get("ns1", "a red cube")["clip"], x["clip"])
+    torch.testing.assert_close(cache.get("ns1", "a red cube")["clip"], x["clip"])  # pending entries are served too
+    cache.flush()
+    torch.testing.assert_close(FeatureCache(tmp_path, dtype=torch.float32).get("ns1", "a red cube")["clip"], x["clip"])
     assert cache.get("ns1", "a red cube.") is None  # a changed caption is a different entry
     assert cache.get("ns2", "a red cube") is None  # another model / settings
-    entry = next(p for p in tmp_path.rglob("*.safetensors"))
-    entry.write_bytes(b"broken")
-    assert cache.get("ns1", "a red cube") is None  # a damaged entry is recomputed, not trusted
+    assert FeatureCache(tmp_path).get("ns1", "a red cube") is None  # another storage dtype
+    shard = next(p for p in tmp_path.rglob("shard-*.safetensors"))
+    shard.write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="damaged cache shard"):
+        assert FeatureCache(tmp_path, dtype=torch.float32).get("ns1", "a red cube") is None  # recomputed, not trusted
     lin = torch.nn.Linear(3, 3)
     before = model_fingerprint(lin, "m", max_length=8)
     assert before == model_fingerprint(lin, "m", max_length=8) != model_fingerprint(lin, "m", max_length=9)
     with torch.no_grad():
         lin.weight[0, 0] += 1
     assert model_fingerprint(lin, "m", max_length=8) != before
+
+
+def test_feature_cache_shards_are_few_shared_and_survive_an_interrupted_build(tmp_path):
+    row = {"llm": torch.randn(5, 8), "ids": torch.arange(3)}
+    writer = FeatureCache(tmp_path, shard_bytes=400)  # bf16: 80 bytes of features + 24 of ids per entry
+    stored = [writer.put("ns", f"caption {i}", row) for i in range(10)]
+    assert stored[0]["llm"].dtype == torch.bfloat16 and stored[0]["ids"].dtype == torch.int64
+    torch.testing.assert_close(stored[0]["llm"], row["llm"].to(torch.bfloat16))  # put returns what get will give
+    shards = sorted(tmp_path.rglob("shard-*.safetensors"))
+    assert len(shards) == 2  # 4 entries per shard; the last 2 entries are still in memory
+    # a second process sees the finished shards at once, not the unflushed entries: an interrupted build keeps 8
+    reader = FeatureCache(tmp_path)
+    got = [reader.get("ns", f"caption {i}") for i in range(10)]
+    assert [g is not None for g in got] == [True] * 8 + [False] * 2
+    assert torch.equal(got[3]["llm"], stored[3]["llm"]) and torch.equal(got[3]["ids"], row["ids"])
+    writer.flush()
+    time.sleep(1.1)  # a miss looks for new shards at most once a second
+    assert torch.equal(reader.get("ns", "caption 9")["llm"], stored[9]["llm"])
+    assert reader.size() == (10, sum(p.stat().st_size for p in tmp_path.rglob("shard-*.safetensors")))
+    assert not list(tmp_path.rglob("*.tmp"))  # shards are renamed into place whole
+
+
+def test_old_cache_format_is_named_and_rebuilt(tmp_path):
+    from safetensors.torch import save_file
+
+    old = tmp_path / "clip-0123456789abcdef0123" / "ab"
+    old.mkdir(parents=True)
+    save_file({"clip": torch.zeros(2)}, old / ("ab" + "0" * 62 + ".safetensors"))
+    with pytest.warns(UserWarning, match=r"1 cache entries .* old one-file-per-item format .* computed again"):
+        cache = FeatureCache(tmp_path)
+    assert cache.get("clip-0123456789abcdef0123", "x") is None
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_llm_rows_from_the_cache_equal_the_encoder_output(tiny_llm_dirs, tmp_path, padding):
+    from llm4gen import LLMEncoder
+    from llm4gen.feature_cache import llm_batch, llm_entry
+
+    enc = LLMEncoder.from_pretrained(tiny_llm_dirs["bert"], max_length=24, padding=padding)
+    prompts = ["a red circle", "a small blue square to the left of a large green star on grey", ""]
+    with torch.no_grad():
+        out = enc.encode(prompts)
+    cache = FeatureCache(tmp_path)  # bf16
+    for keep in (False, True):
+        for p, f, m in zip(prompts, out.embeds, out.attention_mask):
+            cache.put(f"ns-{keep}", p, llm_entry(f, m, keep_padding=keep))
+        cache.flush()
+        entries = [FeatureCache(tmp_path).get(f"ns-{keep}", p) for p in prompts]
+        if not keep:  # real tokens only: each entry is as long as its prompt
+            assert [e["llm"].shape[0] for e in entries] == out.attention_mask.sum(1).tolist()
+        feats, mask = llm_batch(entries, pad_to=24 if padding == "max_length" else None)
+        assert feats.shape == out.embeds.shape and torch.equal(mask, out.attention_mask.long())
+        real = mask.bool()
+        torch.testing.assert_close(feats[real], out.embeds[real], rtol=1e-2, atol=1e-2)  # bf16 storage
+        if keep:  # padded features kept for a UNet that reads them
+            torch.testing.assert_close(feats, out.embeds, rtol=1e-2, atol=1e-2)
+        else:  # padding comes back as zeros, which the masked UNet never reads
+            assert not feats[~real].any()
+    with pytest.raises(ValueError, match="right padding"):
+        llm_entry(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
 
 
 # ---------------------------------------------------------------------- end to end
@@ -674,11 +739,41 @@ def test_resume_with_changed_settings_says_which(base, tiny_llm_dirs, tmp_path, 
 
 def test_cache_gives_the_same_training(base, tiny_llm_dirs, tmp_path):
     plain = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "plain"), progress=False)
+    fp32 = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "fp32", cache_dir=str(tmp_path / "c32"),
+                      cache_dtype="float32"), progress=False)
     cold = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cold", cache_dir=str(tmp_path / "c")), progress=False)
     warm = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "warm", cache_dir=str(tmp_path / "c")), progress=False)
     assert cold.cache_hits < cold.cache_misses and warm.cache_misses == 0 and warm.cache_hits > 0
-    np.testing.assert_allclose(cold.losses, plain.losses, rtol=1e-4)
-    np.testing.assert_allclose(warm.losses, cold.losses, rtol=1e-4)
+    np.testing.assert_allclose(fp32.losses, plain.losses, rtol=1e-5)  # float32 storage: the features themselves
+    assert warm.losses == cold.losses  # the run that fills the cache computes with the stored (bf16) features
+    np.testing.assert_allclose(cold.losses, plain.losses, rtol=2e-2)  # bf16 features: close to float32
+    with pytest.raises(ValueError, match="cache_dtype must be one of"):
+        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", cache_dtype="int8")
+
+
+def test_resume_with_a_cache_is_bit_identical(base, tiny_llm_dirs, tmp_path):
+    """The interrupted run leaves part of the features in the cache: the resumed run reads those and computes the
+    rest, and ends with exactly the weights of an uninterrupted run that computed them all."""
+    from safetensors.torch import load_file
+
+    common = dict(max_train_steps=4, checkpointing_steps=2, caption_dropout=0.3)
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "full", cache_dir=str(tmp_path / "c1"), **common),
+          progress=False)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", cache_dir=str(tmp_path / "c2"), **common),
+              progress=False, on_step=crash)
+    resumed = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", cache_dir=str(tmp_path / "c2"), **common),
+                    resume="latest", progress=False)
+    assert resumed.cache_hits > 0 and resumed.cache_misses > 0  # step 3's features came back, step 4's were new
+    for part in ("adapter", "unet"):
+        a = load_file(tmp_path / "full" / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / "cut" / part / "diffusion_pytorch_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(base, tiny_llm_dirs, tmp_path, monkeypatch):

@@ -32,8 +32,8 @@ from ..adapter import CrossAdapter
 from ..attention import AttentionStore, install_attention_store
 from ..data.sources import make_source, preprocess_image
 from ..denoiser import ClipText, Denoiser
-from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
-from ..feature_cache import FeatureCache, model_fingerprint
+from ..encoders import LLMEncoder, PromptTruncationWarning
+from ..feature_cache import CACHE_DTYPES, FeatureCache, llm_batch, llm_entry, model_fingerprint
 from ..images import make_grid
 from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 from ..prompt_words import token_bindings
@@ -170,6 +170,9 @@ class Features:
         self.cfg, self.text, self.vae, self.llm = cfg, text, vae, llm
         self.cache, self.device = cache, device
         self.encoded = self.truncated = 0  # captions run through the LLM, and how many of them it had to cut
+        # padded LLM features matter only to a UNet that reads them: max_length padding without the attention mask
+        self.keep_padding = (llm is not None and llm.config.padding == "max_length"
+                             and not cfg.use_llm_attention_mask)
         self.ns_clip = self.ns_llm = self.ns_vae = ""
         if cache is not None:
             self.ns_clip = "clip-" + model_fingerprint(text, cfg.base_model, max_length=text.num_tokens, xl=text.xl)
@@ -179,20 +182,19 @@ class Features:
                 c = llm.config
                 self.ns_llm = "llm-" + model_fingerprint(
                     llm.model, c.model_name_or_path, max_length=c.max_length, padding=c.padding, prefix=c.prefix,
-                    layer=c.hidden_layer,
+                    layer=c.hidden_layer, keep_padding=self.keep_padding,
                 )
 
     def _cached(self, ns: str, keys: list[str], compute) -> list[dict[str, torch.Tensor]]:
-        """Look ``keys`` up; ``compute(indices)`` returns the values of the missing ones, which are then stored."""
+        """Look ``keys`` up; ``compute(indices)`` returns the values of the missing ones, which are then stored and
+        used as stored (in the cache's dtype), so a run that fills the cache computes exactly what a warm one does."""
         out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
         if self.cache is not None:
             out = [self.cache.get(ns, k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
             for i, value in zip(todo, compute(todo)):
-                out[i] = value
-                if self.cache is not None:
-                    self.cache.put(ns, keys[i], value)
+                out[i] = self.cache.put(ns, keys[i], value) if self.cache is not None else value
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -208,24 +210,29 @@ class Features:
             return rows
 
         rows = self._cached(self.ns_clip, captions, compute)
-        clip = torch.stack([r["clip"] for r in rows]).to(self.device)
-        pooled = torch.stack([r["pooled"] for r in rows]).to(self.device) if "pooled" in rows[0] else None
+        clip = torch.stack([r["clip"] for r in rows]).to(self.device, torch.float32)
+        pooled = (torch.stack([r["pooled"] for r in rows]).to(self.device, torch.float32) if "pooled" in rows[0]
+                  else None)
         return clip, pooled
 
     @torch.no_grad()
     def llm_features(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        trim = self.llm.config.padding == "longest"
-
+        """LLM features and mask as the encoder pads them. Rows keep only their real tokens (the cache's format, also
+        without a cache, so a run computes the same with or without one); padded positions come back as zeros,
+        which the masked UNet never reads. Without the mask (``use_llm_attention_mask: false``) with
+        ``llm_padding: max_length`` the model reads the padded features, so those are kept."""
         def compute(todo):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PromptTruncationWarning)
                 out = self.llm.encode([captions[i] for i in todo])
             self.encoded += len(todo)
             self.truncated += sum(n > self.llm.max_length for n in out.num_tokens)
-            return [{"llm": f.float().cpu(), "mask": m.cpu()} for f, m in output_rows(out, trim)]
+            return [llm_entry(f.float().cpu(), m.cpu(), self.keep_padding)
+                    for f, m in zip(out.embeds, out.attention_mask)]
 
         rows = self._cached(self.ns_llm, captions, compute)
-        return collate_rows([(r["llm"], r["mask"]) for r in rows], dtype=torch.float32, device=self.device)
+        pad_to = self.llm.max_length if self.llm.config.padding == "max_length" else None
+        return llm_batch(rows, pad_to=pad_to, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def latents(self, images: list[Callable], keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
@@ -239,8 +246,8 @@ class Features:
             return [{"mean": m, "std": s} for m, s in zip(dist.mean.float().cpu(), dist.std.float().cpu())]
 
         rows = self._cached(self.ns_vae, [f"{k}|flip={f}" for k, f in zip(keys, flips)], compute)
-        mean = torch.stack([r["mean"] for r in rows])
-        std = torch.stack([r["std"] for r in rows])
+        mean = torch.stack([r["mean"] for r in rows]).float()
+        std = torch.stack([r["std"] for r in rows]).float()
         return ((mean + std * eps) * self.vae.config.scaling_factor).to(self.device)
 
 
@@ -565,7 +572,7 @@ def train(
     raw = accelerator.unwrap_model(model)
 
     source = make_source(cfg.data, cfg.resolution)
-    cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
+    cache = FeatureCache(cfg.cache_dir, dtype=CACHE_DTYPES[cfg.cache_dtype]) if cfg.cache_dir else None
     feats = Features(cfg, text, vae, llm, cache, device)
     # whose attention maps the entity loss reads: the LLM tokens by default, CLIP's window without an LLM
     loss_spaces = {"auto": ("llm",) if llm is not None else ("clip",), "llm": ("llm",), "clip": ("clip",),
@@ -714,6 +721,8 @@ def train(
                     for name in ("loss", "loss_diffusion", "loss_entity", "lr", "samples_per_s"):
                         writer.add_scalar(f"train/{name}", record[name], done)
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
+                if cache is not None:
+                    cache.flush()  # the features computed so far outlive an interruption, like the weights
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
@@ -726,6 +735,8 @@ def train(
             if on_step is not None and accelerator.is_main_process:
                 on_step(done, mean_loss)
     finally:
+        if cache is not None:
+            cache.flush()
         if bar is not None:
             bar.stop()
         if writer is not None:
