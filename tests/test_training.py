@@ -17,7 +17,7 @@ from llm4gen.feature_cache import FeatureCache, model_fingerprint
 from llm4gen.prompt_words import parse_entities, token_at_span, token_bindings, token_pairs
 from llm4gen.shapesworld.mentions import mention_words, scene_mentions
 from llm4gen.training.config import load_config
-from llm4gen.training.data import batch_indices
+from llm4gen.training.data import batch_indices, epoch_items
 from llm4gen.training.losses import diffusion_loss, entity_loss, timestep_weights
 from llm4gen.training.trainer import TrainingDivergedError, train
 
@@ -864,6 +864,49 @@ def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
     assert [r["step"] for r in logs] == [1, 2]
     np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-4)
     assert Path(tmp_path / "two" / "model_index.json").is_file()
+
+
+def test_epoch_items_follow_the_training_split_and_cover_the_dataset_once():
+    n, per_process, world, seed = 23, 3, 2, 5
+    parts = [epoch_items(n, per_process, world, r, seed) for r in range(world)]
+    assert sorted(parts[0] + parts[1]) == list(range(n))
+    for r in range(world):  # the whole global batches first, exactly as training takes them
+        trained = [i for b in range(n // (per_process * world)) for i in batch_indices(b, n, per_process, world, r,
+                                                                                       seed)]
+        assert parts[r][: len(trained)] == trained
+
+
+def test_cache_build_across_two_processes_leaves_training_nothing_to_compute(base, tiny_llm_dirs, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m llm4gen cache build` on CPU (gloo), then a warm run."""
+    from typer.testing import CliRunner
+
+    from llm4gen.cli import app
+    from llm4gen.shapesworld.world import ShapesWorldConfig, write_dataset
+
+    folder = write_dataset(tmp_path / "imgs", 18, config=ShapesWorldConfig(size=32), progress=False)
+    cfg = {"output_dir": str(tmp_path / "run"), "base_model": base, "llm": tiny_llm_dirs["bert"],
+           "llm_max_length": 160, "resolution": 32, "train_batch_size": 4, "max_train_steps": 3,
+           "caption_dropout": 0.5, "cache_dir": str(tmp_path / "cache"),
+           "data": {"type": "imagefolder", "path": str(folder), "random_flip": True}, "log_every": 1}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llm4gen", "cache",
+           "build", str(path), "--batch-size", "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("items: 18 ") == 1  # one summary, from the main process
+    # 18 captions + "" through CLIP and the LLM, 18 images x 2 flips through the VAE
+    assert "entries: " not in proc.stdout and " 19 " in proc.stdout and " 36 " in proc.stdout
+    shards = sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors"))
+    warm = train(load_config(path), progress=False)
+    assert warm.cache_misses == 0 and warm.cache_hits > 0
+    res = CliRunner().invoke(app, ["cache", "build", str(path)])  # resumable: nothing left to compute
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors")) == shards
+    res = CliRunner().invoke(app, ["cache", "build", str(path), "--set", "cache_dir=null"])
+    assert res.exit_code == 1 and "set cache_dir" in res.output
 
 
 # ---------------------------------------------------------------------- more data sources, parsers, precision, logs

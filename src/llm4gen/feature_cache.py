@@ -233,10 +233,13 @@ class FeatureCache:
         self._pending.clear()
         self._pending_bytes = 0
 
-    def size(self) -> tuple[int, int]:
-        """``(entries, bytes)`` on disk, over every namespace and dtype (pending entries not included)."""
+    def size(self, namespace: str | None = None) -> tuple[int, int]:
+        """``(entries, bytes)`` on disk (pending entries not included): of ``namespace`` in this cache's dtype, or of
+        every namespace and dtype."""
         entries = size = 0
-        for path in (self.root / SHARD_DIR).glob("*/*/shard-*.safetensors"):
+        paths = (self._dir(namespace).glob("shard-*.safetensors") if namespace is not None
+                 else (self.root / SHARD_DIR).glob("*/*/shard-*.safetensors"))
+        for path in paths:
             try:
                 with safe_open(path, framework="pt") as f:
                     entries += len(json.loads((f.metadata() or {})[_INDEX_KEY]))

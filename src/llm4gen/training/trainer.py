@@ -40,10 +40,11 @@ from ..prompt_words import token_bindings
 from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
 from .config import TrainConfig
-from .data import batch_indices, step_generator
+from .data import batch_indices, epoch_items, step_generator
 from .losses import diffusion_loss, entity_loss, timestep_weights
 
-__all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
+__all__ = ["CacheBuildResult", "TokenSpace", "TrainResult", "TrainingDivergedError", "build_cache", "entity_targets",
+           "train"]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -61,6 +62,25 @@ class TrainResult:
     cache_hits: int = 0
     cache_misses: int = 0
     is_main_process: bool = True
+
+
+@dataclass
+class CacheBuildResult:
+    cache_dir: Path
+    items: int  # dataset items precomputed (all processes)
+    entries: int  # entries in the cache folder (every namespace: CLIP, LLM, VAE; both flips)
+    bytes: int  # on disk, all shards
+    seconds: float
+    parts: dict[str, tuple[int, int]]  # "clip" / "llm" / "vae" -> (entries, bytes) of this config's models
+    is_main_process: bool = True
+
+    @property
+    def bytes_per_item(self) -> float:
+        return self.bytes / max(self.items, 1)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / max(self.seconds, 1e-9)
 
 
 # ---------------------------------------------------------------------- loading
@@ -480,6 +500,85 @@ def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = 
     return pairs, pushed
 
 
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    # accelerate keeps one global state per process; a second run in the same (single-process) Python session, e.g.
+    # with another mixed_precision, starts from a clean one
+    if not torch.distributed.is_initialized():
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+
+
+def _load_llm(cfg: TrainConfig) -> LLMEncoder | None:
+    if cfg.llm is None:
+        return None
+    return LLMEncoder.from_pretrained(
+        cfg.llm, max_length=cfg.llm_max_length, padding=cfg.llm_padding, prefix=cfg.llm_prefix,
+        hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype), trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def build_cache(cfg: TrainConfig, batch_size: int | None = None, progress: bool = True) -> CacheBuildResult:
+    """Precompute the frozen features of ``cfg``'s dataset into ``cfg.cache_dir``: CLIP and LLM features of each
+    caption (and of the empty caption that caption dropout uses), and the VAE latent distribution of each image (both
+    flips with ``data.random_flip``). Under ``accelerate launch`` each process takes the items that the training split
+    rule gives it (:func:`~llm4gen.training.data.epoch_items`). Entries already in the cache are read, not computed,
+    so a build that was interrupted goes on where its last shard ended."""
+    if not cfg.cache_dir:
+        raise ValueError("The config has no cache_dir: set cache_dir (e.g. --set cache_dir=runs/cache) to build a "
+                         "feature cache.")
+    accelerator = _accelerator(cfg)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    text, vae, _ = _load_frozen(cfg)
+    llm = _load_llm(cfg)
+    for model in (text, vae, llm):
+        if model is not None:
+            model.to(device)
+    source = make_source(cfg.data, cfg.resolution)
+    B = batch_size or cfg.train_batch_size
+    mine = epoch_items(len(source), cfg.train_batch_size, world, rank, cfg.data.seed + cfg.seed)
+    cache = FeatureCache(cfg.cache_dir, dtype=CACHE_DTYPES[cfg.cache_dtype])
+    feats = Features(cfg, text, vae, llm, cache, device)
+    flips = (False, True) if cfg.data.random_flip else (False,)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    zero = torch.zeros(vae.config.latent_channels, cfg.resolution // factor, cfg.resolution // factor)
+    bar = task = None
+    if progress and accelerator.is_main_process:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("cache"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
+                       TimeRemainingColumn(), transient=False)
+        task = bar.add_task("cache", total=len(mine) * world)  # the main process's share stands for all
+        bar.start()
+    t_start = time.time()
+    try:
+        for start in range(0, len(mine), B):
+            examples = [source[i] for i in mine[start : start + B]]
+            captions = [ex.caption for ex in examples] + ([""] if start == 0 and rank == 0 else [])
+            feats.clip(captions)
+            if llm is not None:
+                feats.llm_features(captions)
+            for flip in flips:
+                feats.latents([ex.load_image for ex in examples], [ex.key for ex in examples], [flip] * len(examples),
+                              zero.expand(len(examples), *zero.shape))
+            if bar is not None:
+                bar.update(task, completed=(start + len(examples)) * world)
+    finally:
+        cache.close()
+        if bar is not None:
+            bar.stop()
+    accelerator.wait_for_everyone()
+    seconds = time.time() - t_start
+    parts = {name: cache.size(ns) for name, ns in (("clip", feats.ns_clip), ("llm", feats.ns_llm),
+                                                     ("vae", feats.ns_vae)) if ns}
+    return CacheBuildResult(Path(cfg.cache_dir), len(source), sum(e for e, _ in parts.values()),
+                            sum(b for _, b in parts.values()), seconds, parts, accelerator.is_main_process)
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -491,17 +590,9 @@ def train(
     ``on_step(step, loss)`` is called on the main process after each optimisation step (and after its checkpoint);
     raising from it stops the run, as an interruption would.
     """
-    from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    # accelerate keeps one global state per process; a second run in the same (single-process) Python session, e.g.
-    # with another mixed_precision, starts from a clean one
-    if not torch.distributed.is_initialized():
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-    # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+    accelerator = _accelerator(cfg)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -512,13 +603,7 @@ def train(
     # frozen models
     text, vae, noise_scheduler = _load_frozen(cfg)
     clip_dim = text.width
-    llm = None
-    if cfg.llm is not None:
-        llm = LLMEncoder.from_pretrained(
-            cfg.llm, max_length=cfg.llm_max_length, padding=cfg.llm_padding, prefix=cfg.llm_prefix,
-            hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype),
-            trust_remote_code=cfg.trust_remote_code,
-        )
+    llm = _load_llm(cfg)
     text.to(device)
     vae.to(device)
     if llm is not None:
