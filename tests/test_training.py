@@ -909,6 +909,39 @@ def test_cache_build_across_two_processes_leaves_training_nothing_to_compute(bas
     assert res.exit_code == 1 and "set cache_dir" in res.output
 
 
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "deepspeed_zero2"])
+def test_shipped_accelerate_configs_load_and_pass_the_trainers_check(name, tmp_path):
+    """Each config in configs/accelerate/ is read by accelerate; the trainer's check takes DeepSpeed's micro-batch,
+    clipping and global batch from the llm4gen config, and refuses what would break the EMA and checkpoints."""
+    from types import SimpleNamespace
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from llm4gen.training.trainer import _check_distributed
+
+    root = Path(__file__).resolve().parents[1]
+    cluster = load_config_from_file(str(root / "configs" / "accelerate" / f"{name}.yaml"))
+    ds = {"zero_optimization": {"stage": cluster.deepspeed_config.get("zero_stage", 0)}} if name.startswith("deep") \
+        else {}
+    fake = SimpleNamespace(distributed_type=cluster.distributed_type, num_processes=cluster.num_processes,
+                           state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds)))
+    cfg = load_config({"output_dir": str(tmp_path), "base_model": "x", "train_batch_size": 6, "max_grad_norm": 0.5})
+    _check_distributed(fake, cfg)
+    if cluster.distributed_type == DistributedType.DEEPSPEED:
+        assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 6 * cluster.num_processes
+        assert ds["gradient_clipping"] == 0.5 and ds["gradient_accumulation_steps"] == 1
+        with pytest.raises(NotImplementedError, match="gradient_accumulation_steps: 1"):
+            _check_distributed(fake, load_config({"output_dir": str(tmp_path), "base_model": "x",
+                                                  "gradient_accumulation_steps": 2}))
+        ds["zero_optimization"]["stage"] = 3
+        with pytest.raises(NotImplementedError, match="ZeRO-3 shards the parameters"):
+            _check_distributed(fake, cfg)
+    fake.distributed_type = DistributedType.FSDP
+    with pytest.raises(NotImplementedError, match="FSDP shards the parameters.*deepspeed_zero2.yaml"):
+        _check_distributed(fake, cfg)
+
+
 # ---------------------------------------------------------------------- more data sources, parsers, precision, logs
 def _shapes_items(n):
     from llm4gen.shapesworld.world import ShapesWorld, ShapesWorldConfig

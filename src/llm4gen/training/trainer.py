@@ -513,6 +513,35 @@ def _accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
 
 
+def _check_distributed(accelerator, cfg: TrainConfig) -> None:
+    """What the trainer supports of accelerate's distributed modes (docs/training.md, configs/accelerate/): DDP
+    (multi-GPU, multi-node) and DeepSpeed ZeRO stages 1-2, which keep every parameter whole on every process (the EMA
+    and the checkpoints read them whole). DeepSpeed takes its micro-batch size from here, as no DataLoader is
+    prepared."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise NotImplementedError(
+            "FSDP shards the parameters across processes, and llm4gen's EMA and checkpoints read them whole. Use "
+            "configs/accelerate/multi_gpu.yaml (DDP) or configs/accelerate/deepspeed_zero2.yaml (ZeRO-2 shards the "
+            "optimizer states and gradients, most of the training memory) instead.")
+    if kind == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
+            raise NotImplementedError(
+                "DeepSpeed ZeRO-3 shards the parameters, and llm4gen's EMA and checkpoints read them whole; use "
+                "ZeRO stage 2 (configs/accelerate/deepspeed_zero2.yaml).")
+        if cfg.gradient_accumulation_steps != 1:
+            raise NotImplementedError(
+                "Under DeepSpeed, set gradient_accumulation_steps: 1 (DeepSpeed would scale the accumulated loss a "
+                "second time); raise train_batch_size or the number of processes instead.")
+        ds["gradient_clipping"] = cfg.max_grad_norm or 0.0  # DeepSpeed clips, accelerate's clip_grad_norm_ does not
+        ds["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_batch_size"] = cfg.train_batch_size * accelerator.num_processes
+
+
 def _load_llm(cfg: TrainConfig) -> LLMEncoder | None:
     if cfg.llm is None:
         return None
@@ -593,6 +622,7 @@ def train(
     from diffusers.optimization import get_scheduler
 
     accelerator = _accelerator(cfg)
+    _check_distributed(accelerator, cfg)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
