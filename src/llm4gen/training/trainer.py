@@ -184,7 +184,7 @@ def _apply_adapter_settings(adapter: CrossAdapter, settings: dict, path: str) ->
 
 # ---------------------------------------------------------------------- features
 class Features:
-    """Frozen-model features for a batch, from the cache when present (see ``cache.py``)."""
+    """Frozen-model features for a batch, from the cache when present (see ``llm4gen.feature_cache``)."""
 
     def __init__(self, cfg, text: ClipText, vae, llm, cache: FeatureCache | None, device) -> None:
         self.cfg, self.text, self.vae, self.llm = cfg, text, vae, llm
