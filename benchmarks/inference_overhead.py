@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -122,10 +123,16 @@ class Split:
                 delattr(obj, attr)  # the instance attribute shadowed the class method
 
 
+def _say(message: str) -> None:
+    """Progress on stderr: an sd15 run takes many minutes between tables."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def run_size(size: str, steps: int, resolution: int, repeats: int) -> dict:
     from llm4gen.feature_cache import PromptCache
 
     with tempfile.TemporaryDirectory(prefix="llm4gen-infer-") as tmp:
+        _say(f"{size}: building the models ...")
         plain, ours = build(size, Path(tmp))
         res = resolution if size == "sd15" else 32
         kwargs = dict(num_inference_steps=steps, guidance_scale=7.5, height=res, width=res, output_type="np")
@@ -148,6 +155,7 @@ def run_size(size: str, steps: int, resolution: int, repeats: int) -> dict:
         }
         results = {name: {"seconds": 0.0, "images": 0, "split": defaultdict(float)} for name in modes}
         for name, (pipe, apply) in modes.items():  # warm-up, and fills the prompt cache for the cached modes
+            _say(f"{size}: warm-up, {name} ...")
             apply()
             pipe(PROMPT, **kwargs)
             if hasattr(pipe, "encode_fused_prompt"):
@@ -161,6 +169,7 @@ def run_size(size: str, steps: int, resolution: int, repeats: int) -> dict:
                 with split.watch(pipe):
                     out = pipe(PROMPT, generator=torch.Generator().manual_seed(r), **kwargs)
                 results[name]["seconds"] += time.perf_counter() - start
+                _say(f"{size}: repeat {r + 1}/{repeats}, {name}: {time.perf_counter() - start:.1f} s")
                 results[name]["images"] += len(out.images)
                 for k, v in split.seconds.items():
                     results[name]["split"][k] += v
@@ -173,6 +182,7 @@ def run_size(size: str, steps: int, resolution: int, repeats: int) -> dict:
         base = table["plain SD"]["s_per_image"]
         for r in table.values():
             r["overhead_vs_plain"] = r["s_per_image"] / base - 1
+        _say(f"{size}: timing one UNet step per conditioning length ...")
         unet_step = time_unet_step(ours.unet, res // ours.vae_scale_factor,
                                    {"77 (plain SD)": 77, "77 + real (trimmed)": table["llm4gen trimmed"]["cond_tokens"],
                                     "77 + 256 (fixed)": 333}, rounds=max(5, 3 * repeats))

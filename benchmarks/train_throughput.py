@@ -31,10 +31,9 @@ import torch  # noqa: E402
 
 
 def build_base(root: Path, text_encoder: str | None) -> str:
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from llm4gen.clip_tokenizer import load_clip_tokenizer
     from llm4gen.shapesworld.small_clip import SmallClipConfig, build_small_clip
 
     torch.manual_seed(0)
@@ -52,7 +51,16 @@ def build_base(root: Path, text_encoder: str | None) -> str:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     )
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=load_clip_tokenizer(), unet=unet,
+    return save_base(root, te, vae, unet)
+
+
+def save_base(root: Path, text_encoder, vae, unet) -> str:
+    """``root/base``: an SD1.x pipeline folder of these models, OpenAI CLIP's tokenizer and SD's DDPM schedule."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from llm4gen.clip_tokenizer import load_clip_tokenizer
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=load_clip_tokenizer(), unet=unet,
                                    scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                                            beta_end=0.012, clip_sample=False, steps_offset=1),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -163,7 +163,8 @@ def test_the_command_line_starts_without_torch():
     import sys
 
     code = ("import sys; from typer.testing import CliRunner; from llm4gen.cli import app\n"
-            "for args in ([], ['shapes'], ['eval'], ['data'], ['bench'], ['generate'], ['train'], ['app']):\n"
+            "for args in ([], ['shapes'], ['eval'], ['data'], ['bench'], ['generate'], ['train'], ['cache'],\n"
+            "             ['app']):\n"
             "    result = CliRunner().invoke(app, [*args, '--help'])\n"
             "    assert result.exit_code == 0, (args, result.output)\n"
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")

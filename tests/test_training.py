@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from llm4gen.feature_cache import FeatureCache, model_fingerprint
 from llm4gen.prompt_words import parse_entities, token_at_span, token_bindings, token_pairs
 from llm4gen.shapesworld.mentions import mention_words, scene_mentions
 from llm4gen.training.config import load_config
-from llm4gen.training.data import batch_indices
+from llm4gen.training.data import batch_indices, epoch_items
 from llm4gen.training.losses import diffusion_loss, entity_loss, timestep_weights
 from llm4gen.training.trainer import TrainingDivergedError, train
 
@@ -371,21 +372,85 @@ def test_timestep_bias_reaches_the_training_draws(base, tiny_llm_dirs, tmp_path,
 
 # ---------------------------------------------------------------------- cache
 def test_feature_cache(tmp_path):
-    cache = FeatureCache(tmp_path)
+    cache = FeatureCache(tmp_path, dtype=torch.float32)
     x = {"clip": torch.randn(3, 4)}
     cache.put("ns1", "a red cube", x)
-    torch.testing.assert_close(cache.get("ns1", "a red cube")["clip"], x["clip"])
+    torch.testing.assert_close(cache.get("ns1", "a red cube")["clip"], x["clip"])  # pending entries are served too
+    cache.flush()
+    torch.testing.assert_close(FeatureCache(tmp_path, dtype=torch.float32).get("ns1", "a red cube")["clip"], x["clip"])
     assert cache.get("ns1", "a red cube.") is None  # a changed caption is a different entry
     assert cache.get("ns2", "a red cube") is None  # another model / settings
-    entry = next(p for p in tmp_path.rglob("*.safetensors"))
-    entry.write_bytes(b"broken")
-    assert cache.get("ns1", "a red cube") is None  # a damaged entry is recomputed, not trusted
+    assert FeatureCache(tmp_path).get("ns1", "a red cube") is None  # another storage dtype
+    shard = next(p for p in tmp_path.rglob("shard-*.safetensors"))
+    shard.write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="damaged cache shard"):
+        assert FeatureCache(tmp_path, dtype=torch.float32).get("ns1", "a red cube") is None  # recomputed, not trusted
     lin = torch.nn.Linear(3, 3)
     before = model_fingerprint(lin, "m", max_length=8)
     assert before == model_fingerprint(lin, "m", max_length=8) != model_fingerprint(lin, "m", max_length=9)
     with torch.no_grad():
         lin.weight[0, 0] += 1
     assert model_fingerprint(lin, "m", max_length=8) != before
+
+
+def test_feature_cache_shards_are_few_shared_and_survive_an_interrupted_build(tmp_path):
+    row = {"llm": torch.randn(5, 8), "ids": torch.arange(3)}
+    writer = FeatureCache(tmp_path, shard_bytes=400)  # bf16: 80 bytes of features + 24 of ids per entry
+    stored = [writer.put("ns", f"caption {i}", row) for i in range(10)]
+    assert stored[0]["llm"].dtype == torch.bfloat16 and stored[0]["ids"].dtype == torch.int64
+    torch.testing.assert_close(stored[0]["llm"], row["llm"].to(torch.bfloat16))  # put returns what get will give
+    shards = sorted(tmp_path.rglob("shard-*.safetensors"))
+    assert len(shards) == 2  # 4 entries per shard; the last 2 entries are still in memory
+    # a second process sees the finished shards at once, not the unflushed entries: an interrupted build keeps 8
+    reader = FeatureCache(tmp_path)
+    got = [reader.get("ns", f"caption {i}") for i in range(10)]
+    assert [g is not None for g in got] == [True] * 8 + [False] * 2
+    assert torch.equal(got[3]["llm"], stored[3]["llm"]) and torch.equal(got[3]["ids"], row["ids"])
+    writer.flush()
+    time.sleep(1.1)  # a miss looks for new shards at most once a second
+    assert torch.equal(reader.get("ns", "caption 9")["llm"], stored[9]["llm"])
+    assert reader.size() == (10, sum(p.stat().st_size for p in tmp_path.rglob("shard-*.safetensors")))
+    assert not list(tmp_path.rglob("*.tmp"))  # shards are renamed into place whole
+
+
+def test_old_cache_format_is_named_and_rebuilt(tmp_path):
+    from safetensors.torch import save_file
+
+    old = tmp_path / "clip-0123456789abcdef0123" / "ab"
+    old.mkdir(parents=True)
+    save_file({"clip": torch.zeros(2)}, old / ("ab" + "0" * 62 + ".safetensors"))
+    with pytest.warns(UserWarning, match=r"1 cache entries .* old one-file-per-item format .* computed again"):
+        cache = FeatureCache(tmp_path)
+    assert cache.get("clip-0123456789abcdef0123", "x") is None
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_llm_rows_from_the_cache_equal_the_encoder_output(tiny_llm_dirs, tmp_path, padding):
+    from llm4gen import LLMEncoder
+    from llm4gen.feature_cache import llm_batch, llm_entry
+
+    enc = LLMEncoder.from_pretrained(tiny_llm_dirs["bert"], max_length=24, padding=padding)
+    prompts = ["a red circle", "a small blue square to the left of a large green star on grey", ""]
+    with torch.no_grad():
+        out = enc.encode(prompts)
+    cache = FeatureCache(tmp_path)  # bf16
+    for keep in (False, True):
+        for p, f, m in zip(prompts, out.embeds, out.attention_mask):
+            cache.put(f"ns-{keep}", p, llm_entry(f, m, keep_padding=keep))
+        cache.flush()
+        entries = [FeatureCache(tmp_path).get(f"ns-{keep}", p) for p in prompts]
+        if not keep:  # real tokens only: each entry is as long as its prompt
+            assert [e["llm"].shape[0] for e in entries] == out.attention_mask.sum(1).tolist()
+        feats, mask = llm_batch(entries, pad_to=24 if padding == "max_length" else None)
+        assert feats.shape == out.embeds.shape and torch.equal(mask, out.attention_mask.long())
+        real = mask.bool()
+        torch.testing.assert_close(feats[real], out.embeds[real], rtol=1e-2, atol=1e-2)  # bf16 storage
+        if keep:  # padded features kept for a UNet that reads them
+            torch.testing.assert_close(feats, out.embeds, rtol=1e-2, atol=1e-2)
+        else:  # padding comes back as zeros, which the masked UNet never reads
+            assert not feats[~real].any()
+    with pytest.raises(ValueError, match="right padding"):
+        llm_entry(torch.zeros(3, 2), torch.tensor([0, 1, 1]))
 
 
 # ---------------------------------------------------------------------- end to end
@@ -674,11 +739,41 @@ def test_resume_with_changed_settings_says_which(base, tiny_llm_dirs, tmp_path, 
 
 def test_cache_gives_the_same_training(base, tiny_llm_dirs, tmp_path):
     plain = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "plain"), progress=False)
+    fp32 = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "fp32", cache_dir=str(tmp_path / "c32"),
+                      cache_dtype="float32"), progress=False)
     cold = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cold", cache_dir=str(tmp_path / "c")), progress=False)
     warm = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "warm", cache_dir=str(tmp_path / "c")), progress=False)
     assert cold.cache_hits < cold.cache_misses and warm.cache_misses == 0 and warm.cache_hits > 0
-    np.testing.assert_allclose(cold.losses, plain.losses, rtol=1e-4)
-    np.testing.assert_allclose(warm.losses, cold.losses, rtol=1e-4)
+    np.testing.assert_allclose(fp32.losses, plain.losses, rtol=1e-5)  # float32 storage: the features themselves
+    assert warm.losses == cold.losses  # the run that fills the cache computes with the stored (bf16) features
+    np.testing.assert_allclose(cold.losses, plain.losses, rtol=2e-2)  # bf16 features: close to float32
+    with pytest.raises(ValueError, match="cache_dtype must be one of"):
+        _cfg(base, tiny_llm_dirs["bert"], tmp_path / "x", cache_dtype="int8")
+
+
+def test_resume_with_a_cache_is_bit_identical(base, tiny_llm_dirs, tmp_path):
+    """The interrupted run leaves part of the features in the cache: the resumed run reads those and computes the
+    rest, and ends with exactly the weights of an uninterrupted run that computed them all."""
+    from safetensors.torch import load_file
+
+    common = dict(max_train_steps=4, checkpointing_steps=2, caption_dropout=0.3)
+    train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "full", cache_dir=str(tmp_path / "c1"), **common),
+          progress=False)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", cache_dir=str(tmp_path / "c2"), **common),
+              progress=False, on_step=crash)
+    resumed = train(_cfg(base, tiny_llm_dirs["bert"], tmp_path / "cut", cache_dir=str(tmp_path / "c2"), **common),
+                    resume="latest", progress=False)
+    assert resumed.cache_hits > 0 and resumed.cache_misses > 0  # step 3's features came back, step 4's were new
+    for part in ("adapter", "unet"):
+        a = load_file(tmp_path / "full" / part / "diffusion_pytorch_model.safetensors")
+        b = load_file(tmp_path / "cut" / part / "diffusion_pytorch_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_nan_loss_stops_and_keeps_checkpoint(base, tiny_llm_dirs, tmp_path, monkeypatch):
@@ -769,6 +864,82 @@ def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
     assert [r["step"] for r in logs] == [1, 2]
     np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-4)
     assert Path(tmp_path / "two" / "model_index.json").is_file()
+
+
+def test_epoch_items_follow_the_training_split_and_cover_the_dataset_once():
+    n, per_process, world, seed = 23, 3, 2, 5
+    parts = [epoch_items(n, per_process, world, r, seed) for r in range(world)]
+    assert sorted(parts[0] + parts[1]) == list(range(n))
+    for r in range(world):  # the whole global batches first, exactly as training takes them
+        trained = [i for b in range(n // (per_process * world)) for i in batch_indices(b, n, per_process, world, r,
+                                                                                       seed)]
+        assert parts[r][: len(trained)] == trained
+
+
+def test_cache_build_across_two_processes_leaves_training_nothing_to_compute(base, tiny_llm_dirs, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m llm4gen cache build` on CPU (gloo), then a warm run."""
+    from typer.testing import CliRunner
+
+    from llm4gen.cli import app
+    from llm4gen.shapesworld.world import ShapesWorldConfig, write_dataset
+
+    folder = write_dataset(tmp_path / "imgs", 18, config=ShapesWorldConfig(size=32), progress=False)
+    cfg = {"output_dir": str(tmp_path / "run"), "base_model": base, "llm": tiny_llm_dirs["bert"],
+           "llm_max_length": 160, "resolution": 32, "train_batch_size": 4, "max_train_steps": 3,
+           "caption_dropout": 0.5, "cache_dir": str(tmp_path / "cache"),
+           "data": {"type": "imagefolder", "path": str(folder), "random_flip": True}, "log_every": 1}
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llm4gen", "cache",
+           "build", str(path), "--batch-size", "3"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("items: 18 ") == 1  # one summary, from the main process
+    # 18 captions + "" through CLIP and the LLM, 18 images x 2 flips through the VAE
+    assert "entries: " not in proc.stdout and " 19 " in proc.stdout and " 36 " in proc.stdout
+    shards = sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors"))
+    warm = train(load_config(path), progress=False)
+    assert warm.cache_misses == 0 and warm.cache_hits > 0
+    res = CliRunner().invoke(app, ["cache", "build", str(path)])  # resumable: nothing left to compute
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("shard-*.safetensors")) == shards
+    res = CliRunner().invoke(app, ["cache", "build", str(path), "--set", "cache_dir=null"])
+    assert res.exit_code == 1 and "set cache_dir" in res.output
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "deepspeed_zero2"])
+def test_shipped_accelerate_configs_load_and_pass_the_trainers_check(name, tmp_path):
+    """Each config in configs/accelerate/ is read by accelerate; the trainer's check takes DeepSpeed's micro-batch,
+    clipping and global batch from the llm4gen config, and refuses what would break the EMA and checkpoints."""
+    from types import SimpleNamespace
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    from llm4gen.training.trainer import _check_distributed
+
+    root = Path(__file__).resolve().parents[1]
+    cluster = load_config_from_file(str(root / "configs" / "accelerate" / f"{name}.yaml"))
+    ds = {"zero_optimization": {"stage": cluster.deepspeed_config.get("zero_stage", 0)}} if name.startswith("deep") \
+        else {}
+    fake = SimpleNamespace(distributed_type=cluster.distributed_type, num_processes=cluster.num_processes,
+                           state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds)))
+    cfg = load_config({"output_dir": str(tmp_path), "base_model": "x", "train_batch_size": 6, "max_grad_norm": 0.5})
+    _check_distributed(fake, cfg)
+    if cluster.distributed_type == DistributedType.DEEPSPEED:
+        assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 6 * cluster.num_processes
+        assert ds["gradient_clipping"] == 0.5 and ds["gradient_accumulation_steps"] == 1
+        with pytest.raises(NotImplementedError, match="gradient_accumulation_steps: 1"):
+            _check_distributed(fake, load_config({"output_dir": str(tmp_path), "base_model": "x",
+                                                  "gradient_accumulation_steps": 2}))
+        ds["zero_optimization"]["stage"] = 3
+        with pytest.raises(NotImplementedError, match="ZeRO-3 shards the parameters"):
+            _check_distributed(fake, cfg)
+    fake.distributed_type = DistributedType.FSDP
+    with pytest.raises(NotImplementedError, match="FSDP shards the parameters.*deepspeed_zero2.yaml"):
+        _check_distributed(fake, cfg)
 
 
 # ---------------------------------------------------------------------- more data sources, parsers, precision, logs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import data, eval, generate, official, shapes, train, webapp  # noqa: F401  (each registers its commands)
+from . import cache, data, eval, generate, official, shapes, train, webapp  # noqa: F401  (each registers its commands)
 from .common import app
 
 __all__ = ["app", "main"]

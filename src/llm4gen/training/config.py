@@ -25,6 +25,7 @@ from typing import Any
 
 from ..adapter import CrossAdapterConfig
 from ..data.sources import DataConfig
+from ..feature_cache import CACHE_DTYPES
 
 __all__ = ["TrainConfig", "load_config"]
 
@@ -95,6 +96,7 @@ class TrainConfig:
     entity_loss_tokens: str = "auto"  # whose maps: auto (the LLM's; CLIP's without one) | llm | clip | both
     # frozen-feature cache
     cache_dir: str | None = None
+    cache_dtype: str = "bfloat16"  # bfloat16 | float32: how the cache stores features (see docs/performance.md)
     # bookkeeping
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 3
@@ -152,6 +154,8 @@ class TrainConfig:
              f"entity_loss_tokens must be one of {ENTITY_LOSS_TOKENS}, got {self.entity_loss_tokens!r}."),
             (self.llm or self.entity_loss_tokens not in ("llm", "both"),
              f"entity_loss_tokens: {self.entity_loss_tokens} needs an LLM (set llm, or use clip / auto)."),
+            (self.cache_dtype in CACHE_DTYPES,
+             f"cache_dtype must be one of {tuple(CACHE_DTYPES)}, got {self.cache_dtype!r}."),
             (self.report_to in (None, "tensorboard"),
              f"report_to must be null or tensorboard, got {self.report_to!r}."),
             (self.entity_parser in ENTITY_PARSERS,

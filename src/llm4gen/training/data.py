@@ -16,7 +16,7 @@ import torch
 
 from .._compat import moved_attributes
 
-__all__ = ["batch_indices", "step_generator"]
+__all__ = ["batch_indices", "epoch_items", "step_generator"]
 
 
 def _stable_seed(*parts: Any) -> int:
@@ -39,6 +39,19 @@ def batch_indices(batch_number: int, num_items: int, per_process: int, num_proce
     perm = torch.randperm(num_items, generator=g)
     start = within * global_batch + rank * per_process
     return perm[start : start + per_process].tolist()
+
+
+def epoch_items(num_items: int, per_process: int, num_processes: int, rank: int, seed: int,
+                epoch: int = 0) -> list[int]:
+    """Every index that process ``rank`` handles in ``epoch`` by the training split rule, in training order: its part
+    of each global batch (exactly :func:`batch_indices`), then its part of the remainder that no whole global batch
+    takes (the same rule: position ``p`` of the permutation goes to process ``(p mod G) // per_process``). Over the
+    processes this covers the dataset once; a cache build uses it so that each process precomputes the items it will
+    train on."""
+    global_batch = per_process * num_processes
+    g = torch.Generator().manual_seed(_stable_seed("epoch", seed, epoch))
+    perm = torch.randperm(num_items, generator=g).tolist()
+    return [i for p, i in enumerate(perm) if (p % global_batch) // per_process == rank]
 
 
 def step_generator(seed: int, batch_number: int, purpose: str) -> torch.Generator:

@@ -32,18 +32,19 @@ from ..adapter import CrossAdapter
 from ..attention import AttentionStore, install_attention_store
 from ..data.sources import make_source, preprocess_image
 from ..denoiser import ClipText, Denoiser
-from ..encoders import LLMEncoder, PromptTruncationWarning, collate_rows, output_rows
-from ..feature_cache import FeatureCache, model_fingerprint
+from ..encoders import LLMEncoder, PromptTruncationWarning
+from ..feature_cache import CACHE_DTYPES, FeatureCache, llm_batch, llm_entry, model_fingerprint
 from ..images import make_grid
 from ..pipeline import LLM4GenPipeline, LLM4GenXLPipeline
 from ..prompt_words import token_bindings
 from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
 from .config import TrainConfig
-from .data import batch_indices, step_generator
+from .data import batch_indices, epoch_items, step_generator
 from .losses import diffusion_loss, entity_loss, timestep_weights
 
-__all__ = ["TokenSpace", "TrainResult", "TrainingDivergedError", "entity_targets", "train"]
+__all__ = ["CacheBuildResult", "TokenSpace", "TrainResult", "TrainingDivergedError", "build_cache", "entity_targets",
+           "train"]
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -61,6 +62,25 @@ class TrainResult:
     cache_hits: int = 0
     cache_misses: int = 0
     is_main_process: bool = True
+
+
+@dataclass
+class CacheBuildResult:
+    cache_dir: Path
+    items: int  # dataset items precomputed (all processes)
+    entries: int  # entries in the cache folder (every namespace: CLIP, LLM, VAE; both flips)
+    bytes: int  # on disk, all shards
+    seconds: float
+    parts: dict[str, tuple[int, int]]  # "clip" / "llm" / "vae" -> (entries, bytes) of this config's models
+    is_main_process: bool = True
+
+    @property
+    def bytes_per_item(self) -> float:
+        return self.bytes / max(self.items, 1)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / max(self.seconds, 1e-9)
 
 
 # ---------------------------------------------------------------------- loading
@@ -164,12 +184,15 @@ def _apply_adapter_settings(adapter: CrossAdapter, settings: dict, path: str) ->
 
 # ---------------------------------------------------------------------- features
 class Features:
-    """Frozen-model features for a batch, from the cache when present (see ``cache.py``)."""
+    """Frozen-model features for a batch, from the cache when present (see ``llm4gen.feature_cache``)."""
 
     def __init__(self, cfg, text: ClipText, vae, llm, cache: FeatureCache | None, device) -> None:
         self.cfg, self.text, self.vae, self.llm = cfg, text, vae, llm
         self.cache, self.device = cache, device
         self.encoded = self.truncated = 0  # captions run through the LLM, and how many of them it had to cut
+        # padded LLM features matter only to a UNet that reads them: max_length padding without the attention mask
+        self.keep_padding = (llm is not None and llm.config.padding == "max_length"
+                             and not cfg.use_llm_attention_mask)
         self.ns_clip = self.ns_llm = self.ns_vae = ""
         if cache is not None:
             self.ns_clip = "clip-" + model_fingerprint(text, cfg.base_model, max_length=text.num_tokens, xl=text.xl)
@@ -179,20 +202,20 @@ class Features:
                 c = llm.config
                 self.ns_llm = "llm-" + model_fingerprint(
                     llm.model, c.model_name_or_path, max_length=c.max_length, padding=c.padding, prefix=c.prefix,
-                    layer=c.hidden_layer, **({} if c.truncation == "tokenizer" else {"truncation": c.truncation}),
+                    layer=c.hidden_layer, keep_padding=self.keep_padding,
+                    **({} if c.truncation == "tokenizer" else {"truncation": c.truncation}),
                 )
 
     def _cached(self, ns: str, keys: list[str], compute) -> list[dict[str, torch.Tensor]]:
-        """Look ``keys`` up; ``compute(indices)`` returns the values of the missing ones, which are then stored."""
+        """Look ``keys`` up; ``compute(indices)`` returns the values of the missing ones, which are then stored and
+        used as stored (in the cache's dtype), so a run that fills the cache computes exactly what a warm one does."""
         out: list[dict[str, torch.Tensor] | None] = [None] * len(keys)
         if self.cache is not None:
             out = [self.cache.get(ns, k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         if todo:
             for i, value in zip(todo, compute(todo)):
-                out[i] = value
-                if self.cache is not None:
-                    self.cache.put(ns, keys[i], value)
+                out[i] = self.cache.put(ns, keys[i], value) if self.cache is not None else value
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -208,24 +231,29 @@ class Features:
             return rows
 
         rows = self._cached(self.ns_clip, captions, compute)
-        clip = torch.stack([r["clip"] for r in rows]).to(self.device)
-        pooled = torch.stack([r["pooled"] for r in rows]).to(self.device) if "pooled" in rows[0] else None
+        clip = torch.stack([r["clip"] for r in rows]).to(self.device, torch.float32)
+        pooled = (torch.stack([r["pooled"] for r in rows]).to(self.device, torch.float32) if "pooled" in rows[0]
+                  else None)
         return clip, pooled
 
     @torch.no_grad()
     def llm_features(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        trim = self.llm.config.padding == "longest"
-
+        """LLM features and mask as the encoder pads them. Rows keep only their real tokens (the cache's format, also
+        without a cache, so a run computes the same with or without one); padded positions come back as zeros,
+        which the masked UNet never reads. Without the mask (``use_llm_attention_mask: false``) with
+        ``llm_padding: max_length`` the model reads the padded features, so those are kept."""
         def compute(todo):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PromptTruncationWarning)
                 out = self.llm.encode([captions[i] for i in todo])
             self.encoded += len(todo)
             self.truncated += sum(n > self.llm.max_length for n in out.num_tokens)
-            return [{"llm": f.float().cpu(), "mask": m.cpu()} for f, m in output_rows(out, trim)]
+            return [llm_entry(f.float().cpu(), m.cpu(), self.keep_padding)
+                    for f, m in zip(out.embeds, out.attention_mask)]
 
         rows = self._cached(self.ns_llm, captions, compute)
-        return collate_rows([(r["llm"], r["mask"]) for r in rows], dtype=torch.float32, device=self.device)
+        pad_to = self.llm.max_length if self.llm.config.padding == "max_length" else None
+        return llm_batch(rows, pad_to=pad_to, dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
     def latents(self, images: list[Callable], keys: list[str], flips: list[bool], eps: torch.Tensor) -> torch.Tensor:
@@ -239,8 +267,8 @@ class Features:
             return [{"mean": m, "std": s} for m, s in zip(dist.mean.float().cpu(), dist.std.float().cpu())]
 
         rows = self._cached(self.ns_vae, [f"{k}|flip={f}" for k, f in zip(keys, flips)], compute)
-        mean = torch.stack([r["mean"] for r in rows])
-        std = torch.stack([r["std"] for r in rows])
+        mean = torch.stack([r["mean"] for r in rows]).float()
+        std = torch.stack([r["std"] for r in rows]).float()
         return ((mean + std * eps) * self.vae.config.scaling_factor).to(self.device)
 
 
@@ -587,6 +615,114 @@ def entity_targets(captions: list[str], spaces: list[TokenSpace], parser: str = 
     return pairs, pushed
 
 
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    # accelerate keeps one global state per process; a second run in the same (single-process) Python session, e.g.
+    # with another mixed_precision, starts from a clean one
+    if not torch.distributed.is_initialized():
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+
+
+def _check_distributed(accelerator, cfg: TrainConfig) -> None:
+    """What the trainer supports of accelerate's distributed modes (docs/training.md, configs/accelerate/): DDP
+    (multi-GPU, multi-node) and DeepSpeed ZeRO stages 1-2, which keep every parameter whole on every process (the EMA
+    and the checkpoints read them whole). DeepSpeed takes its micro-batch size from here, as no DataLoader is
+    prepared."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        raise NotImplementedError(
+            "FSDP shards the parameters across processes, and llm4gen's EMA and checkpoints read them whole. Use "
+            "configs/accelerate/multi_gpu.yaml (DDP) or configs/accelerate/deepspeed_zero2.yaml (ZeRO-2 shards the "
+            "optimizer states and gradients, most of the training memory) instead.")
+    if kind == DistributedType.DEEPSPEED:
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
+            raise NotImplementedError(
+                "DeepSpeed ZeRO-3 shards the parameters, and llm4gen's EMA and checkpoints read them whole; use "
+                "ZeRO stage 2 (configs/accelerate/deepspeed_zero2.yaml).")
+        if cfg.gradient_accumulation_steps != 1:
+            raise NotImplementedError(
+                "Under DeepSpeed, set gradient_accumulation_steps: 1 (DeepSpeed would scale the accumulated loss a "
+                "second time); raise train_batch_size or the number of processes instead.")
+        ds["gradient_clipping"] = cfg.max_grad_norm or 0.0  # DeepSpeed clips, accelerate's clip_grad_norm_ does not
+        ds["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
+        ds["gradient_accumulation_steps"] = 1
+        ds["train_batch_size"] = cfg.train_batch_size * accelerator.num_processes
+
+
+def _load_llm(cfg: TrainConfig) -> LLMEncoder | None:
+    if cfg.llm is None:
+        return None
+    return LLMEncoder.from_pretrained(
+        cfg.llm, max_length=cfg.llm_max_length, padding=cfg.llm_padding, prefix=cfg.llm_prefix,
+        hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype), trust_remote_code=cfg.trust_remote_code,
+    )
+
+
+def build_cache(cfg: TrainConfig, batch_size: int | None = None, progress: bool = True) -> CacheBuildResult:
+    """Precompute the frozen features of ``cfg``'s dataset into ``cfg.cache_dir``: CLIP and LLM features of each
+    caption (and of the empty caption that caption dropout uses), and the VAE latent distribution of each image (both
+    flips with ``data.random_flip``). Under ``accelerate launch`` each process takes the items that the training split
+    rule gives it (:func:`~llm4gen.training.data.epoch_items`). Entries already in the cache are read, not computed,
+    so a build that was interrupted goes on where its last shard ended."""
+    if not cfg.cache_dir:
+        raise ValueError("The config has no cache_dir: set cache_dir (e.g. --set cache_dir=runs/cache) to build a "
+                         "feature cache.")
+    accelerator = _accelerator(cfg)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    text, vae, _ = _load_frozen(cfg)
+    llm = _load_llm(cfg)
+    for model in (text, vae, llm):
+        if model is not None:
+            model.to(device)
+    source = make_source(cfg.data, cfg.resolution)
+    B = batch_size or cfg.train_batch_size
+    mine = epoch_items(len(source), cfg.train_batch_size, world, rank, cfg.data.seed + cfg.seed)
+    cache = FeatureCache(cfg.cache_dir, dtype=CACHE_DTYPES[cfg.cache_dtype])
+    feats = Features(cfg, text, vae, llm, cache, device)
+    flips = (False, True) if cfg.data.random_flip else (False,)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    zero = torch.zeros(vae.config.latent_channels, cfg.resolution // factor, cfg.resolution // factor)
+    bar = task = None
+    if progress and accelerator.is_main_process:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("cache"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
+                       TimeRemainingColumn(), transient=False)
+        task = bar.add_task("cache", total=len(mine) * world)  # the main process's share stands for all
+        bar.start()
+    t_start = time.time()
+    try:
+        for start in range(0, len(mine), B):
+            examples = [source[i] for i in mine[start : start + B]]
+            captions = [ex.caption for ex in examples] + ([""] if start == 0 and rank == 0 else [])
+            feats.clip(captions)
+            if llm is not None:
+                feats.llm_features(captions)
+            for flip in flips:
+                feats.latents([ex.load_image for ex in examples], [ex.key for ex in examples], [flip] * len(examples),
+                              zero.expand(len(examples), *zero.shape))
+            if bar is not None:
+                bar.update(task, completed=(start + len(examples)) * world)
+    finally:
+        cache.close()
+        if bar is not None:
+            bar.stop()
+    accelerator.wait_for_everyone()
+    seconds = time.time() - t_start
+    parts = {name: cache.size(ns) for name, ns in (("clip", feats.ns_clip), ("llm", feats.ns_llm),
+                                                     ("vae", feats.ns_vae)) if ns}
+    return CacheBuildResult(Path(cfg.cache_dir), len(source), sum(e for e, _ in parts.values()),
+                            sum(b for _, b in parts.values()), seconds, parts, accelerator.is_main_process)
+
+
 def train(
     cfg: TrainConfig,
     resume: str | None = None,
@@ -602,17 +738,10 @@ def train(
     ``on_step(step, loss)`` is called on the main process after each optimisation step (and after its checkpoint);
     raising from it stops the run, as an interruption would.
     """
-    from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
-    # accelerate keeps one global state per process; a second run in the same (single-process) Python session, e.g.
-    # with another mixed_precision, starts from a clean one
-    if not torch.distributed.is_initialized():
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-    # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+    accelerator = _accelerator(cfg)
+    _check_distributed(accelerator, cfg)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, overwrite)  # before any model loads
@@ -628,13 +757,7 @@ def train(
     # frozen models
     text, vae, noise_scheduler = _load_frozen(cfg)
     clip_dim = text.width
-    llm = None
-    if cfg.llm is not None:
-        llm = LLMEncoder.from_pretrained(
-            cfg.llm, max_length=cfg.llm_max_length, padding=cfg.llm_padding, prefix=cfg.llm_prefix,
-            hidden_layer=cfg.llm_hidden_layer, dtype=getattr(torch, cfg.llm_dtype),
-            trust_remote_code=cfg.trust_remote_code,
-        )
+    llm = _load_llm(cfg)
     text.to(device)
     vae.to(device)
     if llm is not None:
@@ -690,7 +813,7 @@ def train(
     raw = accelerator.unwrap_model(model)
 
     source = make_source(cfg.data, cfg.resolution)
-    cache = FeatureCache(cfg.cache_dir) if cfg.cache_dir else None
+    cache = FeatureCache(cfg.cache_dir, dtype=CACHE_DTYPES[cfg.cache_dtype]) if cfg.cache_dir else None
     feats = Features(cfg, text, vae, llm, cache, device)
     # whose attention maps the entity loss reads: the LLM tokens by default, CLIP's window without an LLM
     loss_spaces = {"auto": ("llm",) if llm is not None else ("clip",), "llm": ("llm",), "clip": ("clip",),
@@ -839,6 +962,8 @@ def train(
                     for name in ("loss", "loss_diffusion", "loss_entity", "lr", "samples_per_s"):
                         writer.add_scalar(f"train/{name}", record[name], done)
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
+                if cache is not None:
+                    cache.flush()  # the features computed so far outlive an interruption, like the weights
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
@@ -851,6 +976,8 @@ def train(
             if on_step is not None and accelerator.is_main_process:
                 on_step(done, mean_loss)
     finally:
+        if cache is not None:
+            cache.flush()
         if bar is not None:
             bar.stop()
         if writer is not None:

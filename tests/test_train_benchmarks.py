@@ -1,0 +1,79 @@
+"""benchmarks/train_vs_diffusers.py and benchmarks/cache_format.py: their refusals, the torchvision shim and the
+cache's bytes per item against a hand count."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scripts import load_script, run_script
+
+
+def test_train_vs_diffusers_refuses_politely_without_a_script(monkeypatch, capsys, tmp_path):
+    for args in ([], ["--diffusers-script", str(tmp_path / "missing.py")]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_script("benchmarks/train_vs_diffusers", monkeypatch, *args)
+        assert exit_info.value.code == 2
+        assert "--diffusers-script PATH/TO/diffusers/examples/text_to_image" in capsys.readouterr().out
+
+
+def test_torchvision_shim_matches_the_trainers_preprocessing(tmp_path):
+    """The shim's transforms, composed as diffusers' script composes them, give the pixels that llm4gen's
+    preprocess_image gives (both center-crop and scale to [-1, 1]), and a hand-computed resize + crop."""
+    import importlib.util
+
+    from llm4gen.data.sources import preprocess_image
+
+    bench = load_script("benchmarks/train_vs_diffusers")
+    (tmp_path / "shim.py").write_text(bench.SHIM)
+    spec = importlib.util.spec_from_file_location("shim", tmp_path / "shim.py")
+    t = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(t)
+    rng = np.random.default_rng(0)
+    square = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    compose = t.Compose([t.Resize(16, interpolation=t.InterpolationMode.BICUBIC), t.CenterCrop(16),
+                         t.Lambda(lambda x: x), t.ToTensor(), t.Normalize([0.5], [0.5])])
+    torch.testing.assert_close(compose(square), preprocess_image(square, 16), rtol=0, atol=1e-6)
+    wide = Image.fromarray(rng.integers(0, 256, (8, 20, 3), dtype=np.uint8))  # H 8, W 20: the width is cropped
+    got = t.Compose([t.Resize(8), t.CenterCrop(8), t.ToTensor()])(wide)
+    want = torch.from_numpy(np.asarray(wide)[:, 6:14].copy()).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(got, want)
+    assert t.RandomHorizontalFlip(p=1.0)(wide).tobytes() == wide.transpose(Image.FLIP_LEFT_RIGHT).tobytes()
+
+
+def test_cache_format_bytes_per_item_match_a_hand_count(monkeypatch, tmp_path):
+    out = tmp_path / "cf.json"
+    run_script("benchmarks/cache_format", monkeypatch, "--items", "6", "--reads", "2", "--batch", "3", "--no-train",
+               "--json", str(out))
+    report = json.loads(out.read_text())
+    tokens = report["mean_llm_tokens"]
+    paper = report["stacks"]["sd15-paper"]
+    old, new = paper["old"]["bytes_per_item_by_part"], paper["new"]["bytes_per_item_by_part"]
+    # old: 256 padded tokens x 2048 fp32 + an int64 mask; new: the real tokens x 2048 bf16 (headers aside)
+    assert old["llm"] == pytest.approx(256 * 2048 * 4 + 256 * 8, rel=0.01)
+    assert new["llm"] == pytest.approx(tokens * 2048 * 2, rel=0.02)
+    assert old["clip"] == pytest.approx(77 * 768 * 4, rel=0.01) and new["clip"] == pytest.approx(77 * 768 * 2, rel=0.02)
+    assert new["vae"] == pytest.approx(2 * 4 * 64 * 64 * 2, rel=0.02)
+    assert paper["old"]["files"] == 3 * 6 and paper["new"]["files"] == 3  # a file per item and part vs a shard each
+    assert report["stacks"]["shapesworld"]["new_vs_old_bytes"] < 0.6
+
+
+@pytest.mark.slow
+def test_train_vs_diffusers_quick(monkeypatch, tmp_path):
+    """The --quick comparison end to end (minutes): needs diffusers' train_text_to_image.py in
+    LLM4GEN_DIFFUSERS_SCRIPT."""
+    script = os.environ.get("LLM4GEN_DIFFUSERS_SCRIPT")
+    if not script or not Path(script).is_file():
+        pytest.skip("set LLM4GEN_DIFFUSERS_SCRIPT to diffusers' examples/text_to_image/train_text_to_image.py")
+    out = tmp_path / "vs.json"
+    run_script("benchmarks/train_vs_diffusers", monkeypatch, "--quick", "--diffusers-script", script, "--json",
+               str(out))
+    modes = json.loads(out.read_text())["modes"]
+    assert modes["diffusers"]["steps"] == 6 and modes["llm4gen LLM+CAM, warm cache"]["cache_misses"] == 0
+    assert all(m["samples_per_s"] > 0 for m in modes.values() if "samples_per_s" in m)
