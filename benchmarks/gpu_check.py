@@ -563,7 +563,7 @@ def _train_run(check: Check, name: str, settings: dict, cache: Path | None, budg
     sizes = check.sizes
     steps, batch = sizes.train_steps, sizes.train_batch
     base, llm = check.sd15_folder(), check.t5_folder()
-    entries_before = _count_files(cache)
+    entries_before = _count_entries(cache)
     cfg = load_config({
         "output_dir": str(check.work / "train" / name.replace(" ", "_").replace(",", "")), "base_model": base,
         "unet": dict(sizes.sd15["unet"]), "llm": llm, "resolution": sizes.sd15["resolution"],
@@ -591,7 +591,7 @@ def _train_run(check: Check, name: str, settings: dict, cache: Path | None, budg
     out = {"steps_done": len(stamps), "seconds": time.perf_counter() - start, "peak_gib": check.peak_gib(),
            "resident_gib_before": resident, "losses": losses, "losses_finite": all(map(math.isfinite, losses)),
            "grad_scaler_updates": len(scales), "grad_scale_last": scales[-1] if scales else None,
-           "cache_entries_written": _count_files(cache) - entries_before if cache else None,
+           "cache_entries_written": _count_entries(cache) - entries_before if cache else None,
            "mixed_precision": settings["mixed_precision"], "train_unet": settings["train_unet"]}
     if len(stamps) < steps:
         out["skipped"] = f"{SKIPPED} after {len(stamps)} of {steps} steps"
@@ -605,8 +605,11 @@ def _train_run(check: Check, name: str, settings: dict, cache: Path | None, budg
     return out
 
 
-def _count_files(path: Path | None) -> int:
-    return sum(1 for f in path.rglob("*.safetensors")) if path is not None and path.is_dir() else 0
+def _count_entries(path: Path | None) -> int:
+    """Entries in the feature cache at ``path`` (every namespace and dtype; its shards hold many each)."""
+    from llm4gen.feature_cache import FeatureCache
+
+    return FeatureCache(path, dtype=None).size()[0] if path is not None and path.is_dir() else 0
 
 
 def part_regions(check: Check, budget: Budget) -> dict:
