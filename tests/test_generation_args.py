@@ -115,6 +115,24 @@ def test_generate_checks_every_argument_before_loading_the_model(tmp_path):
     assert result.exit_code == 1 and _says(result, "is not valid text")
 
 
+def test_a_read_only_out_folder_is_named_before_loading_the_model(tmp_path, monkeypatch):
+    """The suite runs as root, which writes anywhere: a read-only folder is what the probe file's creation answers
+    there, so the test makes that creation fail as it does for a user without write permission."""
+    import errno
+    import tempfile
+
+    def read_only(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    out = tmp_path / "read-only"
+    out.mkdir()
+    result = runner.invoke(app, ["generate", "a red cube", "--model", str(tmp_path / "no-model"), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert _says(result, f"--out {out} cannot be written to (Permission denied)"), result.output
+    assert not _says(result, "no-model") and "Traceback" not in result.output
+
+
 def test_generate_with_one_side_and_a_damaged_model_index(pipe, tiny_sd_dir, tmp_path, monkeypatch):
     from PIL import Image
 

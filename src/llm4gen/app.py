@@ -272,6 +272,22 @@ class ModelManager:
             return self._current
 
 
+def _refuse_unlisted_in_one_line(box: Any, manager: ModelManager) -> None:
+    """A crafted API call with a model the locked picker does not list gets the manager's one answer, logged as one
+    line (gradio's own check of the choices would raise first and print a traceback)."""
+    check = box.preprocess
+
+    def listed_only(payload: Any) -> Any:
+        if payload is not None and payload not in manager.allowed:
+            try:
+                manager.get(payload)
+            except ValueError as err:
+                raise page_error(str(err)) from None
+        return check(payload)
+
+    box.preprocess = listed_only
+
+
 # ---------------------------------------------------------------------- side-by-side generation
 @dataclass
 class SideBySide:
@@ -498,6 +514,8 @@ def build_app(
                 model_box = gr.Dropdown(choices=choices, value=default_ref or None,
                                         allow_custom_value=not only_listed_models,
                                         label="Model (LLM4GEN folder or hub id)", elem_id="model")
+                if only_listed_models:
+                    _refuse_unlisted_in_one_line(model_box, manager)
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0.0, 20.0, value=default_guidance, step=0.5, label="Guidance",
