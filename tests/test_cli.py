@@ -325,9 +325,33 @@ def test_generate_keeps_earlier_outputs_and_says_how_each_was_made(tiny_sd_dir, 
     assert text.split("\n")[:2] == ["a red circle", "Negative prompt: blurry, dark"]
     assert re.match(r"Steps: 2, Sampler: \w+, CFG scale: 3.5, Seed: 0, Size: 32x32, Model: ", text.split("\n")[2])
     assert "Negative prompt" not in read_png_parameters(tmp_path / "seed0_0000.png")
-    run("--overwrite")  # replaces seed0_0000 only
+    run("--overwrite", "--guidance", "2")  # replaces seed0_0000 only
     assert len(list(tmp_path.glob("*.png"))) == 3 and (tmp_path / "seed0_0000.png").read_bytes() != first
-    assert read_png_parameters(tmp_path / "seed0_0000.png")["cfg scale"] == "7.5"
+    assert read_png_parameters(tmp_path / "seed0_0000.png")["cfg scale"] == "2"
+    assert read_png_parameters(tmp_path / "seed0_0001.png")["cfg scale"] == "7.5"
+
+
+def test_each_image_of_a_batch_has_its_own_seed(tiny_sd_dir, tmp_path):
+    """With -n N the images take seeds SEED .. SEED+N-1 and each PNG records its own, so one image of a batch is made
+    again alone from the seed its PNG names."""
+    import numpy as np
+    from PIL import Image
+
+    from llm4gen.cli.common import read_png_parameters
+
+    def run(out, *extra):
+        return runner.invoke(app, ["generate", "a red circle", "--model", tiny_sd_dir, "--out", str(out), "--steps",
+                                   "2", "--device", "cpu", *extra])
+
+    assert run(tmp_path / "batch", "--seed", "5", "-n", "3").exit_code == 0
+    batch = sorted((tmp_path / "batch").glob("*.png"))
+    assert [read_png_parameters(p)["seed"] for p in batch] == ["5", "6", "7"]
+    assert run(tmp_path / "alone", "--seed", "6").exit_code == 0
+    pixels = [np.asarray(Image.open(p), dtype=np.int16) for p in [*batch, tmp_path / "alone" / "seed6_0000.png"]]
+    assert np.abs(pixels[1] - pixels[3]).max() <= 2  # the same noise; a batch of 3 vs 1 differs only in rounding
+    assert np.abs(pixels[0] - pixels[1]).max() > 10 and np.abs(pixels[2] - pixels[1]).max() > 10
+    result = run(tmp_path / "last", "--seed", str(2**64 - 2), "-n", "3")
+    assert result.exit_code == 1 and "the last image's seed" in " ".join(result.output.split())
 
 
 def test_device_and_dtype_auto(monkeypatch, tiny_sd_dir, tmp_path):

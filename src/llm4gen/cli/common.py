@@ -219,10 +219,11 @@ def read_png_parameters(path: str | os.PathLike) -> dict[str, str]:
     return fields
 
 
-def save_images(images, out: Path, stem: str, overwrite: bool = False, parameters: str | None = None) -> list[Path]:
+def save_images(images, out: Path, stem: str, overwrite: bool = False,
+                parameters: str | list[str] | None = None) -> list[Path]:
     """Write ``images`` as ``out/STEM_NNNN.png``. Existing files are kept: numbering goes on after the highest
-    ``STEM_NNNN`` already there, unless ``overwrite`` starts again at 0000. ``parameters`` goes into each PNG's
-    ``parameters`` text chunk (:func:`png_parameters`)."""
+    ``STEM_NNNN`` already there, unless ``overwrite`` starts again at 0000. ``parameters`` (one for all, or one per
+    image) goes into each PNG's ``parameters`` text chunk (:func:`png_parameters`)."""
     import re
 
     from PIL.PngImagePlugin import PngInfo
@@ -233,12 +234,15 @@ def save_images(images, out: Path, stem: str, overwrite: bool = False, parameter
         pattern = re.compile(re.escape(stem) + r"_(\d{4,})(_.*)?\.png")
         taken = [int(m.group(1)) for p in out.iterdir() if (m := pattern.fullmatch(p.name))]
         start = max(taken, default=-1) + 1
-    info = None
-    if parameters is not None:
-        info = PngInfo()
-        info.add_text("parameters", parameters)
+    if isinstance(parameters, list) and len(parameters) != len(images):
+        raise ValueError(f"save_images: {len(parameters)} parameters for {len(images)} images.")
     paths = []
     for i, image in enumerate(images):
+        text = parameters[i] if isinstance(parameters, list) else parameters
+        info = None
+        if text is not None:
+            info = PngInfo()
+            info.add_text("parameters", text)
         path = out / f"{stem}_{start + i:04d}.png"
         image.save(path, pnginfo=info)
         paths.append(path)

@@ -52,7 +52,9 @@ def generate(
         0.0, "--guidance-rescale", min=0.0, max=1.0,
         help="Rescale the guided prediction toward the text-conditioned one's std (Lin et al. 2024: about 0.7 for "
              "models trained with zero terminal SNR); 0 = plain guidance."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same image."),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed; the same seed gives the same image. With -n N the images take seeds SEED .. "
+                          "SEED+N-1 (each PNG records its own), so any one of them can be made again alone."),
     negative: str | None = typer.Option(None, "--negative", help="Negative prompt."),
     num_images: int = typer.Option(1, "--num-images", "-n", min=1, help="Images to generate."),
     height: int | None = typer.Option(None, "--height", help="Image height in pixels (default: the model's)."),
@@ -130,7 +132,8 @@ def generate(
         note = clip_window_note(pipe, [prompt])
         if note:
             console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        # one generator per image: image i is what `--seed SEED+i -n 1` draws, and its PNG says so
+        generator = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(num_images)]
         result = pipe(
             prompt,
             negative_prompt=negative,
@@ -151,10 +154,9 @@ def generate(
         console.print(f"[red]Error:[/red] out of memory on {device} ({str(err).splitlines()[0][:200]}); try a "
                       "smaller --height / --width or --num-images.")
         raise typer.Exit(1) from None
-    first = result.images[0]
     made_by = model if model is not None else "the authors' release (--official)"
-    parameters = png_parameters(prompt, negative, seed, steps, guidance, first.size, made_by,
-                                sampler=type(pipe.scheduler).__name__)
+    parameters = [png_parameters(prompt, negative, seed + i, steps, guidance, image.size, made_by,
+                                 sampler=type(pipe.scheduler).__name__) for i, image in enumerate(result.images)]
     paths = save_images(result.images, out, f"seed{seed}", overwrite=overwrite, parameters=parameters)
     if regions:  # beside each image, the same with the boxes it was guided to
         labelled = [(region_words(prompt, r), r.box) for r in regions]
@@ -178,6 +180,7 @@ def check_cli_arguments(prompt: str, negative: str | None, steps: int, guidance:
         validate_prompts(negative, "--negative", allow_empty=True)
     check_generation_args(height, width, steps, guidance, num_images, names=_FLAGS)
     check_seed(seed)
+    check_seed(seed + num_images - 1, "--seed + --num-images - 1 (the last image's seed)")
     check_device(device)
     check_output_folder(out)
 
