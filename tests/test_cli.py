@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -490,3 +491,29 @@ def test_one_default_for_steps_and_the_models_own_settings_in_every_command(tiny
     SamplingDefaults(guidance_scale=3.0, num_inference_steps=3).save(model)
     config = bench("c")
     assert (config["num_inference_steps"], config["guidance_scale"]) == (3, 3.0)
+
+
+@pytest.mark.parametrize("command", [
+    ["data", "dense-prompts", "{tmp}/p.jsonl", "--model", "{tmp}/llm"],
+    ["data", "recaption", "{tmp}/images", "--out", "{tmp}/out", "--captioner", "{tmp}/captioner"],
+    ["eval", "score", "{tmp}/images"],
+    ["eval", "compbench", "{tmp}/root", "--prompts-dir", "{tmp}/prompts"],
+    ["eval", "dpg", "{tmp}/images", "--questions", "{tmp}/q.csv"],
+    ["bench", "quality", "--model", "{tmp}/model", "--base-unet", "{tmp}/base", "--out", "{tmp}/bench"],
+])
+def test_every_command_with_a_device_resolves_auto_and_names_a_bad_one(command, tmp_path, monkeypatch):
+    """Every command that takes --device defaults to auto (cuda, then mps, then cpu) and refuses a device torch does
+    not know in one line, before any model or data loads (the paths above do not exist: their errors would come
+    later)."""
+    import typer
+
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    monkeypatch.setattr("llm4gen.shapesworld.arms.base_schedule_differences", lambda *a: {})
+    result = runner.invoke(app, [*args, "--device", "foo"])
+    said = " ".join(result.output.split())
+    assert result.exit_code != 0 and "'foo' is not a torch device" in said, said
+    assert "Traceback" not in result.output
+    # the default is auto, resolved by the same rule as generate's
+    group = typer.main.get_command(app)
+    cmd = group.commands[command[0]].commands[command[1]]
+    assert next(p for p in cmd.params if p.name == "device").default == "auto"

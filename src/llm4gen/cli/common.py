@@ -141,6 +141,11 @@ def check_seed(seed: int, flag: str = "--seed") -> int:
     return seed
 
 
+def pick_device(name: str, flag: str = "--device") -> str:
+    """A command's ``--device``: ``auto`` resolved (:func:`resolve_device`), then checked (:func:`check_device`)."""
+    return check_device(resolve_device(name), flag)
+
+
 def check_device(device: str, flag: str = "--device") -> str:
     """``device`` if torch knows it and this machine has it; else a ValueError that says which to use. Checked before
     any model loads. ``auto`` is passed through (the caller picks)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import app, console
+from .common import DEVICE_HELP, app, console, pick_device
 
 data_app = typer.Typer(help="Build data: dense prompts with a local LLM, recaptioned image sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -30,7 +30,7 @@ def data_dense_prompts(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Requests per generate call."),
     seed: int = typer.Option(0, "--seed", help="Seed of topics, examples and sampling."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop at N prompts (smoke runs)."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, float16 or bfloat16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
@@ -39,6 +39,7 @@ def data_dense_prompts(
     from ..eval.report import print_table
 
     try:
+        device = pick_device(device)
         extra = {"examples": read_examples(examples)} if examples is not None else {}
         cfg = DensePromptsConfig(model=model, num_prompts=min(num, limit or num), min_words=min_words,
                                  max_words=max_words, num_shots=shots, near_duplicate_threshold=near_dup,
@@ -85,7 +86,8 @@ def data_recaption(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per captioning batch."),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Samples per output tar shard."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N input images."),
-    device: str = typer.Option("cpu", "--device", help="torch device (under accelerate: each process's own)."),
+    device: str = typer.Option(
+        "auto", "--device", help=DEVICE_HELP + " Under accelerate, cuda means each process's own GPU."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, float16 or bfloat16."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
 ) -> None:
@@ -96,6 +98,11 @@ def data_recaption(
     from ..data.recaption import DEFAULT_INSTRUCTION, RecaptionConfig, recaption
     from ..eval.report import print_table
 
+    try:
+        device = pick_device(device)
+    except ValueError as err:
+        console.print(f"[red]Error:[/red] {err}")
+        raise typer.Exit(1) from None
     if device == "cuda":
         from accelerate import PartialState
 

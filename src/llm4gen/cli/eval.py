@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import app, console, parse_dtype
+from .common import DEVICE_HELP, app, console, parse_dtype, pick_device
 
 eval_app = typer.Typer(
     help="Evaluate any pipeline: generate images for a prompt file, score them, run compositional benchmarks.",
@@ -93,7 +93,7 @@ def eval_score(
                                               "(default: --clip-model)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N images (smoke runs)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the scoring models."),
     json_out: Path | None = typer.Option(None, "--json", help="JSON report (default: IMAGES_DIR/scores/scores.json, or "
                                       "IMAGES_DIR.scores/ beside a --naming compbench folder)."),
@@ -108,6 +108,7 @@ def eval_score(
     from ..scoring.metrics import LaionAestheticPredictor
 
     try:
+        device = pick_device(device)
         torch_dtype = parse_dtype(dtype)
         aesthetic = None
         if aesthetic_head is not None:
@@ -170,7 +171,7 @@ def eval_compbench(
                                              "(the original's 150 assumes 512 px images)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts per category."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per scoring batch."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the scoring models."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the models' own Python code."),
 ) -> None:
@@ -185,6 +186,7 @@ def eval_compbench(
     from ..scoring.vqa import load_vqa_scorer
 
     try:
+        device = pick_device(device)
         torch_dtype = parse_dtype(dtype)
         kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
         scorers = CompBenchScorers(
@@ -230,7 +232,7 @@ def eval_dpg(
                                              "folder, which ELLA's compute_dpg_bench.py scores, then stop."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the results (default: IMAGES_DIR)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str | None = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 for the VQA model."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
 ) -> None:
@@ -248,6 +250,7 @@ def eval_dpg(
             typer.echo(f"{len(files)} grids in {export_grids} ({tiles} tiles of {size} px). Score them with ELLA's "
                        f"scorer: PIC_NUM={tiles} bash dpg_bench/dist_eval.sh {export_grids} {size}")
             return
+        device = pick_device(device)
         torch_dtype = parse_dtype(dtype)
         kw = {"dtype": torch_dtype} if torch_dtype is not None else {}
         vqa = load_vqa_scorer(vqa_model, device=device, mode=mode, trust_remote_code=trust_remote_code, **kw)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..sampling import DEFAULT_STEPS
-from .common import app, console, model_or_bundled, sampling_settings
+from .common import DEVICE_HELP, app, console, model_or_bundled, pick_device, sampling_settings
 
 shapes_app = typer.Typer(
     help="ShapesWorld: synthetic scenes with dense captions and an exact scorer.", no_args_is_help=True
@@ -209,7 +209,7 @@ def bench_quality(
         "auto", "--scorer-prototypes",
         help="The scorer's shape prototypes: auto (what the published tables use), clean, or smooth (reads blurred "
              "generated stars right; see research/shapesworld/scorer-audit.md)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, mps."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
 ) -> None:
     """ShapesWorld headline benchmark: base (CLIP only) vs llm4gen (CLIP + LLM via the CAM) on held-out dense
     prompts, scored exactly, split by prompt length, with 95% intervals; writes results.json, quality.png,
@@ -246,6 +246,7 @@ def bench_quality(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     try:
+        device = pick_device(device)
         base = load_arm(base_model, device=device) if base_model else load_arm(model, unet=base_unet, device=device)
         arms = {"base": base, "llm4gen": load_arm(model, device=device)}
         if adapter_scale is not None:
