@@ -97,3 +97,45 @@ def test_a_plain_install_generates_with_the_bundled_model_from_any_folder(instal
         {"colour": "yellow", "shape": "star", "size": "large", "x": 0.78, "y": 0.22}]})
     scores = score_image(Image.open(png).convert("RGB"), scene)
     assert scores["background"] and scores["colour"] >= 1.0, scores
+
+
+def test_a_plain_install_runs_the_demo_and_serves_the_app_from_any_folder(installed, tmp_path):
+    """The other two first commands of a newcomer, from the same plain install: `llm4gen demo` renders with the
+    installed bundled model, and `llm4gen app` (gradio comes from the running environment, as the app extra would
+    install it) serves its page on that model."""
+    import socket
+    import time
+    import urllib.request
+
+    venv, _, env = installed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    model = venv.resolve()  # the installed copy of the model lives under the venv, not in the checkout
+    done = _run([str(venv / "bin" / "llm4gen"), "demo", "--out", "demo", "--steps", "4", "--device", "cpu"],
+                cwd=elsewhere, env=env)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "Using the bundled model at" in said and str(model) in said and "random" not in said, said
+    assert (elsewhere / "demo" / "grid.png").is_file() and len(list((elsewhere / "demo").glob("*.png"))) > 3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(venv / "bin" / "llm4gen"), "app", "--port", str(port), "--device", "cpu"],
+                              cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        page = None
+        for _ in range(240):  # loading the model and starting gradio: a few seconds here
+            if server.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    page = response.read().decode("utf-8", "replace")
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert page is not None, server.communicate(timeout=10)[0] if server.poll() is not None else "no page"
+        assert "gradio" in page.lower()
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "This model knows 64 px ShapesWorld" in " ".join(output.split()) and str(model) in output, output
