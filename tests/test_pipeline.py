@@ -238,6 +238,39 @@ def test_save_llm_weights(sd, tmp_path):
     np.testing.assert_array_equal(_gen(loaded), _gen(sd))
 
 
+def test_push_to_hub_uploads_the_folder_once_everything_is_written(sd, tmp_path, monkeypatch):
+    """diffusers uploads at the end of its own save_pretrained; the folder must hold what llm4gen writes after it too
+    (CLIP with `text_model.` keys, the LLM's weights, the sampling settings) when it is uploaded, and be uploaded
+    once."""
+    import diffusers.utils.hub_utils as hub_utils
+    import huggingface_hub
+    from safetensors import safe_open
+
+    from llm4gen.sampling import SamplingDefaults
+
+    class Card:
+        def save(self, path):
+            open(path, "w").write("card")
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: type("R", (), {"repo_id": repo_id}))
+    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *a, **kw: Card())
+    monkeypatch.setattr(hub_utils, "populate_model_card", lambda card, *a, **kw: card)
+    uploads = []
+
+    def upload(folder, repo_id, token=None, commit_message=None, create_pr=False):
+        folder = tmp_path / "p"
+        with safe_open(next((folder / "text_encoder").glob("*.safetensors")), framework="pt") as f:
+            prefixed = all(k.startswith("text_model.") for k in f.keys() if "projection" not in k)
+        uploads.append((repo_id, commit_message, prefixed, bool(list((folder / "llm_encoder").glob("*.safetensors"))),
+                        (folder / "llm4gen_sampling.json").is_file(), (folder / "README.md").is_file()))
+
+    monkeypatch.setattr(sd, "_upload_folder", upload)
+    monkeypatch.setattr(sd, "sampling_defaults", SamplingDefaults(guidance_scale=4.0), raising=False)
+    sd.save_pretrained(tmp_path / "p", save_llm_weights=True, push_to_hub=True, repo_id="me/llm4gen-tiny",
+                       commit_message="tiny")
+    assert uploads == [("me/llm4gen-tiny", "tiny", True, True, True, True)]
+
+
 def test_from_official_layout(tmp_path, tiny_sd_dir, tiny_llm_dirs):
     """The authors' release layout: a base SD folder, a fine-tuned `unet/`, `projector.pth`, a T5 encoder."""
     from test_adapter import AuthorsLLMFusionModule

@@ -454,6 +454,10 @@ class _LLM4GenMixin:
         the ``text_model.`` key prefix (the layout of SD checkpoints, which ComfyUI's CLIP loader needs)."""
         if save_llm_weights:
             self._require(["llm_encoder"], "save_llm_weights=True")
+        # with push_to_hub, diffusers uploads at the end of its own save: upload once our files are written too
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub = {key: kwargs.pop(key) for key in ("commit_message", "private", "create_pr", "token", "repo_id")
+               if key in kwargs}
         super().save_pretrained(save_directory, **kwargs)
         for name in ("text_encoder", "text_encoder_2"):  # the key layout ComfyUI and transformers 4 read
             write_prefixed_clip(os.path.join(save_directory, name))
@@ -464,6 +468,20 @@ class _LLM4GenMixin:
             self.llm_encoder.save_pretrained(
                 os.path.join(save_directory, "llm_encoder"), save_weights=True, variant=kwargs.get("variant")
             )
+        if push_to_hub:
+            self._push_folder(save_directory, **hub)
+
+    def _push_folder(self, save_directory: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
+                     private: bool | None = None, commit_message: str | None = None, create_pr: bool = False) -> None:
+        """Upload a saved folder as diffusers' ``save_pretrained(push_to_hub=True)`` does (a model card included)."""
+        from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
+        from huggingface_hub import create_repo
+
+        repo_id = repo_id or os.fspath(save_directory).rstrip(os.sep).split(os.sep)[-1]
+        repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+        card = populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True))
+        card.save(os.path.join(save_directory, "README.md"))
+        self._upload_folder(save_directory, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
     @classmethod
     def _load_official_parts(
