@@ -500,6 +500,8 @@ def test_one_default_for_steps_and_the_models_own_settings_in_every_command(tiny
     ["eval", "compbench", "{tmp}/root", "--prompts-dir", "{tmp}/prompts"],
     ["eval", "dpg", "{tmp}/images", "--questions", "{tmp}/q.csv"],
     ["bench", "quality", "--model", "{tmp}/model", "--base-unet", "{tmp}/base", "--out", "{tmp}/bench"],
+    ["demo", "--out", "{tmp}/demo"],
+    ["app"],
 ])
 def test_every_command_with_a_device_resolves_auto_and_names_a_bad_one(command, tmp_path, monkeypatch):
     """Every command that takes --device defaults to auto (cuda, then mps, then cpu) and refuses a device torch does
@@ -514,6 +516,7 @@ def test_every_command_with_a_device_resolves_auto_and_names_a_bad_one(command, 
     assert result.exit_code != 0 and "'foo' is not a torch device" in said, said
     assert "Traceback" not in result.output
     # the default is auto, resolved by the same rule as generate's
-    group = typer.main.get_command(app)
-    cmd = group.commands[command[0]].commands[command[1]]
+    cmd = typer.main.get_command(app).commands[command[0]]
+    if hasattr(cmd, "commands"):  # a command group: eval, data, bench
+        cmd = cmd.commands[command[1]]
     assert next(p for p in cmd.params if p.name == "device").default == "auto"

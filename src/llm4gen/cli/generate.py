@@ -24,6 +24,7 @@ from .common import (
     console,
     load_pipeline,
     model_or_bundled,
+    pick_device,
     png_parameters,
     resolve_device,
     resolve_dtype,
@@ -262,6 +263,7 @@ def demo(
     try:
         check_generation_args(num_inference_steps=steps, guidance_scale=guidance, names=_FLAGS)
         check_seed(seed)
+        device = pick_device(device)
         check_output_folder(out)
     except ValueError as err:
         console.print(f"[red]Error:[/red] {err}")
@@ -269,7 +271,6 @@ def demo(
     started = time.perf_counter()
     bundled = common.bundled_model_dir()  # looked up there, so a test can stand in for it
     arms: dict[str, object] = {}
-    device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     if bundled is not None:
         console.print(f"Using the bundled model at {bundled}")

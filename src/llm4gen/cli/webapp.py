@@ -13,10 +13,9 @@ from .common import (
     DEVICE_HELP,
     DTYPE_HELP,
     app,
-    check_device,
     console,
     model_or_bundled,
-    resolve_device,
+    pick_device,
     resolve_dtype,
     sampling_settings,
     say_domain,
@@ -70,9 +69,8 @@ def app_cmd(
     guidance, steps, sampling = sampling_settings(model, guidance, steps)
     if bundled:
         say_domain(sampling)
-    device = resolve_device(device)
     try:
-        check_device(device)
+        device = pick_device(device)
         loaded = web.load_model(model, base_model=base_model, device=device, trust_remote_code=trust_remote_code,
                                 dtype=resolve_dtype(dtype, device))
     except (ValueError, TypeError, OSError) as err:
