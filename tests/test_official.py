@@ -284,7 +284,7 @@ def test_generate_official_runs_the_release_as_the_api(release, tmp_path):
 def test_official_fp16_keeps_the_t5_in_bf16(release, rankgen):
     from llm4gen.cli.official import load_official
 
-    pipe = load_official(release.base, release.release, release.llm, release.tokenizer, True, "cpu", "fp16")
+    pipe = load_official(release.base, release.release, release.llm, release.tokenizer, True, "cpu", torch.float16)
     assert (pipe.unet.dtype, pipe.adapter.dtype, pipe.text_encoder.dtype) == (torch.float16,) * 3
     assert pipe.llm_encoder.model.dtype == torch.bfloat16  # T5 overflows in fp16
     fused = pipe.encode_fused_prompt(SHORT_PROMPT, device="cpu").prompt_embeds

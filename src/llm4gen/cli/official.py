@@ -87,18 +87,18 @@ def load_official(
     device: str,
     dtype: Any,
 ) -> Any:
-    """The authors' release as an :class:`~llm4gen.LLM4GenPipeline` on ``device``; a part that cannot be loaded
-    raises an ``OSError`` listing every part and where it was looked for."""
+    """The authors' release as an :class:`~llm4gen.LLM4GenPipeline` on ``device`` in ``dtype`` (a torch dtype, or None
+    for the checkpoints' own; with float16 the T5 runs in bfloat16); a part that cannot be loaded raises an ``OSError``
+    listing every part and where it was looked for."""
     import torch
 
     from ..pipeline import LLM4GenPipeline
 
     parts = official_parts(base, release, llm, llm_tokenizer)
-    torch_dtype = parse_dtype(dtype) if dtype is None or isinstance(dtype, str) else dtype
-    llm_dtype = torch.bfloat16 if torch_dtype == torch.float16 else torch_dtype
+    llm_dtype = torch.bfloat16 if dtype == torch.float16 else dtype
     try:
         pipe = LLM4GenPipeline.from_official(
-            **parts, trust_remote_code=trust_remote_code, torch_dtype=torch_dtype, llm_torch_dtype=llm_dtype
+            **parts, trust_remote_code=trust_remote_code, torch_dtype=dtype, llm_torch_dtype=llm_dtype
         )
     except OSError as err:
         raise OSError(f"{err}\nThe authors' release was looked for here:\n{where_looked(parts)}\nPass local folders "
@@ -131,7 +131,7 @@ def convert_official(
         console.print(f"[red]Error:[/red] {out} exists and is not an empty folder; pick a new folder.")
         raise typer.Exit(2)
     try:
-        pipe = load_official(base, release, llm, llm_tokenizer, trust_remote_code, "cpu", dtype)
+        pipe = load_official(base, release, llm, llm_tokenizer, trust_remote_code, "cpu", parse_dtype(dtype))
         pipe.save_pretrained(out, save_llm_weights=save_llm_weights)
     except (ValueError, TypeError, OSError) as err:
         console.print(f"[red]Error:[/red] {err}")
