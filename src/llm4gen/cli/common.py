@@ -147,12 +147,10 @@ def pick_device(name: str, flag: str = "--device") -> str:
 
 
 def check_device(device: str, flag: str = "--device") -> str:
-    """``device`` if torch knows it and this machine has it; else a ValueError that says which to use. Checked before
-    any model loads. ``auto`` is passed through (the caller picks)."""
+    """``device`` (already resolved from ``auto``, see :func:`pick_device`) if torch knows it and this machine has it;
+    else a ValueError that says which to use. Checked before any model loads."""
     import torch
 
-    if device == "auto":
-        return device
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as err:
