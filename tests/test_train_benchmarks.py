@@ -77,3 +77,29 @@ def test_train_vs_diffusers_quick(monkeypatch, tmp_path):
     modes = json.loads(out.read_text())["modes"]
     assert modes["diffusers"]["steps"] == 6 and modes["llm4gen LLM+CAM, warm cache"]["cache_misses"] == 0
     assert all(m["samples_per_s"] > 0 for m in modes.values() if "samples_per_s" in m)
+
+
+def test_inference_overhead_reports_progress_and_writes_its_table(monkeypatch, capsys, tmp_path):
+    """benchmarks/inference_overhead.py on the tiny model: a progress line per warm-up, timed call and UNet-step
+    timing on stderr (an sd15 run is minutes between tables), a table on stdout, and a JSON report whose plain-SD
+    row is the zero of the overheads and whose trimmed conditioning is shorter than the fixed 77 + 256 tokens."""
+    target = tmp_path / "overhead.json"
+    run_script("benchmarks/inference_overhead", monkeypatch, "--sizes", "tiny", "--steps", "1", "--repeats", "1",
+               "--json", str(target))
+    captured = capsys.readouterr()
+    progress = [line for line in captured.err.splitlines() if line.startswith("[")]
+    modes = ["plain SD", "llm4gen fixed-256", "llm4gen fixed-256, cached", "llm4gen trimmed",
+             "llm4gen trimmed, cached"]
+    assert progress[0].endswith("tiny: building the models ...")
+    for name in modes:
+        assert any(line.endswith(f"tiny: warm-up, {name} ...") for line in progress), name
+        assert any(f"tiny: repeat 1/1, {name}: " in line for line in progress), name
+    assert progress[-1].endswith("tiny: timing one UNet step per conditioning length ...")
+    assert "plain SD" in captured.out and "overhead" in captured.out
+    report = json.loads(target.read_text())
+    table = report["sizes"]["tiny"]["modes"]
+    assert list(table) == modes and table["plain SD"]["overhead_vs_plain"] == 0.0
+    assert table["plain SD"]["cond_tokens"] == 77 and table["llm4gen fixed-256"]["cond_tokens"] == 77 + 256
+    assert 77 < table["llm4gen trimmed"]["cond_tokens"] < 77 + 256
+    for row in table.values():
+        assert row["s_per_image"] > 0 and row["images_per_s"] == pytest.approx(1 / row["s_per_image"])

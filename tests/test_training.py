@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -909,7 +910,71 @@ def test_cache_build_across_two_processes_leaves_training_nothing_to_compute(bas
     assert res.exit_code == 1 and "set cache_dir" in res.output
 
 
-@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "deepspeed_zero2"])
+def test_fsdp_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):
+    """configs/accelerate/fsdp.yaml on two CPU processes (gloo; tests/fsdp_on_cpu.py lets accelerate's FSDP run on
+    CPUs): every trained parameter is split in two; losses, weights, EMA and optimizer state match one process with
+    twice the batch; a run resumed under FSDP is bit-identical to an uninterrupted one; an FSDP checkpoint resumes in
+    one process; validation samples and the final pipeline come from the gathered weights."""
+    from safetensors.torch import load_file
+
+    def cfg_file(name, batch, steps=4, **kw):
+        cfg = {"output_dir": str(tmp_path / name), "base_model": base, "llm": tiny_llm_dirs["bert"],
+               "llm_max_length": 160, "resolution": 32, "train_batch_size": batch, "max_train_steps": steps,
+               "checkpointing_steps": 2, "caption_dropout": 0.2, "use_ema": True, "gradient_accumulation_steps": 2,
+               "data": {"type": "shapesworld", "num_items": 32}, "log_every": 1,
+               **kw}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    def fsdp(*args):
+        root = Path(__file__).resolve().parents[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(root / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+               str(root / "tests" / "fsdp_on_cpu.py"), "train", *map(str, args)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    def weights(name, rel):
+        return load_file(tmp_path / name / rel)
+
+    one = train(load_config(cfg_file("one", 4)), progress=False)
+    out = fsdp(cfg_file("whole", 2, validation_prompts=["a red circle"], validation_steps=4,
+                        validation_num_inference_steps=2))
+    # conv_in's weight [32, 4, 3, 3] of the tiny UNet: 16 rows on each process
+    assert out.count("DTensor (32, 4, 3, 3) local (16, 4, 3, 3)") == 2, out
+    logs = [json.loads(line) for line in (tmp_path / "whole" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-5)
+    final = "checkpoints/checkpoint-00000004/"
+    for rel in (final + "trained.safetensors", final + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                "adapter/diffusion_pytorch_model.safetensors"):
+        a, b = weights("one", rel), weights("whole", rel)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=0, msg=f"{rel} {k}")
+    optim = [torch.load(tmp_path / n / final / "optimizer.pt", weights_only=True) for n in ("one", "whole")]
+    assert optim[0]["param_groups"] == optim[1]["param_groups"] and optim[0]["state"].keys() == optim[1]["state"].keys()
+    torch.testing.assert_close(optim[1]["state"], optim[0]["state"], atol=1e-6, rtol=1e-3)
+    assert (tmp_path / "whole" / "validation" / "step-00000004.png").is_file()
+
+    fsdp(cfg_file("resumed", 2, steps=2))  # stops at step 2, then goes on under FSDP from the whole checkpoint
+    fsdp(cfg_file("resumed", 2), "--resume", "latest")
+    for rel in (final + "trained.safetensors", final + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        a, b = weights("whole", rel), weights("resumed", rel)
+        assert all(torch.equal(a[k], b[k]) for k in a), rel
+    assert (tmp_path / "resumed" / "logs" / "metrics.jsonl").read_text().count("\n") == 4
+
+    # the FSDP checkpoint of step 2 resumes in one process with the doubled batch
+    (tmp_path / "cross" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "resumed" / "checkpoints" / "checkpoint-00000002",
+                    tmp_path / "cross" / "checkpoints" / "checkpoint-00000002")
+    cross = train(load_config(cfg_file("cross", 4)), resume="latest", progress=False)
+    np.testing.assert_allclose(cross.losses, one.losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "deepspeed_zero2", "fsdp"])
 def test_shipped_accelerate_configs_load_and_pass_the_trainers_check(name, tmp_path):
     """Each config in configs/accelerate/ is read by accelerate; the trainer's check takes DeepSpeed's micro-batch,
     clipping and global batch from the llm4gen config, and refuses what would break the EMA and checkpoints."""
@@ -918,28 +983,31 @@ def test_shipped_accelerate_configs_load_and_pass_the_trainers_check(name, tmp_p
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    from llm4gen.training.trainer import _check_distributed
+    from llm4gen.training.distributed import check_distributed
 
     root = Path(__file__).resolve().parents[1]
     cluster = load_config_from_file(str(root / "configs" / "accelerate" / f"{name}.yaml"))
     ds = {"zero_optimization": {"stage": cluster.deepspeed_config.get("zero_stage", 0)}} if name.startswith("deep") \
         else {}
     fake = SimpleNamespace(distributed_type=cluster.distributed_type, num_processes=cluster.num_processes,
+                           is_fsdp2=str(cluster.fsdp_config.get("fsdp_version")) == "2",
                            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds)))
     cfg = load_config({"output_dir": str(tmp_path), "base_model": "x", "train_batch_size": 6, "max_grad_norm": 0.5})
-    _check_distributed(fake, cfg)
+    check_distributed(fake, cfg)
     if cluster.distributed_type == DistributedType.DEEPSPEED:
         assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 6 * cluster.num_processes
         assert ds["gradient_clipping"] == 0.5 and ds["gradient_accumulation_steps"] == 1
         with pytest.raises(NotImplementedError, match="gradient_accumulation_steps: 1"):
-            _check_distributed(fake, load_config({"output_dir": str(tmp_path), "base_model": "x",
-                                                  "gradient_accumulation_steps": 2}))
+            check_distributed(fake, load_config({"output_dir": str(tmp_path), "base_model": "x",
+                                                 "gradient_accumulation_steps": 2}))
         ds["zero_optimization"]["stage"] = 3
-        with pytest.raises(NotImplementedError, match="ZeRO-3 shards the parameters"):
-            _check_distributed(fake, cfg)
-    fake.distributed_type = DistributedType.FSDP
-    with pytest.raises(NotImplementedError, match="FSDP shards the parameters.*deepspeed_zero2.yaml"):
-        _check_distributed(fake, cfg)
+        with pytest.raises(NotImplementedError, match="ZeRO-3 shards the parameters.*fsdp.yaml"):
+            check_distributed(fake, cfg)
+    if cluster.distributed_type == DistributedType.FSDP:
+        assert fake.is_fsdp2 and cluster.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+        fake.is_fsdp2 = False
+        with pytest.raises(NotImplementedError, match="FSDP version 2 only.*fsdp_version: 2"):
+            check_distributed(fake, cfg)
 
 
 # ---------------------------------------------------------------------- more data sources, parsers, precision, logs

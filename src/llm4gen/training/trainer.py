@@ -41,6 +41,7 @@ from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
 from .config import TrainConfig
 from .data import batch_indices, epoch_items, step_generator
+from .distributed import check_distributed, full_optimizer_state, gather, load_optimizer_state, shard_like, uses_fsdp
 from .losses import diffusion_loss, entity_loss, timestep_weights
 
 __all__ = ["CacheBuildResult", "TokenSpace", "TrainResult", "TrainingDivergedError", "build_cache", "entity_targets",
@@ -145,6 +146,23 @@ def _load_unet(cfg: TrainConfig, clip_dim: int):
             "tokens; set unet.cross_attention_dim to match."
         )
     return unet
+
+
+def _trained_model(cfg: TrainConfig, clip_dim: int, llm: LLMEncoder | None) -> Denoiser:
+    """The UNet (trained fully, with LoRA, or frozen) and the CAM (with an LLM), as the config builds them."""
+    unet = _load_unet(cfg, clip_dim)
+    adapter = _load_adapter(cfg, clip_dim, llm.hidden_size) if llm is not None else None
+    if cfg.train_unet == "frozen":
+        unet.requires_grad_(False)
+    elif cfg.train_unet == "lora":
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return Denoiser(unet, adapter, cfg.use_llm_attention_mask)
 
 
 def _load_adapter(cfg: TrainConfig, clip_dim: int, llm_dim: int) -> CrossAdapter:
@@ -295,6 +313,17 @@ class EMA:
         for k, v in params.items():
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
+    def whole(self) -> dict[str, torch.Tensor]:
+        """The average as whole CPU tensors (gathered from every process's shard under FSDP: a collective)."""
+        return {k: gather(v) for k, v in self.shadow.items()}
+
+    def load_whole(self, shadow: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> None:
+        """Take a saved whole average, laid out (sharded) as the parameters ``like`` are."""
+        missing = sorted(set(like) - set(shadow))
+        if missing:
+            raise ValueError(f"the EMA lacks {len(missing)} trained tensors, e.g. {missing[:3]}")
+        self.shadow = {k: shard_like(shadow[k].float(), p) for k, p in like.items()}
+
 
 def _trainable(model: Denoiser) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -329,20 +358,53 @@ def _last_checkpoint_note(ckpt_root: Path) -> str:
     return f"the last good checkpoint, {done[-1]}, is kept" if done else f"no checkpoint was written to {ckpt_root}"
 
 
-def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
-                     cfg: TrainConfig, losses: list[float], prediction_type: str) -> Path:
-    """Write a checkpoint through a temporary folder renamed into place. Diverged weights are refused before
-    anything is written, and a failed write (a full disk) removes the temporary folder and keeps the old ones."""
-    from safetensors.torch import save_file
+def _main_says(accelerator, value):
+    """The main process's ``value``, on every process: so that all of them stop together on what it found."""
+    from accelerate.utils import broadcast_object_list
 
+    return broadcast_object_list([value])[0] if accelerator.num_processes > 1 else value
+
+
+def _save_checkpoint(accelerator, out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
+                     cfg: TrainConfig, losses: list[float], prediction_type: str) -> Path:
+    """Write a checkpoint through a temporary folder renamed into place; every process calls this (under FSDP they
+    gather the shards), the main one writes. Diverged weights are refused before anything is written, and a failed
+    write (a full disk) removes the temporary folder and keeps the old ones; either ends the run on every process."""
     ckpt_root = out / "checkpoints"
-    trained = {k: v.detach().contiguous().cpu() for k, v in _trainable(model).items()}
-    problem = _diverged(trained) or (_diverged(ema.shadow) if ema is not None else None)
+    trained = averaged = optim = problem = None
+    if accelerator.is_main_process or uses_fsdp(accelerator):  # DDP's other processes hold copies: nothing to do
+        trained = {k: gather(v).contiguous() for k, v in _trainable(model).items()}
+        averaged = ema.whole() if ema is not None else None
+        optim = full_optimizer_state(optimizer)
+    if accelerator.is_main_process:
+        problem = _diverged(trained) or (_diverged(averaged) if averaged is not None else None)
+    problem = _main_says(accelerator, problem)
     if problem:
         raise TrainingDivergedError(
             f"The trained weights diverged by step {step} ({problem}); checkpoint {step} is not written and "
             f"{_last_checkpoint_note(ckpt_root)}. Try a lower learning rate, mixed_precision: no, or max_grad_norm."
         )
+    final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
+    failed = None
+    if accelerator.is_main_process:
+        try:
+            _write_checkpoint(ckpt_root, step, trained, averaged, optim, lr_scheduler, ema, cfg, losses,
+                              prediction_type)
+        except OSError as err:
+            failed = err
+    message = _main_says(accelerator, None if failed is None else str(failed))
+    if failed is not None:
+        raise failed
+    if message:
+        raise OSError(message)
+    return final
+
+
+def _write_checkpoint(ckpt_root: Path, step: int, trained: dict[str, torch.Tensor],
+                      averaged: dict[str, torch.Tensor] | None, optim: dict[str, Any], lr_scheduler, ema: EMA | None,
+                      cfg: TrainConfig, losses: list[float], prediction_type: str) -> None:
+    from safetensors.torch import save_file
+
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = ckpt_root / f".tmp-{CHECKPOINT_PREFIX}{step:08d}"
@@ -351,9 +413,9 @@ def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_schedu
     try:
         tmp.mkdir()
         save_file(trained, tmp / "trained.safetensors")
-        if ema is not None:
-            save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if averaged is not None:
+            save_file({k: v.contiguous() for k, v in averaged.items()}, tmp / "ema.safetensors")
+        torch.save(optim, tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         state = {"step": step, "losses": losses, "config": cfg.to_dict(), "prediction_type": prediction_type,
                  "ema_start": ema.start if ema is not None else None}
@@ -371,7 +433,6 @@ def _save_checkpoint(out: Path, step: int, model: Denoiser, optimizer, lr_schedu
         done = _checkpoints(ckpt_root)
         for old in done[: max(0, len(done) - cfg.checkpoints_total_limit)]:
             shutil.rmtree(old)
-    return final
 
 
 def check_output_dir(output_dir: str | os.PathLike, resume: str | None, overwrite: bool = False) -> None:
@@ -490,10 +551,10 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
             raise ValueError(f"the checkpoint lacks {len(missing)} trained tensors, e.g. {missing[:3]}")
         with torch.no_grad():
             for k, p in own.items():
-                p.copy_(trained[k])
+                p.copy_(shard_like(trained[k], p))
         if "ema.safetensors" in files:
-            ema.shadow = {k: v.float() for k, v in files["ema.safetensors"].items()}
-        optimizer.load_state_dict(files["optimizer.pt"])
+            ema.load_whole(files["ema.safetensors"], own)
+        load_optimizer_state(optimizer, files["optimizer.pt"])
         lr_scheduler.load_state_dict(files["lr_scheduler.pt"])
         if ema is not None:
             ema.start = int(state.get("ema_start") or 0)
@@ -628,35 +689,6 @@ def _accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
 
 
-def _check_distributed(accelerator, cfg: TrainConfig) -> None:
-    """What the trainer supports of accelerate's distributed modes (docs/training.md, configs/accelerate/): DDP
-    (multi-GPU, multi-node) and DeepSpeed ZeRO stages 1-2, which keep every parameter whole on every process (the EMA
-    and the checkpoints read them whole). DeepSpeed takes its micro-batch size from here, as no DataLoader is
-    prepared."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    if kind == DistributedType.FSDP:
-        raise NotImplementedError(
-            "FSDP shards the parameters across processes, and llm4gen's EMA and checkpoints read them whole. Use "
-            "configs/accelerate/multi_gpu.yaml (DDP) or configs/accelerate/deepspeed_zero2.yaml (ZeRO-2 shards the "
-            "optimizer states and gradients, most of the training memory) instead.")
-    if kind == DistributedType.DEEPSPEED:
-        ds = accelerator.state.deepspeed_plugin.deepspeed_config
-        if ds.get("zero_optimization", {}).get("stage", 0) >= 3:
-            raise NotImplementedError(
-                "DeepSpeed ZeRO-3 shards the parameters, and llm4gen's EMA and checkpoints read them whole; use "
-                "ZeRO stage 2 (configs/accelerate/deepspeed_zero2.yaml).")
-        if cfg.gradient_accumulation_steps != 1:
-            raise NotImplementedError(
-                "Under DeepSpeed, set gradient_accumulation_steps: 1 (DeepSpeed would scale the accumulated loss a "
-                "second time); raise train_batch_size or the number of processes instead.")
-        ds["gradient_clipping"] = cfg.max_grad_norm or 0.0  # DeepSpeed clips, accelerate's clip_grad_norm_ does not
-        ds["train_micro_batch_size_per_gpu"] = cfg.train_batch_size
-        ds["gradient_accumulation_steps"] = 1
-        ds["train_batch_size"] = cfg.train_batch_size * accelerator.num_processes
-
-
 def _load_llm(cfg: TrainConfig) -> LLMEncoder | None:
     if cfg.llm is None:
         return None
@@ -741,7 +773,8 @@ def train(
     from diffusers.optimization import get_scheduler
 
     accelerator = _accelerator(cfg)
-    _check_distributed(accelerator, cfg)
+    check_distributed(accelerator, cfg)
+    fsdp = uses_fsdp(accelerator)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, overwrite)  # before any model loads
@@ -764,19 +797,8 @@ def train(
         llm.to(device)
 
     # trained models
-    unet = _load_unet(cfg, clip_dim)
-    adapter = _load_adapter(cfg, clip_dim, llm.hidden_size) if llm is not None else None
-    if cfg.train_unet == "frozen":
-        unet.requires_grad_(False)
-    elif cfg.train_unet == "lora":
-        from peft import LoraConfig
-
-        unet.requires_grad_(False)
-        unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                    target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    model = Denoiser(unet, adapter, cfg.use_llm_attention_mask)
+    model = _trained_model(cfg, clip_dim, llm)
+    unet, adapter = model.unet, model.adapter
     store = None
     if cfg.entity_loss_weight > 0:
         store = AttentionStore(cfg.entity_loss_max_resolution)
@@ -795,12 +817,15 @@ def train(
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)
     run_lrs = list(lr_scheduler.base_lrs)
-    ema = EMA(_trainable(model), cfg.ema_decay) if cfg.use_ema else None
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    # after prepare: under FSDP the average is of each process's shard, like the parameters it follows
+    ema = EMA(_trainable(raw), cfg.ema_decay) if cfg.use_ema else None
 
     start_step, losses = 0, []
     if resume is not None:
         ckpt = find_checkpoint(out, resume)
-        start_step, losses, then = _load_checkpoint(ckpt, model, optimizer, lr_scheduler, ema, noise_scheduler)
+        start_step, losses, then = _load_checkpoint(ckpt, raw, optimizer, lr_scheduler, ema, noise_scheduler)
         losses = losses[:start_step]
         _apply_learning_rates(optimizer, lr_scheduler, run_lrs)  # this run's rates, not the checkpoint's
         if accelerator.is_main_process:
@@ -809,8 +834,6 @@ def train(
             if changed:
                 print(f"Settings changed since {ckpt.name} (training goes on from its state with the new ones): "
                       + "; ".join(changed))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
 
     source = make_source(cfg.data, cfg.resolution)
     cache = FeatureCache(cfg.cache_dir, dtype=CACHE_DTYPES[cfg.cache_dtype]) if cfg.cache_dir else None
@@ -875,6 +898,22 @@ def train(
         """Draw for the whole global batch from a generator seeded by (seed, batch, purpose); callers take their
         rows. One process with batch 2B and two with B therefore get identical randomness."""
         return fn(step_generator(cfg.seed, batch_number, purpose))
+
+    whole_copy: list[Denoiser] = []  # under FSDP, the main process's whole model for sampling and saving
+
+    def whole_model(where) -> Denoiser | None:
+        """The sharded UNet and CAM gathered into a whole model on the main process (a collective)."""
+        state = {}
+        for k, v in raw.state_dict().items():
+            t = gather(v)
+            if accelerator.is_main_process:
+                state[k] = t
+        if not accelerator.is_main_process:
+            return None
+        if not whole_copy:
+            whole_copy.append(_trained_model(cfg, clip_dim, llm))
+        whole_copy[0].load_state_dict(state)
+        return whole_copy[0].to(where)
 
     t_start, samples = time.time(), 0
     model.train()
@@ -944,7 +983,10 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
                 ema.update(_trainable(raw), step)
-            mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+            # the loss and its parts, averaged over the processes (one collective)
+            step_parts = torch.stack([step_loss, torch.tensor(parts["diffusion"], device=device),
+                                      torch.tensor(parts["entity"], device=device)])
+            mean_loss, parts["diffusion"], parts["entity"] = accelerator.reduce(step_parts, reduction="mean").tolist()
             losses.append(mean_loss)
             samples += A * B * world
             done = step + 1
@@ -965,14 +1007,17 @@ def train(
                 if cache is not None:
                     cache.flush()  # the features computed so far outlive an interruption, like the weights
                 accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    _save_checkpoint(out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
-                                     noise_scheduler.config.prediction_type)
-            if cfg.validation_prompts and done % cfg.validation_steps == 0 and accelerator.is_main_process:
+                _save_checkpoint(accelerator, out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
+                                 noise_scheduler.config.prediction_type)
+            if cfg.validation_prompts and done % cfg.validation_steps == 0:
                 with _swapped(raw, ema.shadow if ema is not None else None):
-                    raw.eval()
-                    _validate(cfg, done, raw, (vae, text, llm, noise_scheduler), out)
-                    raw.train()
+                    if fsdp:  # the pipeline calls the UNet and CAM on one process: a whole copy of them
+                        whole = whole_model(device)
+                    if accelerator.is_main_process:
+                        shown = whole if fsdp else raw
+                        shown.eval()
+                        _validate(cfg, done, shown, (vae, text, llm, noise_scheduler), out)
+                        shown.train()
             if on_step is not None and accelerator.is_main_process:
                 on_step(done, mean_loss)
     finally:
@@ -985,12 +1030,13 @@ def train(
 
     # the final pipeline folder, with EMA weights when EMA is on
     accelerator.wait_for_everyone()
+    if ema is not None:
+        with torch.no_grad():
+            for k, p in _trainable(raw).items():
+                p.copy_(ema.shadow[k])
+    final = whole_model("cpu") if fsdp else raw
     if accelerator.is_main_process:
-        if ema is not None:
-            with torch.no_grad():
-                for k, p in _trainable(raw).items():
-                    p.copy_(ema.shadow[k])
-        final_unet = raw.unet
+        final_unet = final.unet
         if cfg.train_unet == "lora":
             from diffusers import StableDiffusionPipeline
             from peft.utils import get_peft_model_state_dict
@@ -999,7 +1045,7 @@ def train(
             StableDiffusionPipeline.save_lora_weights(out / "lora", unet_lora_layers=lora_layers)
             final_unet.fuse_lora()
             final_unet.unload_lora()
-        pipe = _build_pipeline(cfg, final_unet, raw.adapter, vae, text, llm, noise_scheduler)
+        pipe = _build_pipeline(cfg, final_unet, final.adapter, vae, text, llm, noise_scheduler)
         pipe.save_pretrained(out)
     accelerator.wait_for_everyone()
     if feats.truncated and accelerator.is_main_process:
