@@ -861,6 +861,7 @@ def test_two_processes_match_one(base, tiny_llm_dirs, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("trained 2 steps") == 1  # one run across two processes, reported by the main one
+    assert "training on 2 processes, DDP (cpu)" in proc.stdout
     logs = [json.loads(line) for line in (tmp_path / "two" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2]
     np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-4)
@@ -910,68 +911,136 @@ def test_cache_build_across_two_processes_leaves_training_nothing_to_compute(bas
     assert res.exit_code == 1 and "set cache_dir" in res.output
 
 
-def test_fsdp_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):
-    """configs/accelerate/fsdp.yaml on two CPU processes (gloo; tests/fsdp_on_cpu.py lets accelerate's FSDP run on
-    CPUs): every trained parameter is split in two; losses, weights, EMA and optimizer state match one process with
-    twice the batch; a run resumed under FSDP is bit-identical to an uninterrupted one; an FSDP checkpoint resumes in
-    one process; validation samples and the final pipeline come from the gathered weights."""
+# ---------------------------------------------------------------------- FSDP and DeepSpeed on two CPU processes
+FINAL = "checkpoints/checkpoint-00000004/"
+
+
+def _split_cfg(tmp_path, base, llm, name, batch, steps=4, **kw) -> Path:
+    """A run for the FSDP / DeepSpeed comparisons: checkpoints at steps 2 and 4, EMA on, some captions dropped."""
+    cfg = {"output_dir": str(tmp_path / name), "base_model": base, "llm": llm, "llm_max_length": 160,
+           "resolution": 32, "train_batch_size": batch, "max_train_steps": steps, "checkpointing_steps": 2,
+           "caption_dropout": 0.2, "use_ema": True, "data": {"type": "shapesworld", "num_items": 32}, "log_every": 1,
+           **kw}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _launch_two(accelerate_config: str, *args, script: str | None = None) -> str:
+    """``accelerate launch --config_file configs/accelerate/NAME.yaml --num_processes 2`` of ``llm4gen train ARGS``
+    (or of ``SCRIPT train ARGS``) on the CPU; its stdout."""
+    root = Path(__file__).resolve().parents[1]
+    program = [str(root / script)] if script else ["-m", "llm4gen"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "configs" / "accelerate" / f"{accelerate_config}.yaml"), "--num_processes", "2", *program,
+           "train", *map(str, args)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _logged_losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_matches_one_process(one: Path, other: Path, one_losses: list[float]) -> None:
+    """``other`` (two processes) trained as ``one`` (one process, twice the batch) did: losses, the weights and EMA
+    of the last checkpoint and of the final pipeline, and the whole AdamW state, up to float summation order."""
     from safetensors.torch import load_file
 
-    def cfg_file(name, batch, steps=4, **kw):
-        cfg = {"output_dir": str(tmp_path / name), "base_model": base, "llm": tiny_llm_dirs["bert"],
-               "llm_max_length": 160, "resolution": 32, "train_batch_size": batch, "max_train_steps": steps,
-               "checkpointing_steps": 2, "caption_dropout": 0.2, "use_ema": True, "gradient_accumulation_steps": 2,
-               "data": {"type": "shapesworld", "num_items": 32}, "log_every": 1,
-               **kw}
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        return path
-
-    def fsdp(*args):
-        root = Path(__file__).resolve().parents[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(root / "configs" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-               str(root / "tests" / "fsdp_on_cpu.py"), "train", *map(str, args)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
-
-    def weights(name, rel):
-        return load_file(tmp_path / name / rel)
-
-    one = train(load_config(cfg_file("one", 4)), progress=False)
-    out = fsdp(cfg_file("whole", 2, validation_prompts=["a red circle"], validation_steps=4,
-                        validation_num_inference_steps=2))
-    # conv_in's weight [32, 4, 3, 3] of the tiny UNet: 16 rows on each process
-    assert out.count("DTensor (32, 4, 3, 3) local (16, 4, 3, 3)") == 2, out
-    logs = [json.loads(line) for line in (tmp_path / "whole" / "logs" / "metrics.jsonl").read_text().splitlines()]
-    np.testing.assert_allclose([r["loss"] for r in logs], one.losses, rtol=1e-5)
-    final = "checkpoints/checkpoint-00000004/"
-    for rel in (final + "trained.safetensors", final + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors",
+    np.testing.assert_allclose(_logged_losses(other), one_losses, rtol=1e-5)
+    for rel in (FINAL + "trained.safetensors", FINAL + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors",
                 "adapter/diffusion_pytorch_model.safetensors"):
-        a, b = weights("one", rel), weights("whole", rel)
+        a, b = load_file(one / rel), load_file(other / rel)
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=0, msg=f"{rel} {k}")
-    optim = [torch.load(tmp_path / n / final / "optimizer.pt", weights_only=True) for n in ("one", "whole")]
-    assert optim[0]["param_groups"] == optim[1]["param_groups"] and optim[0]["state"].keys() == optim[1]["state"].keys()
+    optim = [torch.load(run / FINAL / "optimizer.pt", weights_only=True) for run in (one, other)]
+    assert len(optim[0]["param_groups"]) == 2  # the UNet's and the CAM's
+    assert [g["params"] for g in optim[1]["param_groups"]] == [g["params"] for g in optim[0]["param_groups"]]
+    assert optim[0]["state"].keys() == optim[1]["state"].keys()
     torch.testing.assert_close(optim[1]["state"], optim[0]["state"], atol=1e-6, rtol=1e-3)
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    """Bit-identical fp32 weights and EMA in the last checkpoint and the final pipeline, and the same losses."""
+    from safetensors.torch import load_file
+
+    assert _logged_losses(a) == _logged_losses(b)
+    for rel in (FINAL + "trained.safetensors", FINAL + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        x, y = load_file(a / rel), load_file(b / rel)
+        assert x.keys() == y.keys() and all(x[k].dtype == torch.float32 and torch.equal(x[k], y[k]) for k in x), rel
+
+
+def _resume_step_2_in_one_process(tmp_path, base, llm, source: Path, **kw) -> list[float]:
+    (tmp_path / "cross" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(source / "checkpoints" / "checkpoint-00000002",
+                    tmp_path / "cross" / "checkpoints" / "checkpoint-00000002")
+    return train(load_config(_split_cfg(tmp_path, base, llm, "cross", 4, **kw)), resume="latest",
+                 progress=False).losses
+
+
+def test_fsdp_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):
+    """configs/accelerate/fsdp.yaml on two CPU processes (gloo; tests/fsdp_on_cpu.py lets accelerate's FSDP run on
+    CPUs), with gradient accumulation: every trained parameter is split in two; losses, weights, EMA and optimizer
+    state match one process with twice the batch; a run resumed under FSDP is bit-identical to an uninterrupted one;
+    an FSDP checkpoint resumes in one process; validation samples and the final pipeline come from the gathered
+    weights."""
+    llm = tiny_llm_dirs["bert"]
+
+    def fsdp(*args):
+        return _launch_two("fsdp", *args, script="tests/fsdp_on_cpu.py")  # the shipped config as it is
+
+    accumulate = {"gradient_accumulation_steps": 2}
+    one = train(load_config(_split_cfg(tmp_path, base, llm, "one", 4, **accumulate)), progress=False)
+    out = fsdp(_split_cfg(tmp_path, base, llm, "whole", 2, validation_prompts=["a red circle"], validation_steps=4,
+                          validation_num_inference_steps=2, **accumulate))
+    assert "training on 2 processes, FSDP (cpu)" in out
+    # conv_in's weight [32, 4, 3, 3] of the tiny UNet: 16 rows on each process
+    assert out.count("DTensor (32, 4, 3, 3) local (16, 4, 3, 3)") == 2, out
+    _assert_matches_one_process(tmp_path / "one", tmp_path / "whole", one.losses)
     assert (tmp_path / "whole" / "validation" / "step-00000004.png").is_file()
 
-    fsdp(cfg_file("resumed", 2, steps=2))  # stops at step 2, then goes on under FSDP from the whole checkpoint
-    fsdp(cfg_file("resumed", 2), "--resume", "latest")
-    for rel in (final + "trained.safetensors", final + "ema.safetensors", "unet/diffusion_pytorch_model.safetensors"):
-        a, b = weights("whole", rel), weights("resumed", rel)
-        assert all(torch.equal(a[k], b[k]) for k in a), rel
-    assert (tmp_path / "resumed" / "logs" / "metrics.jsonl").read_text().count("\n") == 4
+    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, steps=2, **accumulate))  # stops at 2, goes on from there
+    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, **accumulate), "--resume", "latest")
+    _assert_identical(tmp_path / "whole", tmp_path / "resumed")
+    cross = _resume_step_2_in_one_process(tmp_path, base, llm, tmp_path / "resumed", **accumulate)
+    np.testing.assert_allclose(cross, one.losses, rtol=1e-5)
 
-    # the FSDP checkpoint of step 2 resumes in one process with the doubled batch
-    (tmp_path / "cross" / "checkpoints").mkdir(parents=True)
-    shutil.copytree(tmp_path / "resumed" / "checkpoints" / "checkpoint-00000002",
-                    tmp_path / "cross" / "checkpoints" / "checkpoint-00000002")
-    cross = train(load_config(cfg_file("cross", 4)), resume="latest", progress=False)
-    np.testing.assert_allclose(cross.losses, one.losses, rtol=1e-5)
+
+def test_deepspeed_zero2_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):
+    """configs/accelerate/deepspeed_zero2.yaml on two CPU processes (DeepSpeed's CPU accelerator over gloo): fp32
+    losses, weights, EMA and the AdamW state of both parameter groups (UNet, CAM), assembled whole from the two
+    partitions, match one process with twice the batch, and its checkpoint resumes in one process; with bf16 (the
+    config's precision: bf16 weights, fp32 masters) a resumed run is bit-identical to an uninterrupted one, the saved
+    weights are the fp32 masters, and validation samples come from them."""
+    pytest.importorskip("deepspeed")
+    from safetensors.torch import load_file
+
+    llm = tiny_llm_dirs["bert"]
+
+    def deepspeed(*args):
+        out = _launch_two("deepspeed_zero2", *args)
+        assert "training on 2 processes, DeepSpeed ZeRO-2 (cpu)" in out
+        return out
+
+    one = train(load_config(_split_cfg(tmp_path, base, llm, "one", 4)), progress=False)
+    deepspeed(_split_cfg(tmp_path, base, llm, "fp32", 2))
+    _assert_matches_one_process(tmp_path / "one", tmp_path / "fp32", one.losses)
+    cross = _resume_step_2_in_one_process(tmp_path, base, llm, tmp_path / "fp32")
+    np.testing.assert_allclose(cross, one.losses, rtol=1e-5)
+
+    bf16 = {"mixed_precision": "bf16"}
+    deepspeed(_split_cfg(tmp_path, base, llm, "bf16", 2, validation_prompts=["a red circle"], validation_steps=4,
+                         validation_num_inference_steps=2, **bf16))
+    deepspeed(_split_cfg(tmp_path, base, llm, "resumed", 2, steps=2, **bf16))
+    deepspeed(_split_cfg(tmp_path, base, llm, "resumed", 2, **bf16), "--resume", "latest")
+    _assert_identical(tmp_path / "bf16", tmp_path / "resumed")
+    # the fp32 masters, not the bf16 weights: some saved values lie between two bf16 numbers
+    trained = load_file(tmp_path / "bf16" / FINAL / "trained.safetensors")
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in trained.values())
+    assert (tmp_path / "bf16" / "validation" / "step-00000004.png").is_file()
 
 
 @pytest.mark.parametrize("name", ["multi_gpu", "multi_node", "deepspeed_zero2", "fsdp"])
@@ -1002,6 +1071,9 @@ def test_shipped_accelerate_configs_load_and_pass_the_trainers_check(name, tmp_p
                                                  "gradient_accumulation_steps": 2}))
         ds["zero_optimization"]["stage"] = 3
         with pytest.raises(NotImplementedError, match="ZeRO-3 shards the parameters.*fsdp.yaml"):
+            check_distributed(fake, cfg)
+        ds["zero_optimization"]["stage"] = 0
+        with pytest.raises(NotImplementedError, match="without ZeRO.*zero_stage: 2"):
             check_distributed(fake, cfg)
     if cluster.distributed_type == DistributedType.FSDP:
         assert fake.is_fsdp2 and cluster.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"

@@ -41,7 +41,18 @@ from ..unet import CoordUNet2DConditionModel, load_unet
 from ..utils import describe_load_error, loss_progress
 from .config import TrainConfig
 from .data import batch_indices, epoch_items, step_generator
-from .distributed import check_distributed, full_optimizer_state, gather, load_optimizer_state, shard_like, uses_fsdp
+from .distributed import (
+    check_distributed,
+    describe,
+    full_optimizer_state,
+    full_weights,
+    gather,
+    load_optimizer_state,
+    load_weights,
+    shard_like,
+    splits_state,
+    uses_deepspeed,
+)
 from .losses import diffusion_loss, entity_loss, timestep_weights
 
 __all__ = ["CacheBuildResult", "TokenSpace", "TrainResult", "TrainingDivergedError", "build_cache", "entity_targets",
@@ -365,17 +376,19 @@ def _main_says(accelerator, value):
     return broadcast_object_list([value])[0] if accelerator.num_processes > 1 else value
 
 
-def _save_checkpoint(accelerator, out: Path, step: int, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
-                     cfg: TrainConfig, losses: list[float], prediction_type: str) -> Path:
-    """Write a checkpoint through a temporary folder renamed into place; every process calls this (under FSDP they
-    gather the shards), the main one writes. Diverged weights are refused before anything is written, and a failed
-    write (a full disk) removes the temporary folder and keeps the old ones; either ends the run on every process."""
+def _save_checkpoint(accelerator, out: Path, step: int, model: Denoiser, optimizer, groups: list[list[torch.Tensor]],
+                     lr_scheduler, ema: EMA | None, cfg: TrainConfig, losses: list[float], prediction_type: str
+                     ) -> Path:
+    """Write a checkpoint through a temporary folder renamed into place; every process calls this (under FSDP and
+    DeepSpeed they gather their parts), the main one writes. Diverged weights are refused before anything is
+    written, and a failed write (a full disk) removes the temporary folder and keeps the old ones; either ends the
+    run on every process. ``groups``: the trained parameters of each optimizer group, as the optimizer was built."""
     ckpt_root = out / "checkpoints"
     trained = averaged = optim = problem = None
-    if accelerator.is_main_process or uses_fsdp(accelerator):  # DDP's other processes hold copies: nothing to do
-        trained = {k: gather(v).contiguous() for k, v in _trainable(model).items()}
+    if accelerator.is_main_process or splits_state(accelerator):  # DDP's other processes hold copies: nothing to do
+        trained = full_weights(_trainable(model))
         averaged = ema.whole() if ema is not None else None
-        optim = full_optimizer_state(optimizer)
+        optim = full_optimizer_state(optimizer, groups)
     if accelerator.is_main_process:
         problem = _diverged(trained) or (_diverged(averaged) if averaged is not None else None)
     problem = _main_says(accelerator, problem)
@@ -521,8 +534,8 @@ def config_changes(then: dict[str, Any], now: dict[str, Any], prefix: str = "") 
     return out
 
 
-def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: EMA | None,
-                     noise_scheduler=None) -> tuple[int, list, dict]:
+def _load_checkpoint(path: Path, model: Denoiser, optimizer, groups: list[list[torch.Tensor]], lr_scheduler,
+                     ema: EMA | None, noise_scheduler=None) -> tuple[int, list, dict]:
     """Restore a checkpoint into the run; returns its step, loss history and config. When the run now trains another
     target than the checkpoint did (epsilon vs v-prediction, e.g. a run continued with ``prediction_type:
     v_prediction``), the EMA restarts from the restored weights: an average of weights trained for two different
@@ -549,12 +562,10 @@ def _load_checkpoint(path: Path, model: Denoiser, optimizer, lr_scheduler, ema: 
         missing = sorted(set(own) - set(trained))
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} trained tensors, e.g. {missing[:3]}")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(shard_like(trained[k], p))
+        load_weights(own, trained)
         if "ema.safetensors" in files:
             ema.load_whole(files["ema.safetensors"], own)
-        load_optimizer_state(optimizer, files["optimizer.pt"])
+        load_optimizer_state(optimizer, files["optimizer.pt"], groups)
         lr_scheduler.load_state_dict(files["lr_scheduler.pt"])
         if ema is not None:
             ema.start = int(state.get("ema_start") or 0)
@@ -685,8 +696,17 @@ def _accelerator(cfg: TrainConfig):
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
+    if _has_accelerator():
+        return Accelerator(mixed_precision=cfg.mixed_precision)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # accelerate starts DeepSpeed only for cpu=False; without a GPU, DeepSpeed's CPU accelerator over gloo
+        from accelerate.utils import InitProcessGroupKwargs
+
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        gloo = InitProcessGroupKwargs(backend="gloo")
+        return Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[gloo])
     # without a GPU, run on the CPU; under torchrun / `accelerate launch --multi_gpu` that is gloo across processes
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not _has_accelerator())
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=True)
 
 
 def _load_llm(cfg: TrainConfig) -> LLMEncoder | None:
@@ -774,7 +794,9 @@ def train(
 
     accelerator = _accelerator(cfg)
     check_distributed(accelerator, cfg)
-    fsdp = uses_fsdp(accelerator)
+    split = splits_state(accelerator)  # FSDP, DeepSpeed: each process holds part of the trained state
+    if accelerator.is_main_process and accelerator.num_processes > 1:
+        print(f"training on {describe(accelerator)} ({accelerator.device.type})")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, overwrite)  # before any model loads
@@ -817,6 +839,7 @@ def train(
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=cfg.max_train_steps)
     run_lrs = list(lr_scheduler.base_lrs)
+    group_params = [list(g["params"]) for g in groups]  # DeepSpeed's ZeRO swaps them for flat partitions
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     # after prepare: under FSDP the average is of each process's shard, like the parameters it follows
@@ -825,7 +848,8 @@ def train(
     start_step, losses = 0, []
     if resume is not None:
         ckpt = find_checkpoint(out, resume)
-        start_step, losses, then = _load_checkpoint(ckpt, raw, optimizer, lr_scheduler, ema, noise_scheduler)
+        start_step, losses, then = _load_checkpoint(ckpt, raw, optimizer, group_params, lr_scheduler, ema,
+                                                    noise_scheduler)
         losses = losses[:start_step]
         _apply_learning_rates(optimizer, lr_scheduler, run_lrs)  # this run's rates, not the checkpoint's
         if accelerator.is_main_process:
@@ -899,21 +923,27 @@ def train(
         rows. One process with batch 2B and two with B therefore get identical randomness."""
         return fn(step_generator(cfg.seed, batch_number, purpose))
 
-    whole_copy: list[Denoiser] = []  # under FSDP, the main process's whole model for sampling and saving
+    whole_copy: list[Denoiser] = []  # under FSDP and DeepSpeed, the main process's whole model to sample and save
 
     def whole_model(where) -> Denoiser | None:
-        """The sharded UNet and CAM gathered into a whole model on the main process (a collective)."""
-        state = {}
-        for k, v in raw.state_dict().items():
-            t = gather(v)
-            if accelerator.is_main_process:
-                state[k] = t
+        """The trained weights (the EMA's when EMA is on) gathered whole, in fp32, into a model as the config builds
+        it, on the main process (a collective under FSDP and DeepSpeed: every process calls it)."""
+        weights = ema.whole() if ema is not None else full_weights(_trainable(raw))
         if not accelerator.is_main_process:
             return None
         if not whole_copy:
-            whole_copy.append(_trained_model(cfg, clip_dim, llm))
-        whole_copy[0].load_state_dict(state)
+            with torch.random.fork_rng(devices=[]):  # built on the CPU, its random initialisation is overwritten
+                whole_copy.append(_trained_model(cfg, clip_dim, llm))
+        missing, unexpected = whole_copy[0].load_state_dict(weights, strict=False)
+        assert not unexpected and set(missing).isdisjoint(_trainable(whole_copy[0])), (missing, unexpected)
         return whole_copy[0].to(where)
+
+    # DeepSpeed casts the trained weights themselves to bf16 (and accelerate's autocast is off under it): the
+    # features go in at their dtype
+    weight_dtype = raw.unet.dtype if uses_deepspeed(accelerator) else None
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or weight_dtype is None else t.to(weight_dtype)
 
     t_start, samples = time.time(), 0
     model.train()
@@ -955,8 +985,9 @@ def train(
                 sync = contextlib.nullcontext() if micro == A - 1 else accelerator.no_sync(model)
                 with sync:
                     with accelerator.autocast():
-                        pred = model(noisy, timesteps, clip, llm_feats, llm_mask, pooled,
-                                     time_ids if pooled is not None else None, drop.to(device) if text.xl else None)
+                        pred = model(cast(noisy), timesteps, cast(clip), cast(llm_feats), llm_mask, cast(pooled),
+                                     cast(time_ids) if pooled is not None else None,
+                                     drop.to(device) if text.xl else None)
                         loss_d = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
                         loss = loss_d
                         if store is not None:
@@ -1007,14 +1038,13 @@ def train(
                 if cache is not None:
                     cache.flush()  # the features computed so far outlive an interruption, like the weights
                 accelerator.wait_for_everyone()
-                _save_checkpoint(accelerator, out, done, raw, optimizer, lr_scheduler, ema, cfg, losses,
+                _save_checkpoint(accelerator, out, done, raw, optimizer, group_params, lr_scheduler, ema, cfg, losses,
                                  noise_scheduler.config.prediction_type)
             if cfg.validation_prompts and done % cfg.validation_steps == 0:
-                with _swapped(raw, ema.shadow if ema is not None else None):
-                    if fsdp:  # the pipeline calls the UNet and CAM on one process: a whole copy of them
-                        whole = whole_model(device)
-                    if accelerator.is_main_process:
-                        shown = whole if fsdp else raw
+                # the pipeline runs the UNet and CAM on one process: under FSDP and DeepSpeed a whole fp32 copy
+                shown = whole_model(device) if split else raw
+                if accelerator.is_main_process:
+                    with _swapped(shown, ema.shadow if ema is not None and not split else None):
                         shown.eval()
                         _validate(cfg, done, shown, (vae, text, llm, noise_scheduler), out)
                         shown.train()
@@ -1030,11 +1060,11 @@ def train(
 
     # the final pipeline folder, with EMA weights when EMA is on
     accelerator.wait_for_everyone()
-    if ema is not None:
+    if ema is not None and not split:
         with torch.no_grad():
             for k, p in _trainable(raw).items():
                 p.copy_(ema.shadow[k])
-    final = whole_model("cpu") if fsdp else raw
+    final = whole_model("cpu") if split else raw
     if accelerator.is_main_process:
         final_unet = final.unet
         if cfg.train_unet == "lora":
