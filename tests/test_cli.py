@@ -384,12 +384,17 @@ def test_device_and_dtype_auto(monkeypatch, tiny_sd_dir, tmp_path):
     assert result.exit_code == 2 and "--dtype" in result.output
 
 
-def test_library_notices_that_are_not_the_users_business_are_silenced():
+@pytest.mark.parametrize("name, notice", [
+    ("transformers.utils.import_utils", "`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                                        "`CLIPImageProcessorPil` for backward compatibility."),
+    ("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."),
+])
+def test_library_notices_that_are_not_the_users_business_are_silenced(name, notice):
     import logging
 
     from llm4gen.utils import silence_irrelevant_notices
 
-    logger = logging.getLogger("transformers.utils.import_utils")
+    logger = logging.getLogger(name)
     silence_irrelevant_notices()
     silence_irrelevant_notices()  # twice adds nothing
     assert sum(type(f).__name__ == "_DropNotices" for f in logger.filters) == 1
@@ -402,8 +407,7 @@ def test_library_notices_that_are_not_the_users_business_are_silenced():
     handler = Keep()
     logger.addHandler(handler)
     try:
-        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
-                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning(notice)
         logger.warning("Token indices sequence length is longer than the specified maximum")  # the user's business
     finally:
         logger.removeHandler(handler)

@@ -103,3 +103,23 @@ def test_inference_overhead_reports_progress_and_writes_its_table(monkeypatch, c
     assert 77 < table["llm4gen trimmed"]["cond_tokens"] < 77 + 256
     for row in table.values():
         assert row["s_per_image"] > 0 and row["images_per_s"] == pytest.approx(1 / row["s_per_image"])
+
+
+def test_train_throughput_profiles_each_mode(monkeypatch, capsys, tmp_path):
+    """benchmarks/train_throughput.py, a short run: every mode's step is split into the timed calls (encoders, CAM,
+    UNet, backward, optimizer) and the rest; the warm cache runs no encoder, so it spends far less in them than the
+    run without a cache, where every call is timed; the split adds up to the measured step."""
+    target = tmp_path / "throughput.json"
+    run_script("benchmarks/train_throughput", monkeypatch, "--steps", "3", "--batch", "2", "--json", str(target))
+    assert "Where a step's time goes" in capsys.readouterr().out
+    modes = json.loads(target.read_text())["modes"]
+    assert list(modes) == ["no cache", "cache (cold)", "cache (warm)", "warm + grad ckpt"]
+    phases = ["VAE", "CLIP", "LLM", "CAM fwd", "UNet fwd", "backward", "optimizer", "other"]
+    for m in modes.values():
+        assert list(m["ms_per_step_split"]) == phases
+        assert sum(m["ms_per_step_split"].values()) == pytest.approx(1000 * m["s_per_step"])
+    cold, warm = modes["no cache"]["ms_per_step_split"], modes["cache (warm)"]["ms_per_step_split"]
+    assert all(cold[p] > 0 for p in phases[:-1])
+    assert modes["cache (warm)"]["cache_misses"] == 0 and modes["cache (warm)"]["cache_hits"] > 0
+    for encoder in ("VAE", "CLIP", "LLM"):  # cache reads against the frozen models' forward passes
+        assert warm[encoder] < cold[encoder] / 3, encoder

@@ -283,9 +283,12 @@ def quiet_library_notices() -> Iterator[None]:
         transformers_logging.set_verbosity(levels[1])
 
 
-# Library notices about transformers' own optional backends, which change nothing for llm4gen: without torchvision it
-# falls back to the PIL image processors (the safety checker's feature extractor), and says so on every run
-_IRRELEVANT_NOTICES = {"transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",)}
+# Library notices about optional backends, which change nothing for llm4gen: without torchvision transformers falls
+# back to the PIL image processors (the safety checker's feature extractor), and says so on every run; where
+# DeepSpeed is installed, saving any transformers model imports it, and on a machine without a GPU it says that it
+# picked the CPU (llm4gen picks its device itself)
+_IRRELEVANT_NOTICES = {"transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+                       "DeepSpeed": ("Setting accelerator to CPU. If you have GPU or other accelerator",)}
 
 
 class _DropNotices:
@@ -299,8 +302,8 @@ class _DropNotices:
 
 def silence_irrelevant_notices() -> None:
     """Drop library log notices that are not the user's business (transformers' "X requires torchvision; falling back
-    to XPil"); warnings a user can act on (truncated prompts, missing weights) stay. Cheap: imports no library, and
-    installing it twice adds nothing."""
+    to XPil", DeepSpeed's "Setting accelerator to CPU"); warnings a user can act on (truncated prompts, missing
+    weights) stay. Cheap: imports no library, and installing it twice adds nothing."""
     import logging
 
     for name, fragments in _IRRELEVANT_NOTICES.items():
