@@ -984,9 +984,9 @@ def _resume_step_2_in_one_process(tmp_path, base, llm, source: Path, **kw) -> li
 def test_fsdp_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):
     """configs/accelerate/fsdp.yaml on two CPU processes (gloo; tests/fsdp_on_cpu.py lets accelerate's FSDP run on
     CPUs), with gradient accumulation: every trained parameter is split in two; losses, weights, EMA and optimizer
-    state match one process with twice the batch; a run resumed under FSDP is bit-identical to an uninterrupted one;
-    an FSDP checkpoint resumes in one process; validation samples and the final pipeline come from the gathered
-    weights."""
+    state match one process with twice the batch; an FSDP checkpoint resumes in one process; validation samples and
+    the final pipeline come from the gathered weights; with bf16 compute a run resumed under FSDP is bit-identical to
+    an uninterrupted one."""
     llm = tiny_llm_dirs["bert"]
 
     def fsdp(*args):
@@ -1002,11 +1002,15 @@ def test_fsdp_across_two_processes_matches_one_and_resumes_in_either_mode(base, 
     _assert_matches_one_process(tmp_path / "one", tmp_path / "whole", one.losses)
     assert (tmp_path / "whole" / "validation" / "step-00000004.png").is_file()
 
-    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, steps=2, **accumulate))  # stops at 2, goes on from there
-    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, **accumulate), "--resume", "latest")
-    _assert_identical(tmp_path / "whole", tmp_path / "resumed")
-    cross = _resume_step_2_in_one_process(tmp_path, base, llm, tmp_path / "resumed", **accumulate)
+    cross = _resume_step_2_in_one_process(tmp_path, base, llm, tmp_path / "whole", **accumulate)
     np.testing.assert_allclose(cross, one.losses, rtol=1e-5)
+
+    bf16 = {"mixed_precision": "bf16", **accumulate}  # bf16 compute, fp32 shards
+    fsdp(_split_cfg(tmp_path, base, llm, "bf16", 2, **bf16))
+    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, steps=2, **bf16))  # stops at 2, goes on from there
+    fsdp(_split_cfg(tmp_path, base, llm, "resumed", 2, **bf16), "--resume", "latest")
+    _assert_identical(tmp_path / "bf16", tmp_path / "resumed")
+    assert _logged_losses(tmp_path / "bf16") != _logged_losses(tmp_path / "whole")  # bf16 did compute in bf16
 
 
 def test_deepspeed_zero2_across_two_processes_matches_one_and_resumes_in_either_mode(base, tiny_llm_dirs, tmp_path):

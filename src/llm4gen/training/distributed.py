@@ -147,7 +147,7 @@ def full_weights(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     FSDP and DeepSpeed: every process calls it)."""
     out = {}
     for k, p in params.items():
-        if hasattr(p, "_hp_mapping"):  # a DeepSpeed ZeRO parameter: its fp32 master, from every partition
+        if hasattr(p, "_hp_mapping"):  # a DeepSpeed ZeRO parameter: its fp32 master, summed from every partition
             from deepspeed.utils import safe_get_full_fp32_param
 
             out[k] = safe_get_full_fp32_param(p).detach().cpu().contiguous()
@@ -162,7 +162,7 @@ def load_weights(params: dict[str, torch.Tensor], whole: dict[str, torch.Tensor]
     process's fp32 master partition under DeepSpeed."""
     for k, p in params.items():
         p.copy_(shard_like(whole[k], p))
-        if getattr(p, "_hp_mapping", None) is not None:
+        if hasattr(p, "_hp_mapping"):  # None where none of it is in this process's partition: DeepSpeed skips it
             from deepspeed.utils import safe_set_full_fp32_param
 
             safe_set_full_fp32_param(p, whole[k].float().to(p.device))
@@ -226,7 +226,7 @@ def _load_zero_state(zero, groups: list[list[torch.Tensor]], sd: dict[str, Any])
         _link_zero_state(zero)
     for params, saved in zip(groups, sd["param_groups"]):
         for p, pid in zip(params, saved["params"]):
-            for k in keys:
+            for k in keys if pid in sd["state"] else ():
                 safe_set_full_optimizer_state(p, sd["state"][pid][k].to(p.device), k)
 
 
