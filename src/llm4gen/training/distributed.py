@@ -75,21 +75,16 @@ def check_distributed(accelerator, cfg: TrainConfig) -> None:
 
 
 def describe(accelerator) -> str:
-    """How the run is spread, in a few words: ``"2 processes, DeepSpeed ZeRO-2"``."""
+    """How a run of several processes is spread, in a few words: ``"2 processes, DeepSpeed ZeRO-2"``."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
-    n = accelerator.num_processes
     if kind == DistributedType.DEEPSPEED:
         stage = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)
         how = f"DeepSpeed ZeRO-{stage}"
-    elif kind == DistributedType.FSDP:
-        how = "FSDP"
-    elif n > 1:
-        how = "DDP"
     else:
-        how = "one process"
-    return how if n == 1 else f"{n} processes, {how}"
+        how = "FSDP" if kind == DistributedType.FSDP else "DDP"
+    return f"{accelerator.num_processes} processes, {how}"
 
 
 def _is_dtensor(t: Any) -> bool:
