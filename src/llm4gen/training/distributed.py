@@ -93,12 +93,13 @@ def _is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def gather(t: torch.Tensor) -> torch.Tensor:
+def gather(t: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
     """The whole tensor, on the CPU. For a sharded ``DTensor`` this is a collective: every process calls it, for
-    the same tensors in the same order."""
+    the same tensors in the same order. ``keep=False`` (a process that only takes part, not the one that writes):
+    None, and nothing is copied to the CPU."""
     if _is_dtensor(t):
         t = t.full_tensor()
-    return t.detach().cpu()
+    return t.detach().cpu() if keep else None
 
 
 def shard_like(whole: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -137,18 +138,20 @@ def _link_zero_state(zero) -> None:
     zero._lazy_init_hp_params_optimizer_state()
 
 
-def full_weights(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def full_weights(params: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor] | None:
     """The trained parameters whole, in fp32 where DeepSpeed keeps fp32 masters of bf16 weights (a collective under
-    FSDP and DeepSpeed: every process calls it)."""
+    FSDP and DeepSpeed: every process calls it; only those that ``keep`` it get it, the others None)."""
     out = {}
     for k, p in params.items():
         if hasattr(p, "_hp_mapping"):  # a DeepSpeed ZeRO parameter: its fp32 master, summed from every partition
             from deepspeed.utils import safe_get_full_fp32_param
 
-            out[k] = safe_get_full_fp32_param(p).detach().cpu().contiguous()
+            t = gather(safe_get_full_fp32_param(p), keep)
         else:
-            out[k] = gather(p).contiguous()
-    return out
+            t = gather(p, keep)
+        if keep:
+            out[k] = t.contiguous()
+    return out if keep else None
 
 
 @torch.no_grad()
@@ -163,24 +166,25 @@ def load_weights(params: dict[str, torch.Tensor], whole: dict[str, torch.Tensor]
             safe_set_full_fp32_param(p, whole[k].float().to(p.device))
 
 
-def full_optimizer_state(optimizer, groups: list[list[torch.Tensor]]) -> dict[str, Any]:
+def full_optimizer_state(optimizer, groups: list[list[torch.Tensor]], keep: bool = True) -> dict[str, Any] | None:
     """The optimizer's state whole, in ``torch.optim.AdamW.state_dict()``'s integer-id format whatever the mode, so
     it loads in any mode: sharded state tensors are gathered (FSDP), and DeepSpeed's partitioned moments are
-    assembled per parameter (both collectives). ``groups``: the trained parameters of each optimizer group, in the
-    order the optimizer was built with."""
+    assembled per parameter (both collectives; only the processes that ``keep`` it get it, the others None).
+    ``groups``: the trained parameters of each optimizer group, in the order the optimizer was built with."""
     zero = _zero(optimizer)
     if zero is not None:
-        return _full_zero_state(zero, groups)
+        return _full_zero_state(zero, groups, keep)
     sd = optimizer.state_dict()
-    state = {pid: {k: gather(v) if torch.is_tensor(v) else v for k, v in s.items()} for pid, s in sd["state"].items()}
-    return {"state": state, "param_groups": sd["param_groups"]}
+    state = {pid: {k: gather(v, keep) if torch.is_tensor(v) else v for k, v in s.items()}
+             for pid, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]} if keep else None
 
 
 def _zero_keys(inner) -> list[str]:
     return sorted({k for s in inner.state.values() for k, v in s.items() if k != "step" and torch.is_tensor(v)})
 
 
-def _full_zero_state(zero, groups: list[list[torch.Tensor]]) -> dict[str, Any]:
+def _full_zero_state(zero, groups: list[list[torch.Tensor]], keep: bool) -> dict[str, Any] | None:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     inner = zero.optimizer  # torch AdamW over this process's flat fp32 partitions, one per group
@@ -194,11 +198,11 @@ def _full_zero_state(zero, groups: list[list[torch.Tensor]]) -> dict[str, Any]:
         for i, p in enumerate(params):
             if step is not None:
                 state[n + i] = {"step": step.detach().cpu().clone(),
-                                **{k: safe_get_full_optimizer_state(p, k).detach().cpu() for k in keys}}
+                                **{k: gather(safe_get_full_optimizer_state(p, k), keep) for k in keys}}
         group = {k: v for k, v in inner.param_groups[g].items() if k != "params"}
         param_groups.append({**group, "params": list(range(n, n + len(params)))})
         n += len(params)
-    return {"state": state, "param_groups": param_groups}
+    return {"state": state, "param_groups": param_groups} if keep else None
 
 
 def _load_zero_state(zero, groups: list[list[torch.Tensor]], sd: dict[str, Any]) -> None:

@@ -324,9 +324,11 @@ class EMA:
         for k, v in params.items():
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
-    def whole(self) -> dict[str, torch.Tensor]:
-        """The average as whole CPU tensors (gathered from every process's shard under FSDP: a collective)."""
-        return {k: gather(v) for k, v in self.shadow.items()}
+    def whole(self, keep: bool = True) -> dict[str, torch.Tensor] | None:
+        """The average as whole CPU tensors (gathered from every process's shard under FSDP: a collective); None
+        where not ``keep`` (a process that only takes part)."""
+        out = {k: gather(v, keep) for k, v in self.shadow.items()}
+        return out if keep else None
 
     def load_whole(self, shadow: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> None:
         """Take a saved whole average, laid out (sharded) as the parameters ``like`` are."""
@@ -385,11 +387,12 @@ def _save_checkpoint(accelerator, out: Path, step: int, model: Denoiser, optimiz
     run on every process. ``groups``: the trained parameters of each optimizer group, as the optimizer was built."""
     ckpt_root = out / "checkpoints"
     trained = averaged = optim = problem = None
-    if accelerator.is_main_process or splits_state(accelerator):  # DDP's other processes hold copies: nothing to do
-        trained = full_weights(_trainable(model))
-        averaged = ema.whole() if ema is not None else None
-        optim = full_optimizer_state(optimizer, groups)
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main or splits_state(accelerator):  # the others take part in the collectives; DDP's hold copies: nothing to do
+        trained = full_weights(_trainable(model), keep=main)
+        averaged = ema.whole(keep=main) if ema is not None else None
+        optim = full_optimizer_state(optimizer, groups, keep=main)
+    if main:
         problem = _diverged(trained) or (_diverged(averaged) if averaged is not None else None)
     problem = _main_says(accelerator, problem)
     if problem:
@@ -399,7 +402,7 @@ def _save_checkpoint(accelerator, out: Path, step: int, model: Denoiser, optimiz
         )
     final = ckpt_root / f"{CHECKPOINT_PREFIX}{step:08d}"
     failed = None
-    if accelerator.is_main_process:
+    if main:
         try:
             _write_checkpoint(ckpt_root, step, trained, averaged, optim, lr_scheduler, ema, cfg, losses,
                               prediction_type)
@@ -928,8 +931,9 @@ def train(
     def whole_model(where) -> Denoiser | None:
         """The trained weights (the EMA's when EMA is on) gathered whole, in fp32, into a model as the config builds
         it, on the main process (a collective under FSDP and DeepSpeed: every process calls it)."""
-        weights = ema.whole() if ema is not None else full_weights(_trainable(raw))
-        if not accelerator.is_main_process:
+        main = accelerator.is_main_process
+        weights = ema.whole(keep=main) if ema is not None else full_weights(_trainable(raw), keep=main)
+        if not main:
             return None
         if not whole_copy:
             with torch.random.fork_rng(devices=[]):  # built on the CPU, its random initialisation is overwritten
@@ -1061,9 +1065,7 @@ def train(
     # the final pipeline folder, with EMA weights when EMA is on
     accelerator.wait_for_everyone()
     if ema is not None and not split:
-        with torch.no_grad():
-            for k, p in _trainable(raw).items():
-                p.copy_(ema.shadow[k])
+        load_weights(_trainable(raw), ema.shadow)
     final = whole_model("cpu") if split else raw
     if accelerator.is_main_process:
         final_unet = final.unet
